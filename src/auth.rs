@@ -1,0 +1,188 @@
+//! Credentials: the `--auth` file, and finding the credential behind a secret.
+//!
+//! One secret serves every dialect (contract: README.md). Secrets are compared in constant
+//! time and never logged, echoed or formatted: `Credential`'s `Debug` leaves the secret out.
+
+use std::fmt;
+use std::rc::Rc;
+
+use serde::Deserialize;
+
+/// The account a credential may see: every account (`*`), or one.
+pub const ALL_ACCOUNTS: &str = "*";
+
+/// One entry of the credentials file.
+#[derive(Deserialize)]
+pub struct Credential {
+    pub name: String,
+    secret: String,
+    pub account: String,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("name", &self.name)
+            .field("account", &self.account)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credential {
+    /// Whether this credential may see every account.
+    pub fn sees_all(&self) -> bool {
+        self.account == ALL_ACCOUNTS
+    }
+}
+
+#[derive(Deserialize)]
+struct CredentialsFile {
+    credentials: Vec<Credential>,
+}
+
+/// Who may connect: everyone (no `--auth`, loopback only), or the holders of a credential.
+#[derive(Debug)]
+pub struct Auth {
+    /// `None` without `--auth`: every request acts as `anonymous`.
+    credentials: Option<Vec<Rc<Credential>>>,
+    anonymous: Rc<Credential>,
+}
+
+impl Auth {
+    /// No authentication: every request acts with a credential that sees every account.
+    pub fn open() -> Auth {
+        Auth {
+            credentials: None,
+            anonymous: Rc::new(Credential {
+                name: "anonymous".to_owned(),
+                secret: String::new(),
+                account: ALL_ACCOUNTS.to_owned(),
+            }),
+        }
+    }
+
+    /// Reads a credentials file. The error is one line naming the file and what is wrong.
+    pub fn load(path: &str) -> Result<Auth, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| format!("--auth: cannot read {path}: {err}"))?;
+        let file: CredentialsFile = serde_json::from_str(&text)
+            .map_err(|err| format!("--auth: {path} is not a credentials file: {err}"))?;
+        for (i, credential) in file.credentials.iter().enumerate() {
+            if credential.name.is_empty() || credential.secret.is_empty() {
+                return Err(format!(
+                    "--auth: {path}: credentials[{i}] needs a non-empty name and secret"
+                ));
+            }
+            if credential.account.is_empty() {
+                return Err(format!(
+                    "--auth: {path}: credentials[{i}] ({}) needs an account, or \"*\"",
+                    credential.name
+                ));
+            }
+        }
+        let mut open = Auth::open();
+        open.credentials = Some(file.credentials.into_iter().map(Rc::new).collect());
+        Ok(open)
+    }
+
+    /// Whether requests must carry a credential.
+    pub fn required(&self) -> bool {
+        self.credentials.is_some()
+    }
+
+    /// The credential whose secret this is. Without `--auth`, anything (even nothing) is let in
+    /// as the anonymous credential. Every secret is compared, so the time taken does not tell
+    /// which one came close.
+    pub fn by_secret(&self, secret: Option<&str>) -> Option<Rc<Credential>> {
+        let Some(credentials) = &self.credentials else {
+            return Some(self.anonymous.clone());
+        };
+        let secret = secret?;
+        let mut found = None;
+        for credential in credentials {
+            if constant_time_eq(credential.secret.as_bytes(), secret.as_bytes()) {
+                found = Some(credential.clone());
+            }
+        }
+        found
+    }
+
+    /// The credential for an HTTP Basic `name:secret` pair.
+    pub fn by_basic(&self, name: &str, secret: &str) -> Option<Rc<Credential>> {
+        self.by_secret(Some(secret))
+            .filter(|credential| !self.required() || credential.name == name)
+    }
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_file(text: &str) -> String {
+        let path = std::env::temp_dir().join(format!(
+            "callwire-auth-{}-{:?}.json",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn finds_credentials_by_secret_and_basic() {
+        let path = write_file(
+            r#"{"credentials":[{"name":"manager","secret":"s3cret","account":"*"},
+                               {"name":"desk","secret":"d35k","account":"acc1"}]}"#,
+        );
+        let auth = Auth::load(&path).unwrap();
+        assert!(auth.required());
+        assert_eq!(auth.by_secret(Some("d35k")).unwrap().account, "acc1");
+        assert!(auth.by_secret(Some("s3cret")).unwrap().sees_all());
+        assert!(auth.by_secret(Some("d35")).is_none());
+        assert!(auth.by_secret(None).is_none());
+        assert!(auth.by_basic("desk", "d35k").is_some());
+        assert!(auth.by_basic("manager", "d35k").is_none());
+        let shown = format!("{:?}", auth);
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("d35k"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn open_auth_lets_everyone_in_as_all_accounts() {
+        let auth = Auth::open();
+        assert!(!auth.required());
+        assert!(auth.by_secret(None).unwrap().sees_all());
+    }
+
+    #[test]
+    fn broken_files_are_one_line_errors() {
+        let err = Auth::load("/nonexistent/creds.json").unwrap_err();
+        assert!(
+            err.starts_with("--auth: cannot read /nonexistent/creds.json"),
+            "{err}"
+        );
+        let path = write_file(r#"{"credentials":[{"name":"x","secret":"","account":"*"}]}"#);
+        assert!(
+            Auth::load(&path)
+                .unwrap_err()
+                .contains("non-empty name and secret")
+        );
+        let path = write_file("{not json");
+        let err = Auth::load(&path).unwrap_err();
+        assert!(
+            err.contains("is not a credentials file") && !err.contains('\n'),
+            "{err}"
+        );
+    }
+}

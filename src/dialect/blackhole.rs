@@ -1,0 +1,303 @@
+//! The Kazoo Blackhole dialect (contract: blackhole.md): binding subscriptions, their replies
+//! and errors, account rules, and the event frame.
+
+use std::rc::Rc;
+
+use serde_json::{Map, Value, json};
+
+use crate::auth::{Auth, Credential};
+use crate::dialect::{Session, push_json_str};
+use crate::event::Event;
+use crate::hub::{Client, Frame, Interest};
+use crate::matcher::{Binding, RoutingKey};
+use crate::rng::Rng;
+
+/// Longest account id a subscription may name.
+const MAX_ACCOUNT_LEN: usize = 64;
+
+/// The account a subscription is for: one account, or `*`.
+type Scope = heapless::String<MAX_ACCOUNT_LEN>;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Subscription {
+    binding: Binding,
+    scope: Scope,
+}
+
+/// A socket's bindings, in subscription order, at most `--max-bindings` of them.
+#[derive(Debug)]
+pub struct Subscriptions {
+    items: Vec<Subscription>,
+    limit: usize,
+}
+
+impl Subscriptions {
+    pub fn new(limit: usize) -> Subscriptions {
+        Subscriptions {
+            items: Vec::with_capacity(limit),
+            limit,
+        }
+    }
+
+    /// The frame for this socket, if one of its bindings matches an event its account may
+    /// see. A socket whose bindings match twice gets the event once, under the first.
+    pub fn route(
+        &self,
+        event: &Event,
+        key: &RoutingKey<'_>,
+        renders: &mut Renders,
+    ) -> Option<Frame> {
+        let subscription = self
+            .items
+            .iter()
+            .find(|s| event.visible_to(&s.scope) && s.binding.matches(key))?;
+        Some(renders.frame(event, subscription))
+    }
+
+    /// Every binding on the socket, each once, in subscription order.
+    fn listing(&self) -> Vec<&str> {
+        let mut listed: Vec<&str> = Vec::with_capacity(self.items.len());
+        for subscription in &self.items {
+            let text = subscription.binding.as_str();
+            if !listed.contains(&text) {
+                listed.push(text);
+            }
+        }
+        listed
+    }
+}
+
+/// Event frames rendered for the current event, one per distinct (binding, account).
+#[derive(Debug, Default)]
+pub struct Renders {
+    frames: Vec<(Subscription, Frame)>,
+}
+
+impl Renders {
+    pub fn clear(&mut self) {
+        self.frames.clear();
+    }
+
+    fn frame(&mut self, event: &Event, subscription: &Subscription) -> Frame {
+        if let Some((_, frame)) = self.frames.iter().find(|(s, _)| s == subscription) {
+            return frame.clone();
+        }
+        let frame = Frame::from(render_event(event, subscription));
+        self.frames.push((subscription.clone(), frame.clone()));
+        frame
+    }
+}
+
+/// The event frame of blackhole.md, with the payload carried byte for byte.
+fn render_event(event: &Event, subscription: &Subscription) -> String {
+    let binding = subscription.binding.as_str();
+    let payload = std::str::from_utf8(&event.payload).ok();
+    let mut out = String::with_capacity(
+        128 + 2 * binding.len() + event.routing_key.len() + event.payload.len(),
+    );
+    out.push_str(r#"{"action":"event","subscribed_key":"#);
+    push_json_str(&mut out, binding);
+    out.push_str(r#","subscription_key":"#);
+    let (first, rest) = match binding.split_once('.') {
+        Some((first, rest)) => (first, Some(rest)),
+        None => (binding, None),
+    };
+    let mut subscription_key = String::with_capacity(binding.len() + subscription.scope.len() + 1);
+    subscription_key.push_str(first);
+    subscription_key.push('.');
+    subscription_key.push_str(&subscription.scope);
+    if let Some(rest) = rest {
+        subscription_key.push('.');
+        subscription_key.push_str(rest);
+    }
+    push_json_str(&mut out, &subscription_key);
+    out.push_str(r#","name":"#);
+    push_json_str(&mut out, event.name());
+    out.push_str(r#","routing_key":"#);
+    push_json_str(&mut out, &event.routing_key);
+    out.push_str(r#","data":"#);
+    match payload {
+        Some(json) if event.json.is_some() => out.push_str(json),
+        _ => push_json_str(&mut out, &String::from_utf8_lossy(&event.payload)),
+    }
+    out.push('}');
+    out
+}
+
+/// One Blackhole socket's request handling.
+pub struct BlackholeSession {
+    client: Rc<Client>,
+    auth: Rc<Auth>,
+    /// Set by the first request with a valid token (or at once without `--auth`).
+    credential: Option<Rc<Credential>>,
+    /// The socket's friendly name and metadata, kept as the client sent them.
+    name: Option<Value>,
+    metadata: Option<Value>,
+    ids: Rng,
+}
+
+impl BlackholeSession {
+    pub fn new(client: Rc<Client>, auth: Rc<Auth>) -> BlackholeSession {
+        BlackholeSession {
+            client,
+            auth,
+            credential: None,
+            name: None,
+            metadata: None,
+            ids: Rng::from_clock(),
+        }
+    }
+
+    fn reply(&mut self, request_id: Option<Value>, result: Result<Value, String>) -> Frame {
+        let request_id = request_id.unwrap_or_else(|| Value::String(self.ids.hex32()));
+        let reply = match result {
+            Ok(data) => {
+                json!({"action": "reply", "request_id": request_id, "status": "success", "data": data})
+            }
+            Err(error) => {
+                json!({"action": "reply", "request_id": request_id, "status": "error", "data": {"errors": [error]}})
+            }
+        };
+        Frame::from(reply.to_string())
+    }
+
+    fn handle(&mut self, request: &Map<String, Value>) -> Result<Value, String> {
+        let credential = self.authenticate(request)?;
+        let data = request.get("data").and_then(Value::as_object);
+        for (field, slot) in [("name", &mut self.name), ("metadata", &mut self.metadata)] {
+            if let Some(value) = request
+                .get(field)
+                .or_else(|| data.and_then(|d| d.get(field)))
+            {
+                *slot = Some(value.clone());
+            }
+        }
+        match request.get("action") {
+            None => Ok(json!({})),
+            Some(Value::String(action)) => match action.as_str() {
+                "ping" => Ok(json!({"response": "pong"})),
+                "subscribe" => self.subscribe(&credential, data, true),
+                "unsubscribe" => self.subscribe(&credential, data, false),
+                other => Err(format!("unknown action {other}")),
+            },
+            Some(other) => Err(format!("unknown action {other}")),
+        }
+    }
+
+    /// The socket's credential: the one it already proved, or the one its token names now.
+    fn authenticate(&mut self, request: &Map<String, Value>) -> Result<Rc<Credential>, String> {
+        if let Some(credential) = &self.credential {
+            return Ok(credential.clone());
+        }
+        let token = request.get("auth_token").and_then(Value::as_str);
+        if token.is_none() && self.auth.required() {
+            return Err("authentication token required".to_owned());
+        }
+        let credential = self
+            .auth
+            .by_secret(token)
+            .ok_or_else(|| "failed to authenticate token".to_owned())?;
+        self.credential = Some(credential.clone());
+        *self.client.credential.borrow_mut() = Some(credential.clone());
+        Ok(credential)
+    }
+
+    fn subscribe(
+        &mut self,
+        credential: &Credential,
+        data: Option<&Map<String, Value>>,
+        subscribe: bool,
+    ) -> Result<Value, String> {
+        let scope = scope_for(credential, data.and_then(|d| d.get("account_id")))?;
+        let (requested, as_list) = requested_bindings(data)?;
+        let mut interest = self.client.interest.borrow_mut();
+        let Interest::Blackhole(subscriptions) = &mut *interest;
+        let requested_here = requested.iter().map(|binding| Subscription {
+            binding: binding.clone(),
+            scope: scope.clone(),
+        });
+        if subscribe {
+            let mut added: Vec<Subscription> = Vec::new();
+            for subscription in requested_here {
+                if !subscriptions.items.contains(&subscription) && !added.contains(&subscription) {
+                    added.push(subscription);
+                }
+            }
+            if subscriptions.items.len() + added.len() > subscriptions.limit {
+                return Err(format!("too many bindings (limit {})", subscriptions.limit));
+            }
+            subscriptions.items.extend(added);
+        } else {
+            let removed: Vec<Subscription> = requested_here.collect();
+            subscriptions.items.retain(|s| !removed.contains(s));
+        }
+        let texts: Vec<&str> = requested.iter().map(Binding::as_str).collect();
+        let changed = if as_list {
+            json!(texts)
+        } else {
+            json!(texts[0])
+        };
+        let field = if subscribe {
+            "subscribed"
+        } else {
+            "unsubscribed"
+        };
+        Ok(json!({ field: changed, "subscriptions": subscriptions.listing() }))
+    }
+}
+
+/// The account a request acts for: its `account_id` if the credential may use it, else the
+/// credential's own.
+fn scope_for(credential: &Credential, requested: Option<&Value>) -> Result<Scope, String> {
+    let account = match requested {
+        None | Some(Value::Null) => credential.account.as_str(),
+        Some(Value::String(account)) if account == "*" && !credential.sees_all() => {
+            return Err("unauthorized wildcard account id".to_owned());
+        }
+        Some(Value::String(account)) if credential.sees_all() || *account == credential.account => {
+            account
+        }
+        Some(_) => return Err("unauthorized account id".to_owned()),
+    };
+    Scope::try_from(account).map_err(|_| "unauthorized account id".to_owned())
+}
+
+/// The bindings a request names (`binding` wins over `bindings`), and whether it sent a list.
+fn requested_bindings(data: Option<&Map<String, Value>>) -> Result<(Vec<Binding>, bool), String> {
+    let missing = || "missing required keys : binding".to_owned();
+    let data = data.ok_or_else(missing)?;
+    let parse = |value: &Value| match value {
+        Value::String(text) => Binding::parse(text).map_err(|_| format!("invalid binding {text}")),
+        other => Err(format!("invalid binding {other}")),
+    };
+    match (data.get("binding"), data.get("bindings")) {
+        (Some(binding), _) => Ok((vec![parse(binding)?], false)),
+        (None, Some(Value::Array(list))) if !list.is_empty() => {
+            let bindings = list.iter().map(parse).collect::<Result<Vec<_>, _>>()?;
+            Ok((bindings, true))
+        }
+        (None, Some(Value::Array(_))) | (None, None) => Err(missing()),
+        (None, Some(other)) => Err(format!("invalid binding {other}")),
+    }
+}
+
+impl Session for BlackholeSession {
+    fn on_text(&mut self, text: &str, replies: &mut Vec<Frame>) {
+        let reply = match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(request)) => {
+                let request_id = match request.get("request_id") {
+                    Some(id @ (Value::String(_) | Value::Number(_))) => Some(id.clone()),
+                    _ => None,
+                };
+                let result = self.handle(&request);
+                self.reply(request_id, result)
+            }
+            _ => self.reply(None, Err("invalid JSON".to_owned())),
+        };
+        replies.push(reply);
+    }
+
+    fn on_binary(&mut self, _data: &[u8], replies: &mut Vec<Frame>) {
+        replies.push(self.reply(None, Err("invalid JSON".to_owned())));
+    }
+}

@@ -1,0 +1,80 @@
+//! The websocket dialects: each owns its wire format, its requests and replies, and how it
+//! renders an event. A dialect reads events from the hub; it never talks to a source.
+
+pub mod blackhole;
+
+/// The websocket dialects, chosen by the upgrade request's path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Blackhole,
+}
+
+impl Dialect {
+    pub const ALL: [Dialect; 1] = [Dialect::Blackhole];
+
+    /// The dialect served at a path (contract: README.md, "One port, routed by path").
+    pub fn for_path(path: &str) -> Option<Dialect> {
+        match path {
+            "/" | "/blackhole" => Some(Dialect::Blackhole),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dialect::Blackhole => "blackhole",
+        }
+    }
+}
+
+use crate::hub::Frame;
+
+/// One websocket connection's request handling, in its dialect.
+pub trait Session {
+    /// Handles one text message; whatever must be said back goes into `replies`.
+    fn on_text(&mut self, text: &str, replies: &mut Vec<Frame>);
+    /// Handles one binary message.
+    fn on_binary(&mut self, data: &[u8], replies: &mut Vec<Frame>);
+}
+
+/// Appends `text` as a JSON string literal, quotes included.
+pub fn push_json_str(out: &mut String, text: &str) {
+    use std::fmt::Write;
+    out.push('"');
+    let mut start = 0;
+    for (i, byte) in text.bytes().enumerate() {
+        let escape = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&text[start..i]);
+        if escape.is_empty() {
+            let _ = write!(out, "\\u{byte:04x}");
+        } else {
+            out.push_str(escape);
+        }
+        start = i + 1;
+    }
+    out.push_str(&text[start..]);
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_round_trip() {
+        for text in ["plain", "quote \" back \\ slash", "ctl \u{1} \n \t é ☎", ""] {
+            let mut out = String::new();
+            push_json_str(&mut out, text);
+            assert_eq!(serde_json::from_str::<String>(&out).unwrap(), text);
+            assert_eq!(out, serde_json::to_string(text).unwrap());
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! HTTP on the shared port: reading a request head (httparse), writing a response, and the
+//! plain HTTP endpoints (`/healthz`). Websocket upgrades are routed in `server`.
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use serde_json::json;
+
+use crate::clock;
+use crate::hub::Hub;
+use crate::source::SourceStatus;
+
+/// Largest request head accepted; a longer one is answered 431.
+pub const MAX_HEAD: usize = 8 * 1024;
+const MAX_HEADERS: usize = 32;
+
+/// A parsed request head, plus any bytes that arrived after it.
+#[derive(Debug)]
+pub struct Request {
+    pub method: String,
+    /// The path without its query string.
+    pub path: String,
+    headers: Vec<(String, String)>,
+    /// Bytes read past the head: a pipelined body, or websocket frames after an upgrade.
+    pub rest: Vec<u8>,
+}
+
+impl Request {
+    /// The first header of that name (case-insensitive), as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether a comma-separated header holds a token (case-insensitive).
+    pub fn header_has(&self, name: &str, token: &str) -> bool {
+        self.header(name)
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    }
+}
+
+/// Why no request could be read.
+#[derive(Debug)]
+pub enum HeadError {
+    /// The peer closed or the socket failed before a whole head arrived.
+    Closed,
+    /// Not HTTP.
+    Malformed,
+    /// Longer than `MAX_HEAD`.
+    TooLarge,
+}
+
+/// Reads one request head.
+pub async fn read_head<S: futures_lite::AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<Request, HeadError> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|_| HeadError::Closed)?;
+        if n == 0 {
+            return Err(HeadError::Closed);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut headers);
+        match parsed.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let target = parsed.path.unwrap_or("/");
+                let path = target.split('?').next().unwrap_or("/").to_owned();
+                let request = Request {
+                    method: parsed.method.unwrap_or("").to_owned(),
+                    path,
+                    headers: parsed
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.to_owned(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
+                        .collect(),
+                    rest: buf[len..].to_vec(),
+                };
+                return Ok(request);
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
+            Ok(httparse::Status::Partial) => return Err(HeadError::TooLarge),
+            Err(_) => return Err(HeadError::Malformed),
+        }
+    }
+}
+
+/// A whole response, written at once; the connection closes after it.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json(status: u16, body: &serde_json::Value) -> Response {
+        Response {
+            status,
+            content_type: "application/json",
+            headers: Vec::new(),
+            body: body.to_string().into_bytes(),
+        }
+    }
+
+    /// `{"error": message}` with that status.
+    pub fn error(status: u16, message: &str) -> Response {
+        Response::json(status, &json!({ "error": message }))
+    }
+
+    pub async fn write_to<S: futures_lite::AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
+    ) -> std::io::Result<()> {
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+            self.status,
+            reason(self.status),
+            self.content_type,
+            self.body.len()
+        );
+        for (name, value) in &self.headers {
+            head.push_str(name);
+            head.push_str(": ");
+            head.push_str(value);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&self.body).await?;
+        stream.flush().await
+    }
+}
+
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        413 => "Payload Too Large",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// `GET /healthz`: 200 while the source is connected, 503 (`degraded`) while it is not.
+pub fn healthz(status: &SourceStatus, hub: &Hub) -> Response {
+    let connected = status.connected();
+    let body = json!({
+        "status": if connected { "ok" } else { "degraded" },
+        "source": {
+            "kind": status.kind.as_str(),
+            "connected": connected,
+            "since": clock::rfc3339(status.since()),
+        },
+        "clients": hub.len(),
+    });
+    Response::json(if connected { 200 } else { 503 }, &body)
+}

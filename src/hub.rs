@@ -1,0 +1,273 @@
+//! The hub: every connected client, its interest, its bounded outbound queue, and the fan-out
+//! of each event to the clients that want it.
+//!
+//! Fan-out asks each client's dialect whether it wants the event and for which frame; a frame
+//! is rendered once per distinct shape (`Renders`) and the same bytes are queued to every
+//! client that gets it. Queues are bounded; the policy for a full queue is the hub's:
+//!
+//! - a frame for a client whose queue is full is dropped for that client and counted
+//!   (`dropped{reason="queue_full"}`);
+//! - a client that has missed `--max-missed` frames in a row without taking any is closed as
+//!   too slow (`dropped{reason="slow_client"}`): its connection is dropped at once, without
+//!   waiting on a socket that does not drain.
+//!
+//! Writing never happens here, so a stalled client can delay nobody: pushing to a queue is a
+//! bounded, non-blocking step.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use async_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::auth::Credential;
+use crate::dialect::Dialect;
+use crate::dialect::blackhole;
+use crate::event::Event;
+use crate::limits::Limits;
+use crate::matcher::RoutingKey;
+use crate::metrics::{DropReason, Metrics};
+
+/// One serialised text frame, shared by every client it is queued to.
+pub type Frame = Utf8Bytes;
+
+/// What a client wants to receive, kept in the form its dialect needs.
+#[derive(Debug)]
+pub enum Interest {
+    Blackhole(blackhole::Subscriptions),
+}
+
+impl Interest {
+    fn route(&self, event: &Event, key: &RoutingKey<'_>, renders: &mut Renders) -> Option<Frame> {
+        match self {
+            Interest::Blackhole(subscriptions) => {
+                subscriptions.route(event, key, &mut renders.blackhole)
+            }
+        }
+    }
+}
+
+/// Frames already rendered for the event being fanned out, so each distinct frame is
+/// serialised once. Cleared per event; its storage is kept, so steady state allocates only
+/// the frames themselves.
+#[derive(Debug, Default)]
+pub struct Renders {
+    pub blackhole: blackhole::Renders,
+}
+
+impl Renders {
+    fn clear(&mut self) {
+        self.blackhole.clear();
+    }
+}
+
+/// Why the hub wants a client's connection closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// It missed too many frames in a row.
+    TooSlow,
+}
+
+/// What a connection should do next, as the hub sees it.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// Frames are queued: take them with `Client::pop`.
+    Frames,
+    /// Close the connection.
+    Close(CloseReason),
+}
+
+#[derive(Debug)]
+struct Outbox {
+    frames: VecDeque<Frame>,
+    /// Frames dropped for this client since it last took one.
+    missed_in_row: u32,
+    close: Option<CloseReason>,
+    waker: Option<Waker>,
+}
+
+/// One connected websocket client.
+#[derive(Debug)]
+pub struct Client {
+    slot: usize,
+    pub dialect: Dialect,
+    /// Who the client proved to be; `None` until a Blackhole socket's first valid token.
+    pub credential: RefCell<Option<Rc<Credential>>>,
+    pub interest: RefCell<Interest>,
+    outbox: RefCell<Outbox>,
+}
+
+impl Client {
+    /// Waits for frames to send, or for the hub to ask for a close.
+    pub fn poll_outgoing(&self, cx: &mut Context<'_>) -> Poll<Outgoing> {
+        let mut outbox = self.outbox.borrow_mut();
+        if let Some(reason) = outbox.close {
+            return Poll::Ready(Outgoing::Close(reason));
+        }
+        if !outbox.frames.is_empty() {
+            return Poll::Ready(Outgoing::Frames);
+        }
+        if !outbox
+            .waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            outbox.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Waits until the hub asks for a close (used while a write is pending).
+    pub fn poll_close(&self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        let mut outbox = self.outbox.borrow_mut();
+        match outbox.close {
+            Some(reason) => Poll::Ready(reason),
+            None => {
+                outbox.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Takes the oldest queued frame; taking one counts as progress for the slow-client rule.
+    pub fn pop(&self) -> Option<Frame> {
+        let mut outbox = self.outbox.borrow_mut();
+        let frame = outbox.frames.pop_front();
+        if frame.is_some() {
+            outbox.missed_in_row = 0;
+        }
+        frame
+    }
+
+    /// Queues a frame under the hub's policy; returns false when it was dropped.
+    fn push(&self, frame: Frame, limits: &Limits, metrics: &Metrics) -> bool {
+        let mut outbox = self.outbox.borrow_mut();
+        if outbox.close.is_some() {
+            return false;
+        }
+        let queued = outbox.frames.len() < limits.queue_depth;
+        if queued {
+            outbox.frames.push_back(frame);
+        } else {
+            outbox.missed_in_row += 1;
+            metrics.dropped(DropReason::QueueFull).inc();
+            if outbox.missed_in_row >= limits.max_missed {
+                outbox.close = Some(CloseReason::TooSlow);
+                metrics.dropped(DropReason::SlowClient).inc();
+            }
+        }
+        if let Some(waker) = outbox.waker.take() {
+            waker.wake();
+        }
+        queued
+    }
+}
+
+/// Every connected client, in a slab preallocated for `--max-clients`.
+#[derive(Debug)]
+pub struct Hub {
+    slots: RefCell<Vec<Option<Rc<Client>>>>,
+    free: RefCell<Vec<usize>>,
+    connected: Cell<usize>,
+    renders: RefCell<Renders>,
+    limits: Limits,
+    metrics: Rc<Metrics>,
+}
+
+/// The hub is at `--max-clients`.
+#[derive(Debug)]
+pub struct Full;
+
+impl Hub {
+    pub fn new(limits: Limits, metrics: Rc<Metrics>) -> Hub {
+        Hub {
+            slots: RefCell::new((0..limits.max_clients).map(|_| None).collect()),
+            free: RefCell::new((0..limits.max_clients).rev().collect()),
+            connected: Cell::new(0),
+            renders: RefCell::new(Renders::default()),
+            limits,
+            metrics,
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Clients connected now.
+    pub fn len(&self) -> usize {
+        self.connected.get()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Clients connected now in one dialect.
+    pub fn count(&self, dialect: Dialect) -> usize {
+        let slots = self.slots.borrow();
+        slots
+            .iter()
+            .flatten()
+            .filter(|client| client.dialect == dialect)
+            .count()
+    }
+
+    /// Takes a slot for a new client, or `Full` at `--max-clients`.
+    pub fn register(
+        &self,
+        dialect: Dialect,
+        credential: Option<Rc<Credential>>,
+        interest: Interest,
+    ) -> Result<Rc<Client>, Full> {
+        let slot = self.free.borrow_mut().pop().ok_or(Full)?;
+        let client = Rc::new(Client {
+            slot,
+            dialect,
+            credential: RefCell::new(credential),
+            interest: RefCell::new(interest),
+            outbox: RefCell::new(Outbox {
+                frames: VecDeque::new(),
+                missed_in_row: 0,
+                close: None,
+                waker: None,
+            }),
+        });
+        self.slots.borrow_mut()[slot] = Some(client.clone());
+        self.connected.set(self.connected.get() + 1);
+        Ok(client)
+    }
+
+    /// Frees a client's slot; its queued frames are released with it.
+    pub fn unregister(&self, client: &Client) {
+        let mut slots = self.slots.borrow_mut();
+        if slots[client.slot].take().is_some() {
+            self.free.borrow_mut().push(client.slot);
+            self.connected.set(self.connected.get() - 1);
+        }
+    }
+
+    /// Fans one event out to every client that wants it.
+    pub fn publish(&self, event: &Event) {
+        let Some(key) = RoutingKey::split(&event.routing_key) else {
+            self.metrics.dropped(DropReason::KeyTooDeep).inc();
+            return;
+        };
+        let mut renders = self.renders.borrow_mut();
+        renders.clear();
+        let slots = self.slots.borrow();
+        for client in slots.iter().flatten() {
+            let frame = client.interest.borrow().route(event, &key, &mut renders);
+            if let Some(frame) = frame {
+                if client.push(frame, &self.limits, &self.metrics) {
+                    self.metrics.deliveries(client.dialect).inc();
+                }
+            }
+        }
+    }
+}

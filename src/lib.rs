@@ -1,0 +1,25 @@
+//! callwire: an edge bridge from a PBX's broker to websocket clients.
+//!
+//! Data flows one way: a source (`source`) turns deliveries into events (`event`); the hub
+//! (`hub`) matches each event against every client's interest and queues one shared frame per
+//! client; each dialect (`dialect`) owns its wire format; `server` accepts connections and
+//! routes them by path to HTTP (`http`) or a websocket (`ws`). See docs/ARCHITECTURE.md.
+
+#[macro_use]
+pub mod logging;
+
+pub mod auth;
+pub mod cli;
+pub mod clock;
+pub mod dialect;
+pub mod event;
+pub mod http;
+pub mod hub;
+pub mod limits;
+pub mod matcher;
+pub mod metrics;
+pub mod rng;
+pub mod server;
+pub mod sim;
+pub mod source;
+pub mod ws;

@@ -1,0 +1,287 @@
+//! Bindings and the binding matcher: AMQP topic semantics (contract: events.md).
+//!
+//! A binding and a routing key are split on `.`; `*` matches exactly one segment (an empty
+//! one included), `#` matches zero or more segments anywhere and more than once, anything else
+//! matches the same segment byte for byte. Bindings live in fixed-capacity storage, and
+//! matching allocates nothing.
+
+/// Longest binding accepted, in bytes (AMQP's limit for a routing key).
+pub const MAX_BINDING_LEN: usize = 255;
+/// Most segments a binding may have.
+pub const MAX_BINDING_SEGMENTS: usize = 32;
+/// Most segments a routing key may have and still be matched; deeper keys match nothing.
+pub const MAX_KEY_SEGMENTS: usize = 127;
+
+/// Why a binding string was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindingError {
+    /// The binding was the empty string.
+    Empty,
+    /// The binding was longer than `MAX_BINDING_LEN` bytes.
+    TooLong,
+    /// The binding had more than `MAX_BINDING_SEGMENTS` segments.
+    TooManySegments,
+}
+
+/// One parsed binding, stored inline (no heap).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    text: heapless::String<MAX_BINDING_LEN>,
+    /// Byte offset where each segment ends. Every event is matched against every binding, so
+    /// the split is done once at parse time; offsets fit a `u8` because the text is at most
+    /// 255 bytes, which keeps this to 33 bytes.
+    ends: heapless::Vec<u8, MAX_BINDING_SEGMENTS>,
+}
+
+/// A routing key split into segments once per event, on the stack.
+#[derive(Debug)]
+pub struct RoutingKey<'a> {
+    segments: heapless::Vec<&'a str, MAX_KEY_SEGMENTS>,
+}
+
+impl Binding {
+    /// Parses a binding; empty segments (`a..b`) are allowed and match empty key segments.
+    pub fn parse(text: &str) -> Result<Binding, BindingError> {
+        if text.is_empty() {
+            return Err(BindingError::Empty);
+        }
+        let text = heapless::String::try_from(text).map_err(|_| BindingError::TooLong)?;
+        let mut ends = heapless::Vec::new();
+        let mut start = 0;
+        for segment in text.split('.') {
+            start += segment.len();
+            // `start` <= MAX_BINDING_LEN = 255, so the cast is lossless.
+            ends.push(start as u8)
+                .map_err(|_| BindingError::TooManySegments)?;
+            start += 1; // the dot
+        }
+        Ok(Binding { text, ends })
+    }
+
+    /// The binding as it was written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether `key` matches this binding.
+    ///
+    /// Dynamic programming over the binding's segments: bit `i` of `reach` says the segments
+    /// seen so far can consume exactly the first `i` key segments. A key has at most 127
+    /// segments, so positions `0..=n` fit a `u128` and nothing is allocated.
+    pub fn matches(&self, key: &RoutingKey<'_>) -> bool {
+        let key = &key.segments;
+        let n = key.len();
+        // Positions past `n` are meaningless; `n <= 127`, so the shift is in range.
+        let valid = u128::MAX >> (127 - n);
+        let mut reach: u128 = 1;
+        for segment in self.segments() {
+            reach = match segment {
+                // Any number of segments: every position from the lowest reachable one on.
+                "#" => u128::MAX << reach.trailing_zeros(),
+                // Exactly one segment, whatever it holds.
+                "*" => reach << 1,
+                literal => {
+                    let mut next = 0;
+                    let mut bits = reach;
+                    while bits != 0 {
+                        let i = bits.trailing_zeros() as usize;
+                        bits &= bits - 1;
+                        if key.get(i) == Some(&literal) {
+                            next |= 2 << i;
+                        }
+                    }
+                    next
+                }
+            } & valid;
+            if reach == 0 {
+                return false;
+            }
+        }
+        (reach >> n) & 1 == 1
+    }
+
+    /// The binding's segments, from the offsets computed at parse time.
+    fn segments(&self) -> impl Iterator<Item = &str> {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let segment = &self.text[start..usize::from(end)];
+            start = usize::from(end) + 1;
+            segment
+        })
+    }
+}
+
+impl<'a> RoutingKey<'a> {
+    /// Splits `key` on `.`, keeping empty segments (`""` is one empty segment).
+    /// `None` when the key has more than `MAX_KEY_SEGMENTS` segments.
+    pub fn split(key: &'a str) -> Option<RoutingKey<'a>> {
+        let mut segments = heapless::Vec::new();
+        for segment in key.split('.') {
+            segments.push(segment).ok()?;
+        }
+        Some(RoutingKey { segments })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matches(binding: &str, key: &str) -> bool {
+        let binding = Binding::parse(binding).expect("valid binding");
+        let key = RoutingKey::split(key).expect("key within depth");
+        binding.matches(&key)
+    }
+
+    #[test]
+    fn contract_examples() {
+        assert!(matches("call.*.*", "call.CHANNEL_CREATE.abc"));
+        assert!(!matches("call.*.*", "call.CHANNEL_CREATE.abc.x"));
+        assert!(!matches("call.*.*", "call.CHANNEL_CREATE"));
+        assert!(matches("call.#", "call"));
+        assert!(matches("call.#", "call.a.b.c"));
+        assert!(!matches("call.#", "calls.a"));
+        assert!(matches("a.#.b.#.c", "a.q.b.r.s.c"));
+        assert!(matches("a.#.b.#.c", "a.b.c"));
+        assert!(!matches("a.#.b.#.c", "a.q.r.s.c"));
+        assert!(matches("#", "anything.at.all"));
+        assert!(matches("#", ""));
+        assert!(matches("*", ""));
+    }
+
+    #[test]
+    fn no_partial_segment_wildcards() {
+        assert!(!matches(
+            "FreeSWITCH.*.CHANNEL_*.#",
+            "FreeSWITCH.pbx01.CHANNEL_CREATE"
+        ));
+        assert!(!matches(
+            "FreeSWITCH.*.CHANNEL_*.#",
+            "FreeSWITCH.pbx01.CHANNEL_CREATE.x.y"
+        ));
+        // `CHANNEL_*` is a plain literal, so only that exact segment matches it.
+        assert!(matches(
+            "FreeSWITCH.*.CHANNEL_*.#",
+            "FreeSWITCH.pbx01.CHANNEL_*"
+        ));
+        assert!(!matches("a#", "a.b"));
+        assert!(!matches("a*", "ab"));
+    }
+
+    #[test]
+    fn comparison_is_case_sensitive_and_exact() {
+        assert!(!matches("call.#", "CALL.a"));
+        assert!(!matches("call", "call "));
+        assert!(matches("café.*", "café.x"));
+    }
+
+    #[test]
+    fn freeswitch_keys_keep_empty_segments() {
+        let key = "FreeSWITCH.pbx01.CHANNEL_CREATE..0f6e2b8a-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
+        assert!(matches("FreeSWITCH.*.CHANNEL_CREATE.#", key));
+        assert!(matches("FreeSWITCH.*.CHANNEL_CREATE.*.*", key));
+        assert!(matches("FreeSWITCH.*.CHANNEL_CREATE..*", key));
+        assert!(!matches("FreeSWITCH.*.CHANNEL_CREATE.*", key));
+        assert!(!matches("FreeSWITCH.*.CHANNEL_CREATE.*.*.*", key));
+    }
+
+    #[test]
+    fn empty_segments_in_bindings_are_literal() {
+        assert!(matches("a..b", "a..b"));
+        assert!(!matches("a..b", "a.x.b"));
+        assert!(!matches("a..b", "a.b"));
+        assert!(matches(".", "."));
+        assert!(!matches(".", ""));
+        assert!(matches("a.", "a."));
+        assert!(!matches("a.", "a"));
+    }
+
+    #[test]
+    fn star_matches_empty_segments() {
+        assert!(matches("*.*", "."));
+        assert!(matches("a.*.b", "a..b"));
+        assert!(matches("*.*.*", "..x"));
+        assert!(!matches("*.*", ""));
+    }
+
+    #[test]
+    fn hash_in_the_middle() {
+        assert!(matches("a.#.b", "a.b"));
+        assert!(matches("a.#.b", "a.x.b"));
+        assert!(matches("a.#.b", "a.x.y.z.b"));
+        assert!(matches("a.#.b", "a.b.b"));
+        assert!(!matches("a.#.b", "a.b.c"));
+        assert!(matches("#.b", "b"));
+        assert!(matches("#.b", "a.b.b"));
+        assert!(!matches("#.b", "b.a"));
+        assert!(matches("#.*", "x"));
+        assert!(!matches("a.#.*", "a"));
+    }
+
+    #[test]
+    fn repeated_hash() {
+        assert!(matches("#.#", ""));
+        assert!(matches("#.#", "a.b.c"));
+        assert!(matches("a.#.#.b", "a.b"));
+        assert!(matches("a.#.#.b", "a.x.b"));
+        assert!(matches("a.#.#.b", "a.x.y.z.b"));
+        assert!(!matches("a.#.#.b", "a.x"));
+        assert!(matches("#.a.#.a.#", "a.a"));
+        assert!(!matches("#.a.#.a.#", "x.a.y"));
+    }
+
+    #[test]
+    fn parse_errors() {
+        assert_eq!(Binding::parse(""), Err(BindingError::Empty));
+        let longest = "a".repeat(MAX_BINDING_LEN);
+        assert_eq!(Binding::parse(&longest).unwrap().as_str(), longest);
+        let too_long = "a".repeat(MAX_BINDING_LEN + 1);
+        assert_eq!(Binding::parse(&too_long), Err(BindingError::TooLong));
+        let deepest = vec!["*"; MAX_BINDING_SEGMENTS].join(".");
+        assert!(Binding::parse(&deepest).is_ok());
+        let too_deep = vec!["*"; MAX_BINDING_SEGMENTS + 1].join(".");
+        assert_eq!(
+            Binding::parse(&too_deep),
+            Err(BindingError::TooManySegments)
+        );
+        let dots = ".".repeat(MAX_BINDING_SEGMENTS);
+        assert_eq!(Binding::parse(&dots), Err(BindingError::TooManySegments));
+        assert!(Binding::parse(&dots[1..]).is_ok());
+    }
+
+    #[test]
+    fn as_str_round_trips() {
+        assert_eq!(Binding::parse("call.*.#").unwrap().as_str(), "call.*.#");
+    }
+
+    #[test]
+    fn key_depth_limit() {
+        let deepest = vec!["a"; MAX_KEY_SEGMENTS].join(".");
+        let too_deep = vec!["a"; MAX_KEY_SEGMENTS + 1].join(".");
+        assert!(RoutingKey::split(&too_deep).is_none());
+        let key = RoutingKey::split(&deepest).expect("deepest key splits");
+        // Position n = 127 is the top bit of the mask; check it is reached and not overrun.
+        for (binding, expected) in [
+            ("#", true),
+            ("a.#", true),
+            ("#.a", true),
+            ("#.a.#.a.#", true),
+            ("*.#", true),
+            ("b.#", false),
+            ("#.b", false),
+        ] {
+            let binding = Binding::parse(binding).unwrap();
+            assert_eq!(binding.matches(&key), expected, "{}", binding.as_str());
+        }
+        // Bindings cap at 32 segments, so `*`s alone cannot span the key: lead with 31 of them.
+        let stars = Binding::parse(
+            &[&["*"; MAX_BINDING_SEGMENTS - 1][..], &["#"]]
+                .concat()
+                .join("."),
+        )
+        .unwrap();
+        assert!(stars.matches(&key));
+        let shallow = vec!["a"; MAX_BINDING_SEGMENTS - 2].join(".");
+        assert!(!stars.matches(&RoutingKey::split(&shallow).unwrap()));
+    }
+}

@@ -1,0 +1,77 @@
+//! Counters for `/metrics`: what came in, what went out, and what was dropped and why.
+//!
+//! Single-threaded, so plain `Cell`s: counting costs an add, never a lock or an atomic.
+
+use std::cell::Cell;
+
+use crate::dialect::Dialect;
+
+/// A monotonically increasing count.
+#[derive(Debug, Default)]
+pub struct Counter(Cell<u64>);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    pub fn add(&self, n: u64) {
+        self.0.set(self.0.get() + n);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.get()
+    }
+}
+
+/// Why something was dropped instead of delivered. Every drop is counted under one of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// A client's outbound queue was full; the frame was not queued for it.
+    QueueFull,
+    /// A client stayed behind and was disconnected.
+    SlowClient,
+    /// A broker message was larger than `--max-message-size`.
+    TooLarge,
+    /// A routing key had more segments than can be matched.
+    KeyTooDeep,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 4] = [
+        DropReason::QueueFull,
+        DropReason::SlowClient,
+        DropReason::TooLarge,
+        DropReason::KeyTooDeep,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::SlowClient => "slow_client",
+            DropReason::TooLarge => "too_large",
+            DropReason::KeyTooDeep => "key_too_deep",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Events taken from the source.
+    pub events_in: Counter,
+    /// Events whose payload was not JSON (still delivered, as a JSON string).
+    pub events_not_json: Counter,
+    /// Frames queued to clients, one per client per event, by dialect.
+    deliveries: [Counter; Dialect::ALL.len()],
+    dropped: [Counter; DropReason::ALL.len()],
+}
+
+impl Metrics {
+    pub fn deliveries(&self, dialect: Dialect) -> &Counter {
+        &self.deliveries[dialect as usize]
+    }
+
+    pub fn dropped(&self, reason: DropReason) -> &Counter {
+        &self.dropped[reason as usize]
+    }
+}

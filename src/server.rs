@@ -1,0 +1,129 @@
+//! The one listening port: accepts connections, reads each request head, and routes it by path
+//! to a websocket dialect or a plain HTTP endpoint (contract: README.md, "One port").
+//!
+//! The upgrade is answered here, not by tungstenite, so that every refusal (404, 400, 503) is a
+//! proper HTTP answer decided before a client takes a slot.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use async_tungstenite::tungstenite::handshake::derive_accept_key;
+use futures_lite::{AsyncWriteExt, FutureExt};
+use smol::net::{TcpListener, TcpStream};
+use smol::{LocalExecutor, Timer};
+
+use crate::auth::Auth;
+use crate::dialect::Dialect;
+use crate::dialect::blackhole::{BlackholeSession, Subscriptions};
+use crate::http::{self, HeadError, Request, Response};
+use crate::hub::{Hub, Interest};
+use crate::source::SourceStatus;
+use crate::ws;
+
+/// How long a client may take to send its request head (against slowloris).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every connection handler shares.
+pub struct App {
+    pub hub: Hub,
+    pub auth: Rc<Auth>,
+    pub source: Rc<SourceStatus>,
+}
+
+/// Accepts connections forever, each handled on its own task.
+pub async fn run(listener: TcpListener, app: Rc<App>, executor: Rc<LocalExecutor<'static>>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _peer)) => {
+                let _ = stream.set_nodelay(true);
+                executor.spawn(handle(stream, app.clone())).detach();
+            }
+            Err(err) => {
+                // Out of descriptors, most likely: back off instead of spinning.
+                warn!("accept failed: {err}");
+                Timer::after(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn handle(mut stream: TcpStream, app: Rc<App>) {
+    let head = http::read_head(&mut stream)
+        .or(async {
+            Timer::after(HEAD_TIMEOUT).await;
+            Err(HeadError::Closed)
+        })
+        .await;
+    let request = match head {
+        Ok(request) => request,
+        Err(HeadError::Closed) => return,
+        Err(HeadError::Malformed) => {
+            let _ = Response::error(400, "malformed request")
+                .write_to(&mut stream)
+                .await;
+            return;
+        }
+        Err(HeadError::TooLarge) => {
+            let _ = Response::error(431, "request head too large")
+                .write_to(&mut stream)
+                .await;
+            return;
+        }
+    };
+    if request.header_has("upgrade", "websocket") {
+        upgrade(stream, request, &app).await;
+    } else {
+        let response = route_http(&request, &app);
+        let _ = response.write_to(&mut stream).await;
+    }
+}
+
+fn route_http(request: &Request, app: &App) -> Response {
+    match (request.method.as_str(), request.path.as_str()) {
+        ("GET", "/healthz") => http::healthz(&app.source, &app.hub),
+        (_, "/healthz") => Response::error(405, "method not allowed"),
+        _ => Response::error(404, &format!("no such path {}", request.path)),
+    }
+}
+
+async fn upgrade(mut stream: TcpStream, request: Request, app: &App) {
+    let Some(dialect) = Dialect::for_path(&request.path) else {
+        let _ = Response::error(404, &format!("no websocket at {}", request.path))
+            .write_to(&mut stream)
+            .await;
+        return;
+    };
+    let key = request.header("sec-websocket-key");
+    let valid = request.method == "GET"
+        && request.header("sec-websocket-version") == Some("13")
+        && request.header_has("connection", "upgrade");
+    let Some(key) = key.filter(|_| valid) else {
+        let _ = Response::error(400, "bad websocket upgrade request")
+            .write_to(&mut stream)
+            .await;
+        return;
+    };
+    let limits = app.hub.limits();
+    let interest = match dialect {
+        Dialect::Blackhole => Interest::Blackhole(Subscriptions::new(limits.max_bindings)),
+    };
+    let Ok(client) = app.hub.register(dialect, None, interest) else {
+        let _ = Response::error(503, "too many clients")
+            .write_to(&mut stream)
+            .await;
+        return;
+    };
+    // Blackhole answers without a subprotocol even when one is offered (blackhole.md).
+    let accepted = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        derive_accept_key(key.as_bytes())
+    );
+    if stream.write_all(accepted.as_bytes()).await.is_err() {
+        app.hub.unregister(&client);
+        return;
+    }
+    let session = match dialect {
+        Dialect::Blackhole => BlackholeSession::new(client.clone(), app.auth.clone()),
+    };
+    ws::serve(stream, request.rest, client, session, &app.hub).await;
+}

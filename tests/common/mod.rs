@@ -1,0 +1,248 @@
+//! Shared test harness: runs the real `callwire` binary on a free port, talks to it over real
+//! sockets, and runs private brokers for tests that must kill one.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+pub type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A name no other test (or earlier run) uses: for topics, exchanges and queues.
+pub fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        nanos % 1_000_000_000_000
+    )
+}
+
+/// Polls `check` until it holds, or panics with `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A running `callwire`, killed when dropped. Its stderr goes to a file the test can read.
+pub struct Callwire {
+    pub child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Callwire {
+    /// Starts the binary with `args` plus `--listen 127.0.0.1:<free port>`, and waits until
+    /// the port accepts connections.
+    pub fn start(args: &[&str]) -> Callwire {
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("{}.log", unique("callwire-test-")));
+        let child = Command::new(env!("CARGO_BIN_EXE_callwire"))
+            .args(args)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("callwire starts");
+        let mut callwire = Callwire { child, port, log };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = callwire.child.try_wait().unwrap() {
+                panic!("callwire exited with {status}: {}", callwire.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "callwire never listened: {}",
+                callwire.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        callwire
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Opens a websocket on `path`, with a read timeout so a test never hangs.
+    pub fn ws(&self, path: &str) -> Socket {
+        let url = format!("ws://127.0.0.1:{}{path}", self.port);
+        let (socket, _response) = tungstenite::connect(url).expect("websocket upgrade");
+        if let MaybeTlsStream::Plain(stream) = socket.get_ref() {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+        }
+        socket
+    }
+
+    /// A plain HTTP request; returns the status and the body.
+    pub fn http(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    pub fn healthz(&self) -> (u16, Value) {
+        let (status, body) = self.http("GET", "/healthz", &[]);
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+}
+
+impl Drop for Callwire {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Sends a JSON request as a text frame.
+pub fn send(socket: &mut Socket, request: Value) {
+    socket.send(Message::text(request.to_string())).unwrap();
+}
+
+/// The next text frame, parsed; panics on a timeout or a closed socket.
+pub fn recv(socket: &mut Socket) -> Value {
+    loop {
+        match socket.read().expect("a frame before the timeout") {
+            Message::Text(text) => return serde_json::from_str(&text).expect("a JSON frame"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// Sends a request and returns the reply.
+pub fn request(socket: &mut Socket, request: Value) -> Value {
+    send(socket, request);
+    recv(socket)
+}
+
+/// Reads frames until `quiet` passes with none; returns them all.
+pub fn drain(socket: &mut Socket, quiet: Duration) -> Vec<Value> {
+    if let MaybeTlsStream::Plain(stream) = socket.get_ref() {
+        stream.set_read_timeout(Some(quiet)).unwrap();
+    }
+    let mut frames = Vec::new();
+    while let Ok(message) = socket.read() {
+        if let Message::Text(text) = message {
+            frames.push(serde_json::from_str(&text).unwrap());
+        }
+    }
+    if let MaybeTlsStream::Plain(stream) = socket.get_ref() {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+    }
+    frames
+}
+
+/// Publishes one message to an MQTT broker with the real `mosquitto_pub` client.
+pub fn mosquitto_pub(port: u16, topic: &str, payload: &str) {
+    let status = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-m",
+            payload,
+        ])
+        .status()
+        .expect("mosquitto_pub runs");
+    assert!(status.success(), "mosquitto_pub failed");
+}
+
+/// A Mosquitto of the test's own on a free port, killed when dropped.
+pub struct PrivateMosquitto {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl PrivateMosquitto {
+    pub fn start() -> PrivateMosquitto {
+        let mut broker = PrivateMosquitto {
+            child: None,
+            port: free_port(),
+        };
+        broker.restart();
+        broker
+    }
+
+    /// Starts it (again) on the same port and waits until it accepts connections.
+    pub fn restart(&mut self) {
+        let child = Command::new("mosquitto")
+            .args(["-p", &self.port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto starts");
+        self.child = Some(child);
+        let port = self.port;
+        wait_for("the private mosquitto", Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateMosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
