@@ -4,14 +4,25 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// `2026-11-23T10:15:30Z` (whole seconds, UTC).
 pub fn rfc3339(time: SystemTime) -> String {
-    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (year, month, day) = civil_from_days(days);
+    let mut text = utc(time);
+    text.truncate(19);
+    text.push('Z');
+    text
+}
+
+/// `2026-11-23T10:15:30.123` (UTC, milliseconds, no zone: callers add the form they need).
+/// Times before the Unix epoch format as the epoch.
+pub fn utc(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let of_day = secs % 86_400;
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}",
+        of_day / 3_600,
+        of_day / 60 % 60,
+        of_day % 60,
+        since.subsec_millis()
     )
 }
 
@@ -41,5 +52,8 @@ mod tests {
         assert_eq!(rfc3339(t), "2026-11-23T12:35:30Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_042);
+        assert_eq!(utc(t), "2023-11-14T22:13:20.042");
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
     }
 }

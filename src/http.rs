@@ -1,11 +1,13 @@
 //! HTTP on the shared port: reading a request head (httparse), writing a response, and the
-//! plain HTTP endpoints (`/healthz`). Websocket upgrades are routed in `server`.
+//! plain HTTP endpoints (`/healthz`, `/metrics`). Websocket upgrades are routed in `server`.
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use serde_json::json;
 
 use crate::clock;
+use crate::dialect::Dialect;
 use crate::hub::Hub;
+use crate::metrics::{DropReason, Metrics};
 use crate::source::SourceStatus;
 
 /// Largest request head accepted; a longer one is answered 431.
@@ -174,4 +176,53 @@ pub fn healthz(status: &SourceStatus, hub: &Hub) -> Response {
         "clients": hub.len(),
     });
     Response::json(if connected { 200 } else { 503 }, &body)
+}
+
+/// `GET /metrics`: the counters in Prometheus text format.
+pub fn metrics(metrics: &Metrics, status: &SourceStatus, hub: &Hub) -> Response {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(2048);
+    let source = status.kind.as_str();
+    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let source_label = format!("{{source=\"{source}\"}}");
+    family("callwire_events_in_total", "counter", "Events taken from the source.",
+        &[(source_label.clone(), metrics.events_in.get())]);
+    family("callwire_events_not_json_total", "counter", "Events whose payload was not JSON (delivered as a JSON string).",
+        &[(String::new(), metrics.events_not_json.get())]);
+    let by_dialect = |value: &dyn Fn(Dialect) -> u64| -> Vec<(String, u64)> {
+        Dialect::ALL.iter().map(|&d| (format!("{{dialect=\"{}\"}}", d.as_str()), value(d))).collect()
+    };
+    family("callwire_deliveries_total", "counter", "Frames queued to clients, one per client per event.",
+        &by_dialect(&|d| metrics.deliveries(d).get()));
+    let drops: Vec<(String, u64)> = DropReason::ALL
+        .iter()
+        .map(|&r| (format!("{{reason=\"{}\"}}", r.as_str()), metrics.dropped(r).get()))
+        .collect();
+    family("callwire_events_dropped_total", "counter", "Frames or events dropped instead of delivered, by reason.", &drops);
+    family("callwire_clients", "gauge", "Websocket clients connected now.",
+        &by_dialect(&|d| hub.count(d) as u64));
+    family("callwire_source_connected", "gauge", "Whether the source is connected (1) or not (0).",
+        &[(source_label.clone(), u64::from(status.connected()))]);
+    family("callwire_source_reconnects_total", "counter", "Source connections after the first.",
+        &[(source_label, status.reconnects())]);
+    family("callwire_process_resident_memory_bytes", "gauge", "Resident memory of the process.",
+        &[(String::new(), resident_bytes())]);
+    Response {
+        status: 200,
+        content_type: "text/plain; version=0.0.4",
+        headers: Vec::new(),
+        body: out.into_bytes(),
+    }
+}
+
+/// Resident set size from /proc (0 where there is none).
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    pages * 4096
 }

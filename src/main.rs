@@ -69,6 +69,7 @@ async fn run(
         hub: Hub::new(config.limits, metrics.clone()),
         auth: Rc::new(auth),
         source: Rc::new(SourceStatus::new(kind)),
+        metrics: metrics.clone(),
     });
     let deliver: Deliver = {
         let app = app.clone();

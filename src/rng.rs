@@ -28,8 +28,13 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    /// A float uniformly in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
+    /// Uniform in `0..n` (multiply-shift; the bias is negligible for small `n`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 

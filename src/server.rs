@@ -17,6 +17,7 @@ use crate::dialect::Dialect;
 use crate::dialect::blackhole::{BlackholeSession, Subscriptions};
 use crate::http::{self, HeadError, Request, Response};
 use crate::hub::{Hub, Interest};
+use crate::metrics::Metrics;
 use crate::source::SourceStatus;
 use crate::ws;
 
@@ -28,6 +29,7 @@ pub struct App {
     pub hub: Hub,
     pub auth: Rc<Auth>,
     pub source: Rc<SourceStatus>,
+    pub metrics: Rc<Metrics>,
 }
 
 /// Accepts connections forever, each handled on its own task.
@@ -81,7 +83,8 @@ async fn handle(mut stream: TcpStream, app: Rc<App>) {
 fn route_http(request: &Request, app: &App) -> Response {
     match (request.method.as_str(), request.path.as_str()) {
         ("GET", "/healthz") => http::healthz(&app.source, &app.hub),
-        (_, "/healthz") => Response::error(405, "method not allowed"),
+        ("GET", "/metrics") => http::metrics(&app.metrics, &app.source, &app.hub),
+        (_, "/healthz" | "/metrics") => Response::error(405, "method not allowed"),
         _ => Response::error(404, &format!("no such path {}", request.path)),
     }
 }

@@ -21,7 +21,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
+use crate::clock;
 use crate::event::topic_to_routing_key;
+use crate::rng::Rng;
 
 /// The MQTT topic prefix of the profiles whose natural address is an AMQP routing key.
 pub const MQTT_PREFIX: &str = "pbx/";
@@ -142,7 +144,7 @@ impl Simulator {
     /// `calls_per_sec` calls per second on average (none if it is not a positive number).
     /// Ids, numbers, names and timings all come from `seed`.
     pub fn new(profile: Profile, seed: u64, calls_per_sec: f64, start: SystemTime) -> Simulator {
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let account = rng.hex(32);
         let core_uuid = rng.uuid();
         // A locally administered unicast MAC, as a virtual machine would have.
@@ -517,7 +519,7 @@ impl Simulator {
             "call_id": call.id,
             "from": {"extension": call.from.number, "name": call.from.name},
             "to": {"extension": call.to.number, "name": call.to.name},
-            "timestamp": rfc3339(self.wall(at)),
+            "timestamp": rfc3339_millis(self.wall(at)),
         });
         if let Step::End(cause) = step {
             payload["cause"] = json!(cause.q850());
@@ -723,28 +725,21 @@ impl Cause {
     }
 }
 
-/// SplitMix64: small, fast, and the same sequence everywhere, which is all a simulation needs.
-#[derive(Debug)]
-struct Rng(u64);
+/// The simulation's draws, on the shared generator (the same seed gives the same calls).
+trait Draw {
+    fn span(&mut self, lo_ms: u64, hi_ms: u64) -> Duration;
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str;
+    fn chars(&mut self, alphabet: &[u8], len: usize) -> String;
+    fn hex(&mut self, len: usize) -> String;
+    fn base36(&mut self, len: usize) -> String;
+    fn uuid(&mut self) -> String;
+    fn extension(&mut self) -> Party;
+    fn external_number(&mut self) -> String;
+}
 
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
+impl Draw for Rng {
 
-    /// Uniform in `0..n` (multiply-shift; the bias is negligible for small `n`).
-    fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
-    }
 
-    /// Uniform in `[0, 1)`.
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
 
     /// A duration between `lo_ms` and `hi_ms` milliseconds, to the microsecond.
     fn span(&mut self, lo_ms: u64, hi_ms: u64) -> Duration {
@@ -816,45 +811,14 @@ fn unix(time: SystemTime) -> Duration {
     time.duration_since(UNIX_EPOCH).unwrap_or_default()
 }
 
-/// Formats `time` as RFC 3339 in UTC with milliseconds: `2026-11-23T10:15:30.123Z`. Times
-/// before the Unix epoch format as the epoch.
-pub fn rfc3339(time: SystemTime) -> String {
-    format!("{}Z", utc(time))
+/// Formats `time` as the MQTT bridges do: RFC 3339, UTC, milliseconds.
+fn rfc3339_millis(time: SystemTime) -> String {
+    format!("{}Z", clock::utc(time))
 }
 
 /// Formats `time` the way ARI does: ISO 8601, milliseconds, numeric offset without a colon.
 fn ari_time(time: SystemTime) -> String {
-    format!("{}+0000", utc(time))
-}
-
-/// `YYYY-MM-DDTHH:MM:SS.mmm` in UTC.
-fn utc(time: SystemTime) -> String {
-    let since = unix(time);
-    let secs = since.as_secs();
-    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
-    let of_day = secs % 86_400;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}",
-        of_day / 3_600,
-        of_day / 60 % 60,
-        of_day % 60,
-        since.subsec_millis()
-    )
-}
-
-/// The proleptic Gregorian date of a day count from 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // day of era, [0, 146096]
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365; // year of era, [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of year from March 1, [0, 365]
-    let mp = (5 * doy + 2) / 153; // month from March, [0, 11]
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = (if mp < 10 { mp + 3 } else { mp - 9 }) as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    format!("{}+0000", clock::utc(time))
 }
 
 #[cfg(test)]
@@ -887,14 +851,9 @@ mod tests {
     }
 
     #[test]
-    fn dates_follow_the_civil_calendar() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        let leap_day = UNIX_EPOCH + Duration::from_secs(951_782_400);
-        assert_eq!(rfc3339(leap_day), "2000-02-29T00:00:00.000Z");
-        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_042);
-        assert_eq!(rfc3339(t), "2023-11-14T22:13:20.042Z");
+    fn timestamps_take_each_pbx_form() {
+        assert_eq!(rfc3339_millis(start()), "2026-11-23T10:15:30.123Z");
         assert_eq!(ari_time(start()), "2026-11-23T10:15:30.123+0000");
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
     }
 
     #[test]
@@ -1100,7 +1059,7 @@ mod tests {
             let key_id = id.replace('.', "%2E");
             assert_eq!(msg.routing_key, format!("asterisk.call.{key_id}.{event}"));
             assert!(payload["from"]["extension"].is_string() && payload["to"]["name"].is_string());
-            assert_eq!(payload["timestamp"], rfc3339(start() + at));
+            assert_eq!(payload["timestamp"], rfc3339_millis(start() + at));
             assert_eq!(payload["cause"].is_u64(), event == "hungup");
         }
     }

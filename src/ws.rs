@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use async_tungstenite::tungstenite::{Bytes, Message};
+use async_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
 use futures_lite::FutureExt;
 use futures_util::{SinkExt, Stream};
 use smol::Timer;
@@ -41,7 +41,7 @@ pub fn config(limits: &Limits) -> WebSocketConfig {
 }
 
 enum Wake {
-    Message(Option<Result<Message, async_tungstenite::tungstenite::Error>>),
+    Message(Option<Result<Message, WsError>>),
     Outgoing(Outgoing),
     Tick,
 }
@@ -95,7 +95,15 @@ pub async fn serve(
                 }
                 write(&mut ws, &client, &mut replies).await
             }
-            Wake::Message(_) => break,
+            Wake::Message(Some(Err(err))) => {
+                // Say why before hanging up, as RFC 6455 asks (best effort, briefly).
+                if let Some(code) = close_code(&err) {
+                    let frame = CloseFrame { code, reason: "".into() };
+                    let _ = ws.close(Some(frame)).or(after(Duration::from_secs(1))).await;
+                }
+                break;
+            }
+            Wake::Message(None) => break,
             Wake::Outgoing(Outgoing::Frames) => write(&mut ws, &client, &mut replies).await,
             Wake::Outgoing(Outgoing::Close(reason)) => Err(WriteError::Closed(reason)),
             Wake::Tick => {
@@ -152,6 +160,16 @@ async fn write(
     async { writing.await.map_err(|_| WriteError::Socket) }
         .or(async { closed.await.map_err(WriteError::Closed) })
         .await
+}
+
+/// The close code that explains a read error to the client, if it can still be told.
+fn close_code(err: &WsError) -> Option<CloseCode> {
+    match err {
+        WsError::Capacity(_) => Some(CloseCode::Size),
+        WsError::Protocol(_) => Some(CloseCode::Protocol),
+        WsError::Utf8(_) => Some(CloseCode::Invalid),
+        _ => None,
+    }
 }
 
 async fn after<T>(delay: Duration) -> Result<(), T> {

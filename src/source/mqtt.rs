@@ -13,7 +13,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
@@ -28,6 +28,7 @@ use smol::net::TcpStream;
 use crate::event::{self, Event};
 use crate::logging::RateLimit;
 use crate::metrics::{DropReason, Metrics};
+use crate::rng::Rng;
 use crate::source::{Deliver, SourceStatus};
 
 /// The port of `mqtt://host` with no port.
@@ -264,15 +265,7 @@ fn percent_decode(text: &str) -> Result<String, String> {
 /// `callwire-` and up to 14 hex digits from the process id and the clock: unique per process
 /// and within the 23 characters every MQTT 3.1.1 broker accepts.
 fn default_client_id() -> String {
-    let seed = time_seed();
-    format!("callwire-{:x}", seed & 0x00ff_ffff_ffff_ffff)
-}
-
-fn time_seed() -> u64 {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    nanos ^ (u64::from(std::process::id()) << 40) ^ 0x9e37_79b9_7f4a_7c15
+    format!("callwire-{:x}", Rng::from_clock().next_u64() & 0x00ff_ffff_ffff_ffff)
 }
 
 /// Why [`MqttPublisher::publish`] refused a message.
@@ -435,7 +428,7 @@ struct Driver {
 
 impl Driver {
     async fn run(mut self) {
-        let mut backoff = Backoff::new(time_seed());
+        let mut backoff = Backoff::new(Rng::from_clock());
         let mut state = MqttState::new(MAX_INFLIGHT, false);
         loop {
             let began = Instant::now();
@@ -897,17 +890,17 @@ fn refusal(code: ConnectReturnCode) -> &'static str {
     }
 }
 
-/// Capped exponential backoff with ±25 % jitter from a xorshift generator.
+/// Capped exponential backoff with ±25 % jitter.
 struct Backoff {
     next: Duration,
-    rng: u64,
+    rng: Rng,
 }
 
 impl Backoff {
-    fn new(seed: u64) -> Backoff {
+    fn new(rng: Rng) -> Backoff {
         Backoff {
             next: BACKOFF_MIN,
-            rng: seed | 1,
+            rng,
         }
     }
 
@@ -918,13 +911,7 @@ impl Backoff {
     fn next_delay(&mut self) -> Duration {
         let base = self.next;
         self.next = (base * 2).min(BACKOFF_MAX);
-        let mut x = self.rng;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng = x;
-        let unit = (x >> 11) as f64 / (1u64 << 53) as f64; // [0, 1)
-        base.mul_f64(0.75 + 0.5 * unit)
+        base.mul_f64(0.75 + 0.5 * self.rng.unit())
     }
 }
 
@@ -1234,7 +1221,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_cap_with_jitter() {
-        let mut b = Backoff::new(12345);
+        let mut b = Backoff::new(Rng::new(12345));
         let mut bases = Vec::new();
         for _ in 0..10 {
             let base = b.next;
@@ -1324,13 +1311,13 @@ mod tests {
 
     #[test]
     fn garbage_from_the_broker_never_panics() {
-        let mut rng = Backoff::new(99);
+        let mut rng = Rng::new(99);
         let mut bytes = Vec::new();
         for round in 0..2000 {
             bytes.clear();
-            let len = (rng.next_delay().as_nanos() % 64) as usize;
+            let len = rng.below(64) as usize;
             for _ in 0..len {
-                bytes.push((rng.next_delay().as_nanos() % 256) as u8);
+                bytes.push(rng.below(256) as u8);
             }
             if round % 2 == 0 && !bytes.is_empty() {
                 bytes[0] = (bytes[0] & 0x0f) | 0x30; // make it look like a PUBLISH
@@ -1509,7 +1496,7 @@ mod tests {
     }
 
     fn unique() -> String {
-        format!("{}-{}", std::process::id(), time_seed() & 0xffff_ffff)
+        format!("{}-{}", std::process::id(), Rng::from_clock().next_u64() & 0xffff_ffff)
     }
 
     async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
