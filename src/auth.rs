@@ -112,6 +112,25 @@ impl Auth {
         self.by_secret(Some(secret))
             .filter(|credential| !self.required() || credential.name == name)
     }
+
+    /// The credential an HTTP `Authorization` header carries: `Basic` (name:secret, as
+    /// `ws://name:secret@host` URLs send it) or `Bearer` (the secret).
+    pub fn by_authorization(&self, header: Option<&str>) -> Option<Rc<Credential>> {
+        let Some(header) = header else {
+            return self.by_secret(None);
+        };
+        let (scheme, value) = header.trim().split_once(' ')?;
+        if scheme.eq_ignore_ascii_case("bearer") {
+            return self.by_secret(Some(value.trim()));
+        }
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return None;
+        }
+        let decoded = data_encoding::BASE64.decode(value.trim().as_bytes()).ok()?;
+        let pair = String::from_utf8(decoded).ok()?;
+        let (name, secret) = pair.split_once(':')?;
+        self.by_basic(name, secret)
+    }
 }
 
 /// Compares two byte strings in time that depends only on their lengths.
@@ -156,6 +175,27 @@ mod tests {
             !shown.contains("s3cret") && !shown.contains("d35k"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn authorization_headers_basic_and_bearer() {
+        let path =
+            write_file(r#"{"credentials":[{"name":"desk","secret":"d35k","account":"acc1"}]}"#);
+        let auth = Auth::load(&path).unwrap();
+        let basic = format!("Basic {}", data_encoding::BASE64.encode(b"desk:d35k"));
+        assert_eq!(auth.by_authorization(Some(&basic)).unwrap().name, "desk");
+        assert!(auth.by_authorization(Some("Bearer d35k")).is_some());
+        let wrong_name = format!("Basic {}", data_encoding::BASE64.encode(b"other:d35k"));
+        for header in [
+            Some(wrong_name.as_str()),
+            Some("Bearer nope"),
+            Some("Basic !!"),
+            Some("Digest x"),
+            None,
+        ] {
+            assert!(auth.by_authorization(header).is_none(), "{header:?}");
+        }
+        assert!(Auth::open().by_authorization(None).is_some());
     }
 
     #[test]

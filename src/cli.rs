@@ -1,4 +1,5 @@
-//! The command line (contract: README.md) and its checks, turned into a `Config`.
+//! The command line (contract: README.md) and its checks: `callwire [flags]` serves,
+//! `callwire simulate [flags]` publishes simulated PBX traffic.
 //!
 //! Every mistake is one line naming the flag; `main` prints it and exits with code 2.
 
@@ -9,11 +10,16 @@ use argh::FromArgs;
 
 use crate::limits::Limits;
 use crate::logging::Level;
+use crate::sim::Profile;
+use crate::source::amqp::AmqpOptions;
 use crate::source::mqtt::MqttOptions;
 
-/// callwire: bridge a PBX's call events from MQTT to websocket clients.
+/// callwire: bridge a PBX's call events from MQTT or AMQP to websocket clients.
 #[derive(FromArgs, Debug)]
 pub struct Args {
+    #[argh(subcommand)]
+    pub command: Option<Command>,
+
     /// address to serve websockets and HTTP on (default 127.0.0.1:58080)
     #[argh(option, default = "String::from(\"127.0.0.1:58080\")")]
     pub listen: String,
@@ -29,6 +35,18 @@ pub struct Args {
     /// prefix dropped from MQTT topics before they become routing keys, e.g. pbx/
     #[argh(option)]
     pub mqtt_strip_prefix: Option<String>,
+
+    /// AMQP 0-9-1 broker URL, amqp://user:pass@host:5672/%2f
+    #[argh(option)]
+    pub amqp: Option<String>,
+
+    /// topic exchange to bind to, declared if missing (default callwire)
+    #[argh(option, default = "String::from(\"callwire\")")]
+    pub amqp_exchange: String,
+
+    /// binding key for callwire's queue; may repeat (default #)
+    #[argh(option)]
+    pub amqp_binding: Vec<String>,
 
     /// no broker: a built-in simulated PBX feeds the bridge
     #[argh(switch)]
@@ -54,6 +72,10 @@ pub struct Args {
     #[argh(option, default = "32")]
     pub max_bindings: usize,
 
+    /// most property filters one iSymphony socket may hold (default 64)
+    #[argh(option, default = "64")]
+    pub max_filters: usize,
+
     /// frames queued per client before new ones are dropped for it (default 64)
     #[argh(option, default = "64")]
     pub queue_depth: usize,
@@ -61,6 +83,18 @@ pub struct Args {
     /// frames a client may miss in a row before it is disconnected as too slow (default 256)
     #[argh(option, default = "256")]
     pub max_missed: u32,
+
+    /// most live calls kept; past it the oldest is dropped and counted (default 2048)
+    #[argh(option, default = "2048")]
+    pub max_calls: usize,
+
+    /// recent events kept per live call (default 8)
+    #[argh(option, default = "8")]
+    pub events_per_call: usize,
+
+    /// MQTT topic prefix that hangup commands are published under (default callwire/command)
+    #[argh(option, default = "String::from(\"callwire/command\")")]
+    pub command_topic: String,
 
     /// largest message accepted from a client or the broker, in bytes (default 65536)
     #[argh(option, default = "65536")]
@@ -75,10 +109,74 @@ pub struct Args {
     pub log_level: String,
 }
 
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum Command {
+    Simulate(SimulateArgs),
+}
+
+/// publish realistic PBX call lifecycles to a broker, for demos and load
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "simulate")]
+pub struct SimulateArgs {
+    /// MQTT broker to publish to, mqtt://[user:pass@]host[:port]
+    #[argh(option)]
+    pub mqtt: Option<String>,
+
+    /// AMQP broker to publish to, amqp://user:pass@host:5672/%2f
+    #[argh(option)]
+    pub amqp: Option<String>,
+
+    /// topic exchange to publish to over AMQP, declared if missing (default callwire)
+    #[argh(option, default = "String::from(\"callwire\")")]
+    pub amqp_exchange: String,
+
+    /// event shapes: kazoo, freeswitch, asterisk-ari or asterisk-mqtt (default kazoo)
+    #[argh(option, default = "String::from(\"kazoo\")")]
+    pub profile: String,
+
+    /// calls started per second (default 5)
+    #[argh(option, default = "5.0")]
+    pub calls_per_sec: f64,
+
+    /// seconds during which calls start; running calls then finish (default 60)
+    #[argh(option, default = "60.0")]
+    pub duration: f64,
+
+    /// seed for the generator: the same seed gives the same events (default: from the clock)
+    #[argh(option)]
+    pub seed: Option<u64>,
+}
+
+/// Where the simulator publishes.
+#[derive(Debug)]
+pub enum SimulateTarget {
+    Mqtt(MqttOptions),
+    Amqp(AmqpOptions),
+}
+
+/// What `callwire simulate` was asked to do, checked.
+#[derive(Debug)]
+pub struct SimulateConfig {
+    pub target: SimulateTarget,
+    pub profile: Profile,
+    pub calls_per_sec: f64,
+    pub duration: std::time::Duration,
+    pub seed: Option<u64>,
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Run {
+    Serve(Config),
+    Simulate(SimulateConfig),
+}
+
 /// Where events come from.
 #[derive(Debug)]
 pub enum SourceConfig {
     Mqtt(MqttOptions),
+    Amqp(AmqpOptions),
     Demo { calls_per_sec: f64 },
 }
 
@@ -86,6 +184,8 @@ pub enum SourceConfig {
 #[derive(Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Where hangup commands go over MQTT: `<command_topic>/hangup`.
+    pub command_topic: String,
     pub source: SourceConfig,
     pub auth_file: Option<String>,
     pub insecure_no_auth: bool,
@@ -117,17 +217,22 @@ impl Args {
         let limits = Limits {
             max_clients: positive("--max-clients", self.max_clients)?,
             max_bindings: positive("--max-bindings", self.max_bindings)?,
+            max_filters: positive("--max-filters", self.max_filters)?,
             queue_depth: positive("--queue-depth", self.queue_depth)?,
             max_missed: positive("--max-missed", self.max_missed as usize)? as u32,
             max_message_size: positive("--max-message-size", self.max_message_size)?,
+            max_calls: positive("--max-calls", self.max_calls)?,
+            events_per_call: self.events_per_call,
             ping_interval: Duration::from_secs(positive(
                 "--ping-interval",
                 self.ping_interval as usize,
             )? as u64),
         };
         let source = if self.demo {
-            if self.mqtt.is_some() {
-                return Err("--demo: the demo PBX replaces the broker; drop --mqtt".to_owned());
+            if self.mqtt.is_some() || self.amqp.is_some() {
+                return Err(
+                    "--demo: the demo PBX replaces the broker; drop --mqtt and --amqp".to_owned(),
+                );
             }
             if !(self.demo_rate > 0.0 && self.demo_rate <= 1000.0) {
                 return Err(format!(
@@ -138,6 +243,20 @@ impl Args {
             SourceConfig::Demo {
                 calls_per_sec: self.demo_rate,
             }
+        } else if let Some(url) = &self.amqp {
+            if self.mqtt.is_some() {
+                return Err("--amqp: one source at a time; drop --mqtt or --amqp".to_owned());
+            }
+            let mut options = AmqpOptions::from_url(url)?;
+            options.exchange = self.amqp_exchange;
+            options.bindings = if self.amqp_binding.is_empty() {
+                vec!["#".to_owned()]
+            } else {
+                self.amqp_binding
+            };
+            options.max_message_size = limits.max_message_size;
+            options.check()?;
+            SourceConfig::Amqp(options)
         } else {
             let url = self.mqtt.as_deref().unwrap_or("mqtt://127.0.0.1:1883");
             let mut options = MqttOptions::from_url(url)?;
@@ -152,6 +271,7 @@ impl Args {
         };
         Ok(Config {
             listen,
+            command_topic: self.command_topic,
             source,
             auth_file: self.auth,
             insecure_no_auth: self.insecure_no_auth,
@@ -169,9 +289,50 @@ fn positive(flag: &str, value: usize) -> Result<usize, String> {
     }
 }
 
+impl SimulateArgs {
+    /// Checks the flags; the error is one line naming the flag.
+    pub fn into_config(self) -> Result<SimulateConfig, String> {
+        let target = match (self.mqtt, self.amqp) {
+            (Some(url), None) => SimulateTarget::Mqtt(MqttOptions::from_url(&url)?),
+            (None, Some(url)) => {
+                let mut options = AmqpOptions::from_url(&url)?;
+                options.exchange = self.amqp_exchange;
+                options.check()?;
+                SimulateTarget::Amqp(options)
+            }
+            _ => return Err("simulate: give exactly one of --mqtt URL or --amqp URL".to_owned()),
+        };
+        let profile = Profile::parse(&self.profile).ok_or_else(|| {
+            format!(
+                "--profile: expected kazoo, freeswitch, asterisk-ari or asterisk-mqtt, got '{}'",
+                self.profile
+            )
+        })?;
+        if !(self.calls_per_sec > 0.0 && self.calls_per_sec <= 10_000.0) {
+            return Err(format!(
+                "--calls-per-sec: expected a rate in (0, 10000], got {}",
+                self.calls_per_sec
+            ));
+        }
+        if !(self.duration > 0.0 && self.duration.is_finite()) {
+            return Err(format!(
+                "--duration: expected seconds above 0, got {}",
+                self.duration
+            ));
+        }
+        Ok(SimulateConfig {
+            target,
+            profile,
+            calls_per_sec: self.calls_per_sec,
+            duration: std::time::Duration::from_secs_f64(self.duration),
+            seed: self.seed,
+        })
+    }
+}
+
 /// Parses the process's arguments. `Err((message, exit code))`: help goes to stdout with 0,
 /// mistakes are one line with 2.
-pub fn parse(args: &[String]) -> Result<Config, (String, i32)> {
+pub fn parse(args: &[String]) -> Result<Run, (String, i32)> {
     let (command, rest) = args
         .split_first()
         .map(|(c, r)| (c.as_str(), r))
@@ -188,7 +349,11 @@ pub fn parse(args: &[String]) -> Result<Config, (String, i32)> {
             2,
         ),
     })?;
-    parsed.into_config().map_err(|message| (message, 2))
+    match parsed.command {
+        Some(Command::Simulate(simulate)) => simulate.into_config().map(Run::Simulate),
+        None => parsed.into_config().map(Run::Serve),
+    }
+    .map_err(|message| (message, 2))
 }
 
 #[cfg(test)]
@@ -196,6 +361,13 @@ mod tests {
     use super::*;
 
     fn parse_args(args: &[&str]) -> Result<Config, (String, i32)> {
+        match parse_run(args)? {
+            Run::Serve(config) => Ok(config),
+            other => panic!("expected serve, got {other:?}"),
+        }
+    }
+
+    fn parse_run(args: &[&str]) -> Result<Run, (String, i32)> {
         let mut all = vec!["callwire".to_owned()];
         all.extend(args.iter().map(|arg| arg.to_string()));
         parse(&all)
@@ -220,13 +392,64 @@ mod tests {
             (&["--max-clients", "0"], "--max-clients"),
             (&["--log-level", "loud"], "--log-level"),
             (&["--demo", "--mqtt", "mqtt://127.0.0.1:1883"], "--demo"),
+            (&["--amqp", "http://x"], "--amqp"),
+            (&["--amqp", "amqp://h", "--mqtt", "mqtt://h"], "--amqp"),
+            (
+                &["--amqp", "amqp://h", "--amqp-exchange", ""],
+                "--amqp-exchange",
+            ),
+            (&["simulate"], "--mqtt"),
+            (
+                &["simulate", "--mqtt", "mqtt://h", "--profile", "pbx9000"],
+                "--profile",
+            ),
+            (
+                &["simulate", "--mqtt", "mqtt://h", "--calls-per-sec", "0"],
+                "--calls-per-sec",
+            ),
         ] {
-            let (message, code) = parse_args(args).unwrap_err();
+            let (message, code) = parse_run(args).unwrap_err();
             assert_eq!(code, 2, "{args:?}");
             assert!(
                 message.contains(needle) && !message.contains('\n'),
                 "{args:?}: {message}"
             );
+        }
+    }
+
+    #[test]
+    fn amqp_and_simulate_parse() {
+        match parse_args(&[
+            "--amqp",
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+            "--amqp-binding",
+            "call.#",
+        ])
+        .unwrap()
+        .source
+        {
+            SourceConfig::Amqp(options) => {
+                assert_eq!(options.exchange, "callwire");
+                assert_eq!(options.bindings, vec!["call.#"]);
+            }
+            other => panic!("expected AMQP, got {other:?}"),
+        }
+        match parse_run(&[
+            "simulate",
+            "--amqp",
+            "amqp://127.0.0.1",
+            "--profile",
+            "freeswitch",
+            "--seed",
+            "7",
+        ])
+        .unwrap()
+        {
+            Run::Simulate(config) => {
+                assert_eq!(config.profile, Profile::FreeSwitch);
+                assert_eq!(config.seed, Some(7));
+            }
+            other => panic!("expected simulate, got {other:?}"),
         }
     }
 

@@ -4,11 +4,10 @@
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use serde_json::json;
 
+use crate::app::App;
 use crate::clock;
 use crate::dialect::Dialect;
-use crate::hub::Hub;
-use crate::metrics::{DropReason, Metrics};
-use crate::source::SourceStatus;
+use crate::metrics::DropReason;
 
 /// Largest request head accepted; a longer one is answered 431.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -107,12 +106,14 @@ pub struct Response {
 }
 
 impl Response {
-    pub fn json(status: u16, body: &serde_json::Value) -> Response {
+    /// A JSON body, fields in the order the value serialises them.
+    pub fn json(status: u16, body: &impl serde::Serialize) -> Response {
         Response {
             status,
             content_type: "application/json",
             headers: Vec::new(),
-            body: body.to_string().into_bytes(),
+            // Serialising plain data into memory cannot fail.
+            body: serde_json::to_vec(body).unwrap_or_default(),
         }
     }
 
@@ -164,7 +165,8 @@ pub fn reason(status: u16) -> &'static str {
 }
 
 /// `GET /healthz`: 200 while the source is connected, 503 (`degraded`) while it is not.
-pub fn healthz(status: &SourceStatus, hub: &Hub) -> Response {
+pub fn healthz(app: &App) -> Response {
+    let status = &app.source;
     let connected = status.connected();
     let body = json!({
         "status": if connected { "ok" } else { "degraded" },
@@ -173,13 +175,15 @@ pub fn healthz(status: &SourceStatus, hub: &Hub) -> Response {
             "connected": connected,
             "since": clock::rfc3339(status.since()),
         },
-        "clients": hub.len(),
+        "clients": app.hub.len(),
+        "live_calls": app.live.borrow().len(),
     });
     Response::json(if connected { 200 } else { 503 }, &body)
 }
 
 /// `GET /metrics`: the counters in Prometheus text format.
-pub fn metrics(metrics: &Metrics, status: &SourceStatus, hub: &Hub) -> Response {
+pub fn metrics(app: &App) -> Response {
+    let (metrics, status, hub) = (&app.metrics, &app.source, &app.hub);
     use std::fmt::Write;
     let mut out = String::with_capacity(2048);
     let source = status.kind.as_str();
@@ -190,28 +194,81 @@ pub fn metrics(metrics: &Metrics, status: &SourceStatus, hub: &Hub) -> Response 
         }
     };
     let source_label = format!("{{source=\"{source}\"}}");
-    family("callwire_events_in_total", "counter", "Events taken from the source.",
-        &[(source_label.clone(), metrics.events_in.get())]);
-    family("callwire_events_not_json_total", "counter", "Events whose payload was not JSON (delivered as a JSON string).",
-        &[(String::new(), metrics.events_not_json.get())]);
+    family(
+        "callwire_events_in_total",
+        "counter",
+        "Events taken from the source.",
+        &[(source_label.clone(), metrics.events_in.get())],
+    );
+    family(
+        "callwire_events_not_json_total",
+        "counter",
+        "Events whose payload was not JSON (delivered as a JSON string).",
+        &[(String::new(), metrics.events_not_json.get())],
+    );
     let by_dialect = |value: &dyn Fn(Dialect) -> u64| -> Vec<(String, u64)> {
-        Dialect::ALL.iter().map(|&d| (format!("{{dialect=\"{}\"}}", d.as_str()), value(d))).collect()
+        Dialect::ALL
+            .iter()
+            .map(|&d| (format!("{{dialect=\"{}\"}}", d.as_str()), value(d)))
+            .collect()
     };
-    family("callwire_deliveries_total", "counter", "Frames queued to clients, one per client per event.",
-        &by_dialect(&|d| metrics.deliveries(d).get()));
+    family(
+        "callwire_deliveries_total",
+        "counter",
+        "Frames queued to clients, one per client per event.",
+        &by_dialect(&|d| metrics.deliveries(d).get()),
+    );
     let drops: Vec<(String, u64)> = DropReason::ALL
         .iter()
-        .map(|&r| (format!("{{reason=\"{}\"}}", r.as_str()), metrics.dropped(r).get()))
+        .map(|&r| {
+            (
+                format!("{{reason=\"{}\"}}", r.as_str()),
+                metrics.dropped(r).get(),
+            )
+        })
         .collect();
-    family("callwire_events_dropped_total", "counter", "Frames or events dropped instead of delivered, by reason.", &drops);
-    family("callwire_clients", "gauge", "Websocket clients connected now.",
-        &by_dialect(&|d| hub.count(d) as u64));
-    family("callwire_source_connected", "gauge", "Whether the source is connected (1) or not (0).",
-        &[(source_label.clone(), u64::from(status.connected()))]);
-    family("callwire_source_reconnects_total", "counter", "Source connections after the first.",
-        &[(source_label, status.reconnects())]);
-    family("callwire_process_resident_memory_bytes", "gauge", "Resident memory of the process.",
-        &[(String::new(), resident_bytes())]);
+    family(
+        "callwire_events_dropped_total",
+        "counter",
+        "Frames or events dropped instead of delivered, by reason.",
+        &drops,
+    );
+    family(
+        "callwire_clients",
+        "gauge",
+        "Websocket clients connected now.",
+        &by_dialect(&|d| hub.count(d) as u64),
+    );
+    family(
+        "callwire_source_connected",
+        "gauge",
+        "Whether the source is connected (1) or not (0).",
+        &[(source_label.clone(), u64::from(status.connected()))],
+    );
+    family(
+        "callwire_source_reconnects_total",
+        "counter",
+        "Source connections after the first.",
+        &[(source_label, status.reconnects())],
+    );
+    family(
+        "callwire_live_calls",
+        "gauge",
+        "Calls live now.",
+        &[(String::new(), app.live.borrow().len() as u64)],
+    );
+    family(
+        "callwire_live_calls_evicted_total",
+        "counter",
+        "Live calls dropped to stay within --max-calls.",
+        &[(String::new(), metrics.live_calls_evicted.get())],
+    );
+    family(
+        "callwire_process_resident_memory_bytes",
+        "gauge",
+        "Resident memory of the process.",
+        &[(String::new(), resident_bytes())],
+    );
     Response {
         status: 200,
         content_type: "text/plain; version=0.0.4",
@@ -223,6 +280,10 @@ pub fn metrics(metrics: &Metrics, status: &SourceStatus, hub: &Hub) -> Response 
 /// Resident set size from /proc (0 where there is none).
 fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }

@@ -24,6 +24,7 @@ use async_tungstenite::tungstenite::Utf8Bytes;
 use crate::auth::Credential;
 use crate::dialect::Dialect;
 use crate::dialect::blackhole;
+use crate::dialect::isymphony;
 use crate::event::Event;
 use crate::limits::Limits;
 use crate::matcher::RoutingKey;
@@ -36,6 +37,7 @@ pub type Frame = Utf8Bytes;
 #[derive(Debug)]
 pub enum Interest {
     Blackhole(blackhole::Subscriptions),
+    ISymphony(isymphony::Filters),
 }
 
 impl Interest {
@@ -44,6 +46,7 @@ impl Interest {
             Interest::Blackhole(subscriptions) => {
                 subscriptions.route(event, key, &mut renders.blackhole)
             }
+            Interest::ISymphony(filters) => filters.route(event, &mut renders.isymphony),
         }
     }
 }
@@ -54,11 +57,13 @@ impl Interest {
 #[derive(Debug, Default)]
 pub struct Renders {
     pub blackhole: blackhole::Renders,
+    pub isymphony: isymphony::Renders,
 }
 
 impl Renders {
     fn clear(&mut self) {
         self.blackhole.clear();
+        self.isymphony.clear();
     }
 }
 
@@ -92,7 +97,8 @@ struct Outbox {
 pub struct Client {
     slot: usize,
     pub dialect: Dialect,
-    /// Who the client proved to be; `None` until a Blackhole socket's first valid token.
+    /// Who the client proved to be: an iSymphony socket's from its upgrade; `None` until a
+    /// Blackhole socket's first valid token.
     pub credential: RefCell<Option<Rc<Credential>>>,
     pub interest: RefCell<Interest>,
     outbox: RefCell<Outbox>,

@@ -8,6 +8,7 @@
 #[macro_use]
 pub mod logging;
 
+pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod clock;
@@ -16,10 +17,13 @@ pub mod event;
 pub mod http;
 pub mod hub;
 pub mod limits;
+pub mod live;
 pub mod matcher;
 pub mod metrics;
+pub mod rest;
 pub mod rng;
 pub mod server;
 pub mod sim;
+pub mod simulate;
 pub mod source;
 pub mod ws;

@@ -1,28 +1,40 @@
 //! The `callwire` binary: reads the command line, then runs the bridge on one thread.
 
+use std::cell::RefCell;
 use std::process::ExitCode;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
+use callwire::app::App;
 use callwire::auth::Auth;
-use callwire::cli::{self, Config, SourceConfig};
-use callwire::event::Event;
+use callwire::cli::{self, Config, Run, SourceConfig};
 use callwire::hub::Hub;
+use callwire::live::LiveState;
 use callwire::metrics::Metrics;
-use callwire::server::{self, App};
-use callwire::source::{Deliver, SourceKind, SourceStatus, demo, mqtt};
+use callwire::rest::Catalogue;
+use callwire::server;
+use callwire::simulate;
+use callwire::source::{Commands, Deliver, SourceKind, SourceStatus, amqp, demo, mqtt};
 use callwire::{info, logging, warn};
 use smol::LocalExecutor;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    let config = match cli::parse(&args) {
-        Ok(config) => config,
+    match cli::parse(&args) {
+        Ok(Run::Serve(config)) => serve(config),
+        Ok(Run::Simulate(config)) => {
+            logging::init(logging::Level::Info);
+            simulate::run(config)
+        }
         Err((help, 0)) => {
             print!("{help}");
-            return ExitCode::SUCCESS;
+            ExitCode::SUCCESS
         }
-        Err((message, code)) => return fail(&message, code),
-    };
+        Err((message, code)) => fail(&message, code),
+    }
+}
+
+/// Serves websockets and HTTP until the process is stopped.
+fn serve(config: Config) -> ExitCode {
     logging::init(config.log_level);
     let auth = match &config.auth_file {
         Some(path) => match Auth::load(path) {
@@ -61,44 +73,93 @@ async fn run(
     executor: Rc<LocalExecutor<'static>>,
 ) {
     let metrics = Rc::new(Metrics::default());
-    let kind = match config.source {
+    let limits = config.limits;
+    let status = Rc::new(SourceStatus::new(match config.source {
         SourceConfig::Mqtt(_) => SourceKind::Mqtt,
+        SourceConfig::Amqp(_) => SourceKind::Amqp,
         SourceConfig::Demo { .. } => SourceKind::Demo,
-    };
-    let app = Rc::new(App {
-        hub: Hub::new(config.limits, metrics.clone()),
-        auth: Rc::new(auth),
-        source: Rc::new(SourceStatus::new(kind)),
-        metrics: metrics.clone(),
-    });
-    let deliver: Deliver = {
+    }));
+    // The source needs somewhere to deliver before the app exists, and the app needs the
+    // source's command publisher: the deliver callback holds the app weakly. The source's
+    // task cannot run before this function returns, so no event finds it missing.
+    let app = Rc::new_cyclic(|app: &Weak<App>| {
         let app = app.clone();
-        let metrics = metrics.clone();
-        Rc::new(move |event: Event| {
-            metrics.events_in.inc();
-            if event.json.is_none() {
-                metrics.events_not_json.inc();
+        let deliver: Deliver = Rc::new(move |event| {
+            if let Some(app) = app.upgrade() {
+                app.deliver(event);
             }
-            app.hub.publish(&event);
-        })
-    };
-    match config.source {
+        });
+        let commands = start_source(
+            config.source,
+            &config.command_topic,
+            &status,
+            &metrics,
+            deliver,
+            &executor,
+        );
+        App {
+            hub: Hub::new(limits, metrics.clone()),
+            auth: Rc::new(auth),
+            source: status,
+            metrics: metrics.clone(),
+            live: RefCell::new(LiveState::new(
+                limits.max_calls,
+                limits.events_per_call,
+                metrics.clone(),
+            )),
+            catalogue: Catalogue::default(),
+            commands,
+        }
+    });
+    // The bound address, not the flag: with port 0 this says which port the system chose.
+    match listener.local_addr() {
+        Ok(address) => info!("listening on {address}"),
+        Err(_) => info!("listening on {}", config.listen),
+    }
+    server::run(listener, app, executor).await;
+}
+
+/// Starts the configured source on the executor; returns where commands to the PBX go.
+fn start_source(
+    source: SourceConfig,
+    command_topic: &str,
+    status: &Rc<SourceStatus>,
+    metrics: &Rc<Metrics>,
+    deliver: Deliver,
+    executor: &LocalExecutor<'static>,
+) -> Commands {
+    match source {
         SourceConfig::Mqtt(options) => {
             info!(
                 "source: mqtt {}:{} topics {:?}",
                 options.host, options.port, options.topics
             );
-            let (_publisher, driver) =
-                mqtt::start(options, app.source.clone(), metrics.clone(), deliver);
+            let (publisher, driver) =
+                mqtt::start(options, status.clone(), metrics.clone(), deliver);
             executor.spawn(driver).detach();
+            Commands::Mqtt {
+                publisher,
+                topic: command_topic.to_owned(),
+            }
+        }
+        SourceConfig::Amqp(options) => {
+            info!(
+                "source: amqp {} exchange {} bindings {:?}",
+                options.address(),
+                options.exchange,
+                options.bindings
+            );
+            let (publisher, driver) =
+                amqp::start(options, status.clone(), metrics.clone(), deliver);
+            executor.spawn(driver).detach();
+            Commands::Amqp(publisher)
         }
         SourceConfig::Demo { calls_per_sec } => {
             info!("source: demo PBX, {calls_per_sec} calls/s");
             executor
-                .spawn(demo::run(app.source.clone(), deliver, calls_per_sec))
+                .spawn(demo::run(status.clone(), deliver, calls_per_sec))
                 .detach();
+            Commands::None
         }
     }
-    info!("listening on {}", config.listen);
-    server::run(listener, app, executor).await;
 }

@@ -61,6 +61,8 @@ pub struct Metrics {
     pub events_in: Counter,
     /// Events whose payload was not JSON (still delivered, as a JSON string).
     pub events_not_json: Counter,
+    /// Live calls dropped, oldest first, to make room past `--max-calls`.
+    pub live_calls_evicted: Counter,
     /// Frames queued to clients, one per client per event, by dialect.
     deliveries: [Counter; Dialect::ALL.len()],
     dropped: [Counter; DropReason::ALL.len()],

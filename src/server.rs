@@ -12,25 +12,18 @@ use futures_lite::{AsyncWriteExt, FutureExt};
 use smol::net::{TcpListener, TcpStream};
 use smol::{LocalExecutor, Timer};
 
-use crate::auth::Auth;
+use crate::app::App;
+use crate::auth::{Auth, Credential};
 use crate::dialect::Dialect;
 use crate::dialect::blackhole::{BlackholeSession, Subscriptions};
+use crate::dialect::isymphony::{Filters, ISymphonySession};
 use crate::http::{self, HeadError, Request, Response};
-use crate::hub::{Hub, Interest};
-use crate::metrics::Metrics;
-use crate::source::SourceStatus;
+use crate::hub::Interest;
+use crate::rest::{self, LiveApi};
 use crate::ws;
 
 /// How long a client may take to send its request head (against slowloris).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What every connection handler shares.
-pub struct App {
-    pub hub: Hub,
-    pub auth: Rc<Auth>,
-    pub source: Rc<SourceStatus>,
-    pub metrics: Rc<Metrics>,
-}
 
 /// Accepts connections forever, each handled on its own task.
 pub async fn run(listener: TcpListener, app: Rc<App>, executor: Rc<LocalExecutor<'static>>) {
@@ -82,9 +75,16 @@ async fn handle(mut stream: TcpStream, app: Rc<App>) {
 
 fn route_http(request: &Request, app: &App) -> Response {
     match (request.method.as_str(), request.path.as_str()) {
-        ("GET", "/healthz") => http::healthz(&app.source, &app.hub),
-        ("GET", "/metrics") => http::metrics(&app.metrics, &app.source, &app.hub),
+        ("GET", "/healthz") => http::healthz(app),
+        ("GET", "/metrics") => http::metrics(app),
         (_, "/healthz" | "/metrics") => Response::error(405, "method not allowed"),
+        (_, "/v2/websockets") => rest::websockets(request, &app.catalogue),
+        (_, path) if path.starts_with("/rest/live/") => LiveApi {
+            auth: &app.auth,
+            live: &app.live,
+            commands: &app.commands,
+        }
+        .route(request),
         _ => Response::error(404, &format!("no such path {}", request.path)),
     }
 }
@@ -107,10 +107,24 @@ async fn upgrade(mut stream: TcpStream, request: Request, app: &App) {
         return;
     };
     let limits = app.hub.limits();
-    let interest = match dialect {
-        Dialect::Blackhole => Interest::Blackhole(Subscriptions::new(limits.max_bindings)),
+    // iSymphony proves who it is on the upgrade itself; Blackhole later, with a token.
+    let (credential, interest) = match dialect {
+        Dialect::Blackhole => (
+            None,
+            Interest::Blackhole(Subscriptions::new(limits.max_bindings)),
+        ),
+        Dialect::ISymphony => match upgrade_credential(&request, &app.auth) {
+            Ok(credential) => (
+                Some(credential.clone()),
+                Interest::ISymphony(Filters::new(credential, limits.max_filters)),
+            ),
+            Err(refusal) => {
+                let _ = refusal.write_to(&mut stream).await;
+                return;
+            }
+        },
     };
-    let Ok(client) = app.hub.register(dialect, None, interest) else {
+    let Ok(client) = app.hub.register(dialect, credential, interest) else {
         let _ = Response::error(503, "too many clients")
             .write_to(&mut stream)
             .await;
@@ -125,8 +139,36 @@ async fn upgrade(mut stream: TcpStream, request: Request, app: &App) {
         app.hub.unregister(&client);
         return;
     }
-    let session = match dialect {
-        Dialect::Blackhole => BlackholeSession::new(client.clone(), app.auth.clone()),
+    match dialect {
+        Dialect::Blackhole => {
+            let session = BlackholeSession::new(client.clone(), app.auth.clone());
+            ws::serve(stream, request.rest, client, session, &app.hub).await;
+        }
+        Dialect::ISymphony => {
+            let session = ISymphonySession::new(client.clone());
+            ws::serve(stream, request.rest, client, session, &app.hub).await;
+        }
+    }
+}
+
+/// The credential an iSymphony upgrade carries in its `Authorization` header (HTTP Basic, as
+/// `ws://name:secret@host` URLs send it), or the 401 that refuses it before the upgrade.
+/// Without `--auth`, every upgrade is let in.
+fn upgrade_credential(request: &Request, auth: &Auth) -> Result<Rc<Credential>, Response> {
+    let header = request.header("authorization");
+    let found = match auth.by_authorization(header) {
+        None if !auth.required() => auth.by_secret(None),
+        found => found,
     };
-    ws::serve(stream, request.rest, client, session, &app.hub).await;
+    found.ok_or_else(|| {
+        let message = match header {
+            None => "authentication required: connect as ws://name:secret@host/... (HTTP Basic)",
+            Some(_) => "invalid credentials",
+        };
+        let mut refusal = Response::error(401, message);
+        refusal
+            .headers
+            .push(("WWW-Authenticate", "Basic realm=\"callwire\"".to_owned()));
+        refusal
+    })
 }

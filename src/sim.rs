@@ -738,9 +738,6 @@ trait Draw {
 }
 
 impl Draw for Rng {
-
-
-
     /// A duration between `lo_ms` and `hi_ms` milliseconds, to the microsecond.
     fn span(&mut self, lo_ms: u64, hi_ms: u64) -> Duration {
         Duration::from_micros(lo_ms * 1_000 + self.below((hi_ms - lo_ms) * 1_000))

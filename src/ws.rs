@@ -98,8 +98,14 @@ pub async fn serve(
             Wake::Message(Some(Err(err))) => {
                 // Say why before hanging up, as RFC 6455 asks (best effort, briefly).
                 if let Some(code) = close_code(&err) {
-                    let frame = CloseFrame { code, reason: "".into() };
-                    let _ = ws.close(Some(frame)).or(after(Duration::from_secs(1))).await;
+                    let frame = CloseFrame {
+                        code,
+                        reason: "".into(),
+                    };
+                    let _ = ws
+                        .close(Some(frame))
+                        .or(after(Duration::from_secs(1)))
+                        .await;
                 }
                 break;
             }

@@ -211,7 +211,9 @@ impl BlackholeSession {
         let scope = scope_for(credential, data.and_then(|d| d.get("account_id")))?;
         let (requested, as_list) = requested_bindings(data)?;
         let mut interest = self.client.interest.borrow_mut();
-        let Interest::Blackhole(subscriptions) = &mut *interest;
+        let Interest::Blackhole(subscriptions) = &mut *interest else {
+            return Err("not a Blackhole socket".to_owned());
+        };
         let requested_here = requested.iter().map(|binding| Subscription {
             binding: binding.clone(),
             scope: scope.clone(),

@@ -2,20 +2,23 @@
 //! renders an event. A dialect reads events from the hub; it never talks to a source.
 
 pub mod blackhole;
+pub mod isymphony;
 
 /// The websocket dialects, chosen by the upgrade request's path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dialect {
     Blackhole,
+    ISymphony,
 }
 
 impl Dialect {
-    pub const ALL: [Dialect; 1] = [Dialect::Blackhole];
+    pub const ALL: [Dialect; 2] = [Dialect::Blackhole, Dialect::ISymphony];
 
     /// The dialect served at a path (contract: README.md, "One port, routed by path").
     pub fn for_path(path: &str) -> Option<Dialect> {
         match path {
             "/" | "/blackhole" => Some(Dialect::Blackhole),
+            "/communication_manager/ws/event" | "/ws/event" => Some(Dialect::ISymphony),
             _ => None,
         }
     }
@@ -23,6 +26,7 @@ impl Dialect {
     pub fn as_str(self) -> &'static str {
         match self {
             Dialect::Blackhole => "blackhole",
+            Dialect::ISymphony => "isymphony",
         }
     }
 }

@@ -1,22 +1,55 @@
-//! Sources: where events come from (an MQTT broker, or the built-in demo PBX), and the health
+//! Sources: where events come from (an MQTT or AMQP broker, or the built-in demo PBX), and the health
 //! each source reports. A source only produces events; it never sees a client or a dialect.
 
+pub mod amqp;
 pub mod demo;
 pub mod mqtt;
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::event::Event;
+use crate::rng::Rng;
 
 /// Where a source hands each event it takes from the broker.
 pub type Deliver = Rc<dyn Fn(Event)>;
+
+/// Where commands to the PBX go: back over the source its events came from (live-api.md).
+pub enum Commands {
+    /// Published to `<topic>/hangup`.
+    Mqtt {
+        publisher: mqtt::MqttPublisher,
+        topic: String,
+    },
+    /// Published to the source's exchange as `command.hangup.<id>`.
+    Amqp(amqp::AmqpPublisher),
+    /// The demo PBX takes no commands.
+    None,
+}
+
+impl Commands {
+    /// Puts a hangup command for a call on the broker; the error says why it could not.
+    pub fn hangup(&self, call_id: &str, source: &str) -> Result<(), String> {
+        let body = serde_json::json!({"action": "hangup", "call_id": call_id, "source": source});
+        let body = bytes::Bytes::from(body.to_string());
+        match self {
+            Commands::Mqtt { publisher, topic } => publisher
+                .publish(&format!("{topic}/hangup"), body)
+                .map_err(|err| err.to_string()),
+            Commands::Amqp(publisher) => publisher
+                .publish(&format!("command.hangup.{call_id}"), body)
+                .map_err(|err| err.to_string()),
+            Commands::None => Err("the demo source takes no commands".to_owned()),
+        }
+    }
+}
 
 /// What kind of source feeds the bridge (`/healthz` `source.kind`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SourceKind {
     Mqtt,
+    Amqp,
     Demo,
 }
 
@@ -24,6 +57,7 @@ impl SourceKind {
     pub fn as_str(self) -> &'static str {
         match self {
             SourceKind::Mqtt => "mqtt",
+            SourceKind::Amqp => "amqp",
             SourceKind::Demo => "demo",
         }
     }
@@ -71,5 +105,63 @@ impl SourceStatus {
         if connected {
             self.connections.set(self.connections.get() + 1);
         }
+    }
+}
+
+/// The first delay of a [`Backoff`].
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(250);
+/// The longest delay of a [`Backoff`].
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Capped exponential backoff with ±25 % jitter, for the brokers' reconnects: 250 ms doubling
+/// to 10 s.
+pub(crate) struct Backoff {
+    next: Duration,
+    rng: Rng,
+}
+
+impl Backoff {
+    pub(crate) fn new(rng: Rng) -> Backoff {
+        Backoff {
+            next: BACKOFF_MIN,
+            rng,
+        }
+    }
+
+    /// Back to the shortest delay (after a connection that lasted).
+    pub(crate) fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+
+    /// The delay before the next attempt; each call doubles the base, up to the cap.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (base * 2).min(BACKOFF_MAX);
+        base.mul_f64(0.75 + 0.5 * self.rng.unit())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_cap_with_jitter() {
+        let mut b = Backoff::new(Rng::new(12345));
+        let mut bases = Vec::new();
+        for _ in 0..10 {
+            let base = b.next;
+            let d = b.next_delay();
+            assert!(
+                d >= base.mul_f64(0.75) && d <= base.mul_f64(1.25),
+                "{d:?} vs {base:?}"
+            );
+            bases.push(base);
+        }
+        assert_eq!(bases[0], BACKOFF_MIN);
+        assert_eq!(bases[1], BACKOFF_MIN * 2);
+        assert_eq!(*bases.last().unwrap(), BACKOFF_MAX);
+        b.reset();
+        assert_eq!(b.next, BACKOFF_MIN);
     }
 }

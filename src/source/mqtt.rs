@@ -29,7 +29,7 @@ use crate::event::{self, Event};
 use crate::logging::RateLimit;
 use crate::metrics::{DropReason, Metrics};
 use crate::rng::Rng;
-use crate::source::{Deliver, SourceStatus};
+use crate::source::{Backoff, Deliver, SourceStatus};
 
 /// The port of `mqtt://host` with no port.
 pub const DEFAULT_PORT: u16 = 1883;
@@ -46,8 +46,6 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_INFLIGHT: u16 = 32;
 /// A queued publish not sent within this long (the broker was away) is dropped, not sent late.
 const PUBLISH_TTL: Duration = Duration::from_secs(30);
-const BACKOFF_MIN: Duration = Duration::from_millis(250);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// A connection that lasted this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// The read buffer's starting size, and the size it returns to after a big message.
@@ -265,7 +263,10 @@ fn percent_decode(text: &str) -> Result<String, String> {
 /// `callwire-` and up to 14 hex digits from the process id and the clock: unique per process
 /// and within the 23 characters every MQTT 3.1.1 broker accepts.
 fn default_client_id() -> String {
-    format!("callwire-{:x}", Rng::from_clock().next_u64() & 0x00ff_ffff_ffff_ffff)
+    format!(
+        "callwire-{:x}",
+        Rng::from_clock().next_u64() & 0x00ff_ffff_ffff_ffff
+    )
 }
 
 /// Why [`MqttPublisher::publish`] refused a message.
@@ -890,31 +891,6 @@ fn refusal(code: ConnectReturnCode) -> &'static str {
     }
 }
 
-/// Capped exponential backoff with ±25 % jitter.
-struct Backoff {
-    next: Duration,
-    rng: Rng,
-}
-
-impl Backoff {
-    fn new(rng: Rng) -> Backoff {
-        Backoff {
-            next: BACKOFF_MIN,
-            rng,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.next = BACKOFF_MIN;
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (base * 2).min(BACKOFF_MAX);
-        base.mul_f64(0.75 + 0.5 * self.rng.unit())
-    }
-}
-
 /// A message larger than the maximum, skipped without being read into memory.
 #[derive(Debug, PartialEq, Eq)]
 struct TooLarge {
@@ -1220,23 +1196,7 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_to_cap_with_jitter() {
-        let mut b = Backoff::new(Rng::new(12345));
-        let mut bases = Vec::new();
-        for _ in 0..10 {
-            let base = b.next;
-            let d = b.next_delay();
-            assert!(
-                d >= base.mul_f64(0.75) && d <= base.mul_f64(1.25),
-                "{d:?} vs {base:?}"
-            );
-            bases.push(base);
-        }
-        assert_eq!(bases[0], BACKOFF_MIN);
-        assert_eq!(bases[1], BACKOFF_MIN * 2);
-        assert_eq!(*bases.last().unwrap(), BACKOFF_MAX);
-        b.reset();
-        assert_eq!(b.next, BACKOFF_MIN);
+    fn keep_alive_rounds_up_to_whole_seconds() {
         assert_eq!(keep_alive_secs(Duration::from_millis(1500)), 2);
         assert_eq!(keep_alive_secs(Duration::ZERO), 0);
     }
@@ -1496,7 +1456,11 @@ mod tests {
     }
 
     fn unique() -> String {
-        format!("{}-{}", std::process::id(), Rng::from_clock().next_u64() & 0xffff_ffff)
+        format!(
+            "{}-{}",
+            std::process::id(),
+            Rng::from_clock().next_u64() & 0xffff_ffff
+        )
     }
 
     async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {

@@ -14,7 +14,7 @@ use tungstenite::{Message, WebSocket};
 
 pub type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now (for private brokers, which cannot report theirs).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -45,6 +45,27 @@ pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) 
     }
 }
 
+/// A temporary file, removed when dropped.
+pub struct TempFile(pub PathBuf);
+
+impl TempFile {
+    pub fn new(stem: &str, text: &str) -> TempFile {
+        let path = std::env::temp_dir().join(unique(stem));
+        std::fs::write(&path, text).unwrap();
+        TempFile(path)
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// A running `callwire`, killed when dropped. Its stderr goes to a file the test can read.
 pub struct Callwire {
     pub child: Child,
@@ -53,32 +74,40 @@ pub struct Callwire {
 }
 
 impl Callwire {
-    /// Starts the binary with `args` plus `--listen 127.0.0.1:<free port>`, and waits until
-    /// the port accepts connections.
+    /// Starts the binary with `args` plus `--listen 127.0.0.1:0`, and learns the port the
+    /// system chose from its "listening on" log line: no window in which another test could
+    /// take the port. (A test that sets `--log-level` above info cannot use this.)
     pub fn start(args: &[&str]) -> Callwire {
-        let port = free_port();
         let log = std::env::temp_dir().join(format!("{}.log", unique("callwire-test-")));
         let child = Command::new(env!("CARGO_BIN_EXE_callwire"))
             .args(args)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--listen", "127.0.0.1:0"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("callwire starts");
-        let mut callwire = Callwire { child, port, log };
+        let mut callwire = Callwire {
+            child,
+            port: 0,
+            log,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = callwire.child.try_wait().unwrap() {
-                panic!("callwire exited with {status}: {}", callwire.log_text());
+        loop {
+            let text = callwire.log_text();
+            let port = text.lines().find_map(|line| {
+                let address = line.split("listening on 127.0.0.1:").nth(1)?;
+                address.trim().parse::<u16>().ok()
+            });
+            if let Some(port) = port {
+                callwire.port = port;
+                return callwire;
             }
-            assert!(
-                Instant::now() < deadline,
-                "callwire never listened: {}",
-                callwire.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+            if let Some(status) = callwire.child.try_wait().unwrap() {
+                panic!("callwire exited with {status}: {text}");
+            }
+            assert!(Instant::now() < deadline, "callwire never listened: {text}");
+            std::thread::sleep(Duration::from_millis(10));
         }
-        callwire
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,0 +1,40 @@
+//! The application's shared state, and the path every event takes through it.
+//!
+//! One `App` per process, shared by `Rc` between the source's deliver callback and every
+//! connection handler. Single-threaded, so its mutable parts are `RefCell`s that are never
+//! held across an `.await`.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use crate::auth::Auth;
+use crate::event::Event;
+use crate::hub::Hub;
+use crate::live::LiveState;
+use crate::metrics::Metrics;
+use crate::rest::Catalogue;
+use crate::source::{Commands, SourceStatus};
+
+pub struct App {
+    pub hub: Hub,
+    pub auth: Rc<Auth>,
+    pub source: Rc<SourceStatus>,
+    pub metrics: Rc<Metrics>,
+    pub live: RefCell<LiveState>,
+    pub catalogue: Catalogue,
+    pub commands: Commands,
+}
+
+impl App {
+    /// Takes one event through the bridge: counts it, notes its routing-key family, applies
+    /// it to the live calls, then fans it out to the clients that want it.
+    pub fn deliver(&self, event: Event) {
+        self.metrics.events_in.inc();
+        if event.json.is_none() {
+            self.metrics.events_not_json.inc();
+        }
+        self.catalogue.note(&event.routing_key);
+        self.live.borrow_mut().apply(&event);
+        self.hub.publish(&event);
+    }
+}

@@ -1,0 +1,266 @@
+//! The REST live API (contract: live-api.md): root, instance, sub-resource and action paths
+//! over the live calls and extensions, and the `/v2/websockets` binding catalogue.
+//!
+//! Every answer is scoped to the caller's credential; the routing is a pure function of the
+//! request and the state, so it is easy to test and to fuzz.
+
+use std::cell::RefCell;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::auth::Auth;
+use crate::clock;
+use crate::http::{Request, Response};
+use crate::live::LiveState;
+use crate::source::Commands;
+
+/// The Kazoo call events a Blackhole client can bind to, as Crossbar lists them.
+const CALL_EVENTS: [&str; 9] = [
+    "CHANNEL_CREATE",
+    "CHANNEL_ANSWER",
+    "CHANNEL_DESTROY",
+    "CHANNEL_HOLD",
+    "CHANNEL_UNHOLD",
+    "CHANNEL_BRIDGE",
+    "CHANNEL_UNBRIDGE",
+    "PARK_PARKED",
+    "PARK_RETRIEVED",
+];
+
+/// Most routing-key families the catalogue remembers.
+const CATALOGUE_LIMIT: usize = 256;
+
+/// Routing-key families seen since start-up, for `/v2/websockets`: `family -> template`,
+/// bounded; a family first seen past the bound is not listed.
+#[derive(Debug, Default)]
+pub struct Catalogue {
+    seen: RefCell<Vec<(String, String)>>,
+}
+
+impl Catalogue {
+    /// Notes an event's routing key: its first segment is the family, and its first two
+    /// segments plus `#` the template.
+    pub fn note(&self, routing_key: &str) {
+        let mut segments = routing_key.splitn(3, '.');
+        let family = segments.next().unwrap_or_default();
+        let template = match (segments.next(), segments.next()) {
+            (Some(second), Some(_)) => format!("{family}.{second}.#"),
+            (Some(second), None) => format!("{family}.{second}"),
+            (None, _) => family.to_owned(),
+        };
+        let mut seen = self.seen.borrow_mut();
+        let known = seen.iter().any(|(f, t)| f == family && *t == template);
+        if !known && seen.len() < CATALOGUE_LIMIT {
+            seen.push((family.to_owned(), template));
+        }
+    }
+
+    fn listing(&self) -> Value {
+        let mut families = serde_json::Map::new();
+        let call: Vec<Value> = CALL_EVENTS
+            .iter()
+            .map(|e| json!(format!("call.{e}.{{CALL_ID}}")))
+            .collect();
+        families.insert("call".to_owned(), Value::Array(call));
+        for (family, template) in self.seen.borrow().iter() {
+            let list = families
+                .entry(family.clone())
+                .or_insert_with(|| Value::Array(Vec::new()));
+            if let Value::Array(list) = list {
+                list.push(json!(template));
+            }
+        }
+        Value::Object(families)
+    }
+}
+
+/// `GET /v2/websockets`: the catalogue, as Kazoo's Crossbar answers it (no credential needed).
+pub fn websockets(request: &Request, catalogue: &Catalogue) -> Response {
+    if request.method != "GET" {
+        return method_not_allowed("GET");
+    }
+    let version = concat!("callwire ", env!("CARGO_PKG_VERSION"));
+    Response::json(
+        200,
+        &json!({"status": "success", "data": catalogue.listing(), "version": version}),
+    )
+}
+
+/// Everything the live API answers from.
+pub struct LiveApi<'a> {
+    pub auth: &'a Auth,
+    pub live: &'a RefCell<LiveState>,
+    pub commands: &'a Commands,
+}
+
+impl LiveApi<'_> {
+    /// Answers one request under `/rest/live`.
+    pub fn route(&self, request: &Request) -> Response {
+        let Some(credential) = self.auth.by_authorization(request.header("authorization")) else {
+            let mut response = Response::error(401, "a valid credential is required");
+            response
+                .headers
+                .push(("WWW-Authenticate", "Basic realm=\"callwire\"".to_owned()));
+            return response;
+        };
+        let Some(segments) = segments(&request.path) else {
+            return Response::error(400, &format!("malformed path {}", request.path));
+        };
+        let scope = credential.account.as_str();
+        let method = request.method.as_str();
+        let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+        let live = self.live.borrow();
+        match segments.as_slice() {
+            ["calls"] => read(method, || Ok(live.calls(scope).collect::<Vec<_>>())),
+            ["calls", id] => read(method, || live.call(scope, id).ok_or_else(|| no_call(id))),
+            ["calls", id, "events"] => read(method, || {
+                let events = live.call_events(scope, id).ok_or_else(|| no_call(id))?;
+                Ok(events
+                    .map(|e| event_json(&e.routing_key, e.received_at, &e.payload))
+                    .collect::<Vec<_>>())
+            }),
+            ["calls", id, "hangup"] => {
+                if method != "POST" {
+                    return method_not_allowed("POST");
+                }
+                if body_too_large(request) {
+                    return Response::error(413, "a hangup takes no body");
+                }
+                let Some(call) = live.call(scope, id) else {
+                    return Response::error(404, &no_call(id));
+                };
+                match self.commands.hangup(id, call.source.as_str()) {
+                    Ok(()) => Response::json(202, &json!({"status": "accepted", "call_id": id})),
+                    Err(reason) => Response::error(503, &reason),
+                }
+            }
+            ["extensions"] => read(method, || Ok(live.extensions(scope))),
+            ["extensions", number] => read(method, || {
+                live.extension(scope, number)
+                    .ok_or_else(|| format!("no extension {number}"))
+            }),
+            ["extensions", number, "calls"] => read(method, || {
+                let extension = live
+                    .extension(scope, number)
+                    .ok_or_else(|| format!("no extension {number}"))?;
+                Ok(extension
+                    .calls
+                    .iter()
+                    .filter_map(|id| live.call(scope, id))
+                    .collect::<Vec<_>>())
+            }),
+            _ => Response::error(404, &format!("no such resource {}", request.path)),
+        }
+    }
+}
+
+/// A GET answer: 200 with the value, 404 with the message, 405 for any other method.
+fn read<T: Serialize>(method: &str, answer: impl FnOnce() -> Result<T, String>) -> Response {
+    if method != "GET" {
+        return method_not_allowed("GET");
+    }
+    match answer() {
+        Ok(value) => Response::json(200, &value),
+        Err(message) => Response::error(404, &message),
+    }
+}
+
+fn method_not_allowed(allowed: &str) -> Response {
+    let mut response = Response::error(405, &format!("method not allowed; use {allowed}"));
+    response.headers.push(("Allow", allowed.to_owned()));
+    response
+}
+
+fn no_call(id: &str) -> String {
+    format!("no call {id}")
+}
+
+/// A body larger than a hangup could need, by its declared length.
+fn body_too_large(request: &Request) -> bool {
+    const MAX_BODY: u64 = 4096;
+    request
+        .header("content-length")
+        .and_then(|length| length.trim().parse::<u64>().ok())
+        .is_some_and(|length| length > MAX_BODY)
+}
+
+/// One recent event as the `events` sub-resource shows it: the payload as JSON when it is.
+fn event_json(routing_key: &str, received_at: std::time::SystemTime, payload: &[u8]) -> Value {
+    let data = serde_json::from_slice::<Value>(payload)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into_owned()));
+    json!({"routing_key": routing_key, "received_at": clock::rfc3339(received_at), "data": data})
+}
+
+/// The percent-decoded segments after `/rest/live/`; `None` for a malformed path (an empty
+/// segment, bad percent-encoding, or a segment that is not UTF-8). One trailing `/` is allowed.
+fn segments(path: &str) -> Option<Vec<String>> {
+    let rest = path.strip_prefix("/rest/live/")?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    rest.split('/').map(percent_decode).collect()
+}
+
+fn percent_decode(segment: &str) -> Option<String> {
+    if segment.is_empty() {
+        return None;
+    }
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = segment.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_split_into_decoded_segments() {
+        assert_eq!(segments("/rest/live/calls").unwrap(), ["calls"]);
+        assert_eq!(segments("/rest/live/calls/").unwrap(), ["calls"]);
+        assert_eq!(
+            segments("/rest/live/calls/1795428935%2E454/events").unwrap(),
+            ["calls", "1795428935.454", "events"]
+        );
+        for malformed in [
+            "/rest/live/calls//events",
+            "/rest/live/calls/%zz",
+            "/rest/live/calls/%2",
+            "/rest/live/",
+            "/rest/live/calls/%ff",
+        ] {
+            assert!(segments(malformed).is_none(), "{malformed}");
+        }
+    }
+
+    #[test]
+    fn the_catalogue_lists_kazoo_templates_and_families_seen() {
+        let catalogue = Catalogue::default();
+        catalogue.note("conference.event.abc.def");
+        catalogue.note("conference.event.xyz");
+        catalogue.note("presence");
+        let listing = catalogue.listing();
+        assert!(
+            listing["call"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("call.CHANNEL_CREATE.{CALL_ID}"))
+        );
+        assert_eq!(listing["conference"], json!(["conference.event.#"]));
+        assert_eq!(listing["presence"], json!(["presence"]));
+        for n in 0..1000 {
+            catalogue.note(&format!("f{n}.x"));
+        }
+        assert_eq!(catalogue.seen.borrow().len(), CATALOGUE_LIMIT);
+    }
+}

@@ -1,0 +1,1255 @@
+//! The AMQP 0-9-1 source: lapin on smol, a server-named queue bound to a topic exchange.
+//!
+//! One driver future (spawned by main on its `LocalExecutor`) owns the connection: it
+//! connects, declares the topic exchange, declares an exclusive, auto-delete, server-named
+//! queue, binds it with every binding, consumes with a bounded prefetch, hands each delivery
+//! to `deliver` itself (so the hub only ever runs on the main thread), acks in batches, sends
+//! the publishes queued through [`AmqpPublisher`], and on any loss reconnects after a capped,
+//! jittered backoff, declaring and binding again.
+//!
+//! Threads: lapin drives each connection's socket from a thread of its own (`lapin-io-loop`,
+//! alive while a connection is up or being made). Everything else lapin runs (its RPC loop,
+//! heartbeats, promise resolution) is spawned on an executor that this driver runs on the main
+//! thread, not on smol's global executor, so the process has 3 threads while connected
+//! (main, `async-io`, `lapin-io-loop`) and 2 while the broker is away. A host name is
+//! resolved (blocking) on the `lapin-io-loop` thread of the attempt, so it adds no thread.
+//!
+//! With no bindings, the source is publish-only: it declares the exchange and consumes
+//! nothing (what `callwire simulate --amqp` needs).
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_lite::{StreamExt, future};
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::uri::{AMQPScheme, AMQPUri};
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind, Event as LapinEvent,
+    ExchangeKind,
+};
+use smol::Timer;
+use smol::channel::{Receiver, Sender, TrySendError};
+
+use crate::event::Event;
+use crate::logging::RateLimit;
+use crate::metrics::{DropReason, Metrics};
+use crate::rng::Rng;
+use crate::source::{Deliver, SourceStatus};
+
+/// The prefetch window: deliveries the broker may send before we ack. Bounds what a burst can
+/// pile up in memory to this many messages.
+pub const PREFETCH: u16 = 256;
+/// How many publishes [`AmqpPublisher`] queues before it refuses more.
+pub const PUBLISH_QUEUE: usize = 256;
+/// AMQP's longest exchange name, routing key or binding key, in bytes.
+pub const MAX_SHORT_STRING: usize = 255;
+
+/// Budget for resolving and opening the TCP connection, and again for the AMQP handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Budget for declaring, binding and starting to consume.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Budget for closing a connection politely before its socket is shut.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A publish or an ack that cannot be handed to the connection within this long means the
+/// link is stuck.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// A queued publish not sent within this long (the broker was away) is dropped, not sent late.
+const PUBLISH_TTL: Duration = Duration::from_secs(30);
+/// A connection that lasted this long resets the backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// How often the connected loop looks at the connection's state, to notice a close that
+/// produced no error event.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// At most this many deliveries are taken before one multiple-ack covers them.
+const ACK_BATCH: usize = 64;
+/// Heartbeat asked of the broker unless the URL sets `heartbeat` (the lower value wins).
+const HEARTBEAT_SECS: u16 = 20;
+/// Frame size asked of the broker unless the URL sets `frame_max`. lapin keeps two ring
+/// buffers of 32 frames each, so this bounds them to 1 MiB each (RabbitMQ's own 128 KiB
+/// would make them 4 MiB each). Larger bodies are simply split into more frames.
+const FRAME_MAX: u32 = 32 * 1024;
+
+/// Where and what to consume.
+#[derive(Clone)]
+pub struct AmqpOptions {
+    /// The broker URL as given (it may hold a password: never log it).
+    pub uri: AMQPUri,
+    pub exchange: String,
+    /// Binding keys for the server-named queue; empty for a publish-only connection.
+    pub bindings: Vec<String>,
+    /// The largest body delivered; a larger one is acked, dropped and counted.
+    pub max_message_size: usize,
+}
+
+impl fmt::Debug for AmqpOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpOptions")
+            .field("address", &self.address())
+            .field("user", &self.uri.authority.userinfo.username)
+            .field("password", &"***")
+            .field("exchange", &self.exchange)
+            .field("bindings", &self.bindings)
+            .field("max_message_size", &self.max_message_size)
+            .finish()
+    }
+}
+
+impl AmqpOptions {
+    /// Parses `amqp://user:pass@host:port/vhost` (user and password default to guest, the
+    /// port to 5672, the vhost to `/`; `%2f` is `/`). The error is one line naming `--amqp`,
+    /// without the password.
+    pub fn from_url(url: &str) -> Result<AmqpOptions, String> {
+        let shown = redact(url);
+        let expected = "expected amqp://user:pass@host:5672/vhost";
+        let mut uri: AMQPUri = url.parse().map_err(|err: String| {
+            let err = err.replace(url, &shown);
+            format!("--amqp: {expected}, got '{shown}': {err}")
+        })?;
+        if uri.scheme == AMQPScheme::AMQPS {
+            return Err(format!(
+                "--amqp: TLS (amqps://) is not supported in this build; use amqp://host:5672, got '{shown}'"
+            ));
+        }
+        // lapin's parser takes the host from `Url::domain`, which is empty for an IP address:
+        // `amqp://10.0.0.5` would quietly become `localhost`. Take an IP literal ourselves.
+        if let Some(ip) = ip_host(url) {
+            uri.authority.host = ip.to_string();
+        }
+        if uri.authority.host.is_empty() {
+            return Err(format!("--amqp: missing host in '{shown}' ({expected})"));
+        }
+        Ok(AmqpOptions {
+            uri,
+            exchange: "callwire".to_owned(),
+            bindings: vec!["#".to_owned()],
+            max_message_size: 64 * 1024,
+        })
+    }
+
+    /// Checks what AMQP itself limits: the exchange and every binding fit in 255 bytes, and the
+    /// exchange is not the default one. The error is one line naming the flag.
+    pub fn check(&self) -> Result<(), String> {
+        if self.exchange.is_empty() {
+            return Err(
+                "--amqp-exchange: the default exchange '' cannot be bound to; name a topic exchange"
+                    .to_owned(),
+            );
+        }
+        if self.exchange.len() > MAX_SHORT_STRING {
+            return Err(format!(
+                "--amqp-exchange: longer than AMQP allows ({MAX_SHORT_STRING} bytes)"
+            ));
+        }
+        if let Some(long) = self.bindings.iter().find(|b| b.len() > MAX_SHORT_STRING) {
+            return Err(format!(
+                "--amqp-binding: '{}...' is longer than AMQP allows ({MAX_SHORT_STRING} bytes)",
+                long.chars().take(40).collect::<String>()
+            ));
+        }
+        Ok(())
+    }
+
+    /// `host:port vhost '/'`, for log lines (never the user's password).
+    pub fn address(&self) -> String {
+        let host = &self.uri.authority.host;
+        let port = self.uri.authority.port;
+        let vhost = &self.uri.vhost;
+        if host.contains(':') {
+            format!("[{host}]:{port} vhost '{vhost}'")
+        } else {
+            format!("{host}:{port} vhost '{vhost}'")
+        }
+    }
+}
+
+/// The URL with any password replaced by `***`, fit for an error message.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rfind('@') {
+        Some(at) => match authority[..at].split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***{}{tail}", &authority[at..]),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// The host of `scheme://[user[:pass]@]host[:port]/...` when it is an IP address.
+fn ip_host(url: &str) -> Option<IpAddr> {
+    let rest = url.split_once("://")?.1;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let hostport = authority
+        .rfind('@')
+        .map_or(authority, |at| &authority[at + 1..]);
+    let host = match hostport.strip_prefix('[') {
+        Some(bracketed) => bracketed.split_once(']')?.0,
+        None => hostport.split(':').next()?,
+    };
+    host.parse().ok()
+}
+
+/// Why [`AmqpPublisher::publish`] refused a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PublishError {
+    /// The queue holds [`PUBLISH_QUEUE`] messages not yet sent.
+    Full,
+    /// The source is not connected to the broker (or no longer runs).
+    Disconnected,
+    /// Longer than AMQP's 255 bytes.
+    InvalidRoutingKey,
+}
+
+impl fmt::Display for PublishError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PublishError::Full => "AMQP publish queue is full",
+            PublishError::Disconnected => "AMQP source is not connected",
+            PublishError::InvalidRoutingKey => "AMQP routing key longer than 255 bytes",
+        })
+    }
+}
+
+impl std::error::Error for PublishError {}
+
+/// A handle to publish to the source's exchange through its connection.
+#[derive(Clone)]
+pub struct AmqpPublisher {
+    queue: Sender<Queued>,
+    status: Rc<SourceStatus>,
+}
+
+impl fmt::Debug for AmqpPublisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpPublisher")
+            .field("queued", &self.queue.len())
+            .finish()
+    }
+}
+
+struct Queued {
+    at: Instant,
+    routing_key: ShortString,
+    payload: Bytes,
+}
+
+impl AmqpPublisher {
+    /// Queues a message for the source's exchange with this routing key. `Ok` means queued:
+    /// the driver hands it to the connection shortly (not confirmed by the broker). A message
+    /// still queued when the link drops is sent after the reconnect, unless it is older than
+    /// 30 s by then.
+    pub fn publish(&self, routing_key: &str, payload: Bytes) -> Result<(), PublishError> {
+        let queued = self.queued(routing_key, payload)?;
+        match self.queue.try_send(queued) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(PublishError::Full),
+            Err(TrySendError::Closed(_)) => Err(PublishError::Disconnected),
+        }
+    }
+
+    /// Like [`publish`](Self::publish), but waits for room in the queue instead of returning
+    /// [`PublishError::Full`] (for a producer such as the simulator that should slow down
+    /// rather than drop). Still `Err(Disconnected)` at once while the broker is away.
+    pub async fn publish_wait(
+        &self,
+        routing_key: &str,
+        payload: Bytes,
+    ) -> Result<(), PublishError> {
+        let queued = self.queued(routing_key, payload)?;
+        self.queue
+            .send(queued)
+            .await
+            .map_err(|_| PublishError::Disconnected)
+    }
+
+    /// Whether the source is connected (publishes are accepted).
+    pub fn connected(&self) -> bool {
+        self.status.connected()
+    }
+
+    fn queued(&self, routing_key: &str, payload: Bytes) -> Result<Queued, PublishError> {
+        let routing_key =
+            ShortString::try_new(routing_key).map_err(|_| PublishError::InvalidRoutingKey)?;
+        if !self.status.connected() {
+            return Err(PublishError::Disconnected);
+        }
+        Ok(Queued {
+            at: Instant::now(),
+            routing_key,
+            payload,
+        })
+    }
+}
+
+/// Builds the source: a publisher, and the driver future (connect, declare, bind, consume,
+/// reconnect, forever) for the caller to spawn on its `LocalExecutor`. Every delivery is
+/// handed to `deliver` from that future. With `options.bindings` empty the connection is
+/// publish-only: it declares the exchange and consumes nothing.
+pub fn start(
+    options: AmqpOptions,
+    status: Rc<SourceStatus>,
+    metrics: Rc<Metrics>,
+    deliver: Deliver,
+) -> (AmqpPublisher, impl Future<Output = ()>) {
+    let (queue, requests) = smol::channel::bounded(PUBLISH_QUEUE);
+    let publisher = AmqpPublisher {
+        queue,
+        status: status.clone(),
+    };
+    let mut uri = options.uri.clone();
+    uri.query.heartbeat.get_or_insert(HEARTBEAT_SECS);
+    uri.query.frame_max.get_or_insert(FRAME_MAX);
+    let tasks = Arc::new(smol::Executor::new());
+    let driver = Driver {
+        address: options.address(),
+        uri,
+        options,
+        status,
+        metrics,
+        deliver,
+        requests,
+        logs: Logs::default(),
+        kit: kit::Kit::new(tasks.clone()),
+    };
+    // lapin's own futures run on `tasks`, driven here, on the caller's thread.
+    let run = async move { tasks.run(driver.run()).await };
+    (publisher, run)
+}
+
+/// Rate limits for the lines that can repeat.
+struct Logs {
+    failed: RateLimit,
+    lost: RateLimit,
+    connected: RateLimit,
+    too_large: RateLimit,
+    expired: RateLimit,
+    notice: RateLimit,
+}
+
+impl Default for Logs {
+    fn default() -> Logs {
+        Logs {
+            failed: RateLimit::new(Duration::from_secs(60)),
+            lost: RateLimit::new(Duration::from_secs(10)),
+            connected: RateLimit::new(Duration::from_secs(10)),
+            too_large: RateLimit::new(Duration::from_secs(10)),
+            expired: RateLimit::new(Duration::from_secs(10)),
+            notice: RateLimit::new(Duration::from_secs(60)),
+        }
+    }
+}
+
+fn held_back(count: u64) -> String {
+    match count {
+        0 => String::new(),
+        n => format!(" ({n} similar lines held back)"),
+    }
+}
+
+/// How a session ended.
+enum Failure {
+    /// No connection was established.
+    Connect(String),
+    /// The broker refused the login or the vhost.
+    Refused(String),
+    /// Connected, but the exchange, queue or bindings could not be set up as configured.
+    Setup(String),
+    /// An established connection was lost.
+    Lost(String),
+}
+
+/// What the connected loop woke for.
+enum Wake {
+    /// Boxed: a delivery is large, and the other wakes are frequent.
+    Delivery(Box<Option<lapin::Result<Delivery>>>),
+    Request(Option<Queued>),
+    Event(Option<LapinEvent>),
+    Check,
+}
+
+/// One connection's socket, shut when the session ends however it ends, so lapin's I/O
+/// thread for it always stops. A socket that arrives after the session gave up (a connect
+/// that outlived its timeout) is shut at once.
+#[derive(Clone, Default)]
+struct SocketSlot(Arc<Mutex<(Option<std::net::TcpStream>, bool)>>);
+
+impl SocketSlot {
+    fn set(&self, socket: std::net::TcpStream) {
+        let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.1 {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        } else {
+            slot.0 = Some(socket);
+        }
+    }
+
+    fn shut(&self) {
+        let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.1 = true;
+        if let Some(socket) = slot.0.take() {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// The live connection: closed politely when possible, and its socket shut in any case.
+struct Link {
+    conn: Connection,
+    socket: SocketSlot,
+}
+
+impl Link {
+    async fn close(self) {
+        let _ = within(CLOSE_TIMEOUT, "closing", async {
+            self.conn
+                .close(200, ShortString::from("callwire"))
+                .await
+                .map_err(|e| describe(&e))
+        })
+        .await;
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.socket.shut();
+    }
+}
+
+struct Driver {
+    options: AmqpOptions,
+    /// The URL with callwire's heartbeat and frame size filled in.
+    uri: AMQPUri,
+    address: String,
+    status: Rc<SourceStatus>,
+    metrics: Rc<Metrics>,
+    deliver: Deliver,
+    requests: Receiver<Queued>,
+    logs: Logs,
+    kit: kit::Kit,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let mut backoff = crate::source::Backoff::new(Rng::from_clock());
+        loop {
+            let began = Instant::now();
+            let failure = self.session().await;
+            let was_connected = self.status.connected();
+            self.status.set_connected(false);
+
+            if was_connected && began.elapsed() >= STABLE_AFTER {
+                backoff.reset();
+            }
+            let delay = backoff.next_delay();
+            let ms = delay.as_millis();
+            let address = &self.address;
+            match failure {
+                Failure::Lost(reason) => {
+                    if let Some(held) = self.logs.lost.check() {
+                        warn!(
+                            "amqp: connection to {address} lost: {reason}; reconnecting in {ms} ms{}",
+                            held_back(held)
+                        );
+                    }
+                }
+                Failure::Connect(reason) => {
+                    if let Some(held) = self.logs.failed.check() {
+                        warn!(
+                            "amqp: cannot connect to {address}: {reason}; retrying in {ms} ms{}",
+                            held_back(held)
+                        );
+                    }
+                }
+                Failure::Refused(reason) => {
+                    if let Some(held) = self.logs.failed.check() {
+                        error!(
+                            "amqp: broker {address} refused user '{}': {reason}; retrying in {ms} ms{}",
+                            self.options.uri.authority.userinfo.username,
+                            held_back(held)
+                        );
+                    }
+                }
+                Failure::Setup(reason) => {
+                    if let Some(held) = self.logs.failed.check() {
+                        error!(
+                            "amqp: {address}: {reason}; retrying in {ms} ms{}",
+                            held_back(held)
+                        );
+                    }
+                }
+            }
+            Timer::after(delay).await;
+        }
+    }
+
+    /// One connection, from connect to loss.
+    async fn session(&mut self) -> Failure {
+        if let Err(reason) = self.options.check() {
+            return Failure::Setup(reason);
+        }
+        let link = match self.connect().await {
+            Ok(link) => link,
+            Err(failure) => return failure,
+        };
+        let mut events = link.conn.events_listener();
+        let setup = future::or(self.setup(&link.conn), async {
+            Timer::after(SETUP_TIMEOUT).await;
+            Err(Failure::Lost("setting up timed out".to_owned()))
+        });
+        let (channel, consumer, queue) = match setup.await {
+            Ok(ready) => ready,
+            Err(failure) => {
+                // A refused declaration leaves the connection up: close it politely.
+                link.close().await;
+                return failure;
+            }
+        };
+
+        self.status.set_connected(true);
+        if let Some(held) = self.logs.connected.check() {
+            let consuming = match &queue {
+                Some(queue) => format!(
+                    ", queue '{queue}' bound with {} binding(s), prefetch {PREFETCH}",
+                    self.options.bindings.len()
+                ),
+                None => ", publish-only".to_owned(),
+            };
+            info!(
+                "amqp: connected to {} as '{}', exchange '{}'{consuming}{}",
+                self.address,
+                self.options.uri.authority.userinfo.username,
+                self.options.exchange,
+                held_back(held)
+            );
+        }
+        let reason = self.serve(&link, &channel, consumer, &mut events).await;
+        drop(channel);
+        drop(link);
+        Failure::Lost(reason)
+    }
+
+    /// Resolves, connects and logs in, within [`CONNECT_TIMEOUT`] each.
+    async fn connect(&self) -> Result<Link, Failure> {
+        let host = self.uri.authority.host.clone();
+        let port = self.uri.authority.port;
+        let socket = SocketSlot::default();
+        let slot = socket.clone();
+        // Runs on lapin's I/O thread, a thread of its own with nothing else to do yet: a host
+        // name is resolved right there (blocking), so no resolver thread is added. Keeps a
+        // handle on the socket so that we can always shut it (and so end that thread).
+        let connect = async move |_uri: AMQPUri, runtime: async_rs::Runtime<kit::Kit>| {
+            use async_rs::traits::Reactor;
+            use std::net::ToSocketAddrs;
+            let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+                Ok(ip) => vec![SocketAddr::new(ip, port)],
+                Err(_) => (host.as_str(), port)
+                    .to_socket_addrs()
+                    .map_err(|e| io::Error::new(e.kind(), format!("resolving '{host}': {e}")))?
+                    .collect(),
+            };
+            let mut last = io::Error::new(io::ErrorKind::NotFound, "the host has no address");
+            for addr in &addrs {
+                let attempt = within(CONNECT_TIMEOUT, "connecting", async {
+                    runtime
+                        .tcp_connect_addr(*addr)
+                        .await
+                        .map_err(|e| e.to_string())
+                });
+                match attempt.await {
+                    Ok(stream) => {
+                        if let Ok(handle) = stream.get_ref().try_clone() {
+                            slot.set(handle);
+                        }
+                        return Ok(lapin::tcp::AsyncTcpStream::Plain(stream));
+                    }
+                    Err(e) => last = io::Error::other(e),
+                }
+            }
+            Err(lapin::Error::from(last))
+        };
+        let properties = ConnectionProperties::default()
+            .with_connection_name(format!("callwire {}", env!("CARGO_PKG_VERSION")).into());
+        let runtime = async_rs::Runtime::new(self.kit.clone());
+        let uri = self.uri.clone();
+        let opening = async {
+            Connection::connector(uri, runtime, connect, properties)
+                .await
+                .map_err(|e| {
+                    if is_refusal(&e) {
+                        Failure::Refused(describe(&e))
+                    } else {
+                        Failure::Connect(describe(&e))
+                    }
+                })
+        };
+        let timeout = async {
+            Timer::after(CONNECT_TIMEOUT * 2).await;
+            Err(Failure::Connect("the AMQP handshake timed out".to_owned()))
+        };
+        match future::or(opening, timeout).await {
+            Ok(conn) => Ok(Link { conn, socket }),
+            Err(failure) => {
+                socket.shut();
+                Err(failure)
+            }
+        }
+    }
+
+    /// Declares the exchange, and unless publish-only, the queue, its bindings and the
+    /// consumer. Returns the channel, the consumer and the queue's name.
+    async fn setup(
+        &self,
+        conn: &Connection,
+    ) -> Result<(Channel, Option<lapin::Consumer>, Option<ShortString>), Failure> {
+        let exchange = ShortString::try_new(self.options.exchange.as_str())
+            .map_err(|e| Failure::Setup(format!("--amqp-exchange: {e}")))?;
+        let channel = self.declare_exchange(conn, &exchange).await?;
+        if self.options.bindings.is_empty() {
+            return Ok((channel, None, None));
+        }
+        let lost = |e: lapin::Error| Failure::Lost(describe(&e));
+        channel
+            .basic_qos(PREFETCH, BasicQosOptions::default())
+            .await
+            .map_err(lost)?;
+        let queue = channel
+            .queue_declare(
+                ShortString::default(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| refused_or(e, "declaring the queue"))?;
+        let name = queue.name().clone();
+        for binding in &self.options.bindings {
+            let key = ShortString::try_new(binding.as_str())
+                .map_err(|e| Failure::Setup(format!("--amqp-binding: {e}")))?;
+            channel
+                .queue_bind(
+                    name.clone(),
+                    exchange.clone(),
+                    key,
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| refused_or(e, &format!("binding '{binding}'")))?;
+        }
+        let consumer = channel
+            .basic_consume(
+                name.clone(),
+                ShortString::default(),
+                BasicConsumeOptions {
+                    exclusive: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| refused_or(e, "consuming"))?;
+        Ok((channel, Some(consumer), Some(name)))
+    }
+
+    /// Declares the topic exchange if missing. One that exists as a topic exchange with other
+    /// flags (durable, auto-delete) is used as it is; one of another type is an error.
+    async fn declare_exchange(
+        &self,
+        conn: &Connection,
+        exchange: &ShortString,
+    ) -> Result<Channel, Failure> {
+        let lost = |e: lapin::Error| Failure::Lost(describe(&e));
+        let name = exchange.as_str();
+        let channel = conn.create_channel().await.map_err(lost)?;
+        if let Some(kind) = name.strip_prefix("amq.") {
+            // The broker's own exchanges cannot be declared, only checked.
+            if matches!(kind, "direct" | "fanout" | "headers" | "match") {
+                return Err(Failure::Setup(format!(
+                    "exchange '{name}' is not a topic exchange; use a topic exchange such as amq.topic"
+                )));
+            }
+            channel
+                .exchange_declare(
+                    exchange.clone(),
+                    ExchangeKind::Topic,
+                    passive(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| refused_or(e, &format!("checking exchange '{name}'")))?;
+            return Ok(channel);
+        }
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        let declared = channel
+            .exchange_declare(
+                exchange.clone(),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await;
+        let Err(err) = declared else {
+            return Ok(channel);
+        };
+        let Some((406, message)) = protocol_error(&err) else {
+            return Err(refused_or(err, &format!("declaring exchange '{name}'")));
+        };
+        // RabbitMQ compares the type first: a complaint about another argument means the
+        // exchange is a topic exchange declared with other flags.
+        if message.contains("'type'") {
+            return Err(Failure::Setup(format!(
+                "exchange '{name}' exists but is not a topic exchange ({message}); delete it or choose another --amqp-exchange"
+            )));
+        }
+        if let Some(held) = self.logs.notice.check() {
+            info!(
+                "amqp: exchange '{name}' exists as a topic exchange with other flags ({message}); using it as it is{}",
+                held_back(held)
+            );
+        }
+        // The refusal closed that channel.
+        let channel = conn.create_channel().await.map_err(lost)?;
+        channel
+            .exchange_declare(
+                exchange.clone(),
+                ExchangeKind::Topic,
+                passive(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| refused_or(e, &format!("checking exchange '{name}'")))?;
+        Ok(channel)
+    }
+
+    /// The connected loop; returns only with the reason the link is gone.
+    async fn serve(
+        &mut self,
+        link: &Link,
+        channel: &Channel,
+        mut consumer: Option<lapin::Consumer>,
+        events: &mut (impl futures_lite::Stream<Item = LapinEvent> + Unpin),
+    ) -> String {
+        let exchange = ShortString::try_new(self.options.exchange.as_str()).unwrap_or_default();
+        let mut requests_open = true;
+        // One timer for the whole connection, not one per pass of the loop.
+        let mut checks = Timer::interval(CHECK_EVERY);
+        loop {
+            let delivery = async {
+                match consumer.as_mut() {
+                    Some(consumer) => Wake::Delivery(Box::new(consumer.next().await)),
+                    None => future::pending().await,
+                }
+            };
+            let requests = &self.requests;
+            let request = async {
+                if !requests_open {
+                    future::pending::<()>().await;
+                }
+                Wake::Request(requests.recv().await.ok())
+            };
+            let event = async { Wake::Event(events.next().await) };
+            let check = async {
+                checks.next().await;
+                Wake::Check
+            };
+            let wake = future::race(future::or(delivery, event), future::or(request, check)).await;
+            let result = match wake {
+                Wake::Delivery(first) => match consumer.as_mut() {
+                    Some(consumer) => self.take_batch(*first, consumer).await,
+                    None => Ok(()),
+                },
+                Wake::Request(Some(queued)) => self.publish(channel, &exchange, queued).await,
+                Wake::Request(None) => {
+                    // Every publisher is gone: nothing more will be queued.
+                    requests_open = false;
+                    Ok(())
+                }
+                Wake::Event(Some(LapinEvent::Error(e))) => Err(describe(&e)),
+                Wake::Event(Some(LapinEvent::ConnectionBlocked(reason))) => {
+                    warn!("amqp: the broker blocked publishing: {reason}");
+                    Ok(())
+                }
+                Wake::Event(Some(LapinEvent::ConnectionUnblocked)) => {
+                    info!("amqp: the broker unblocked publishing");
+                    Ok(())
+                }
+                Wake::Event(Some(_)) => Ok(()),
+                Wake::Event(None) => Err("the connection's events ended".to_owned()),
+                Wake::Check => {
+                    if !link.conn.status().connected() {
+                        Err("the connection closed".to_owned())
+                    } else if !channel.status().connected() {
+                        Err("the broker closed the channel".to_owned())
+                    } else {
+                        Ok(())
+                    }
+                }
+            };
+            if let Err(reason) = result {
+                return reason;
+            }
+        }
+    }
+
+    /// Takes `first` and whatever else is ready (up to [`ACK_BATCH`]), hands each to
+    /// `deliver`, then acks them all with one multiple-ack.
+    async fn take_batch(
+        &mut self,
+        first: Option<lapin::Result<Delivery>>,
+        consumer: &mut lapin::Consumer,
+    ) -> Result<(), String> {
+        let mut item = first;
+        let mut last = None;
+        let mut taken = 0;
+        let ended = loop {
+            match item {
+                Some(Ok(delivery)) => {
+                    last = Some(self.take(delivery));
+                    taken += 1;
+                }
+                Some(Err(e)) => break Some(describe(&e)),
+                None => break Some("the broker cancelled the consumer".to_owned()),
+            }
+            if taken >= ACK_BATCH {
+                break None;
+            }
+            match future::poll_once(consumer.next()).await {
+                Some(next) => item = next,
+                None => break None,
+            }
+        };
+        if let Some(acker) = last {
+            let options = BasicAckOptions { multiple: true };
+            within(SEND_TIMEOUT, "acking", async {
+                acker.ack(options).await.map_err(|e| describe(&e))
+            })
+            .await?;
+        }
+        match ended {
+            Some(reason) => Err(reason),
+            None => Ok(()),
+        }
+    }
+
+    /// Hands one delivery on (or drops it when too large); returns its acker.
+    fn take(&mut self, delivery: Delivery) -> lapin::Acker {
+        let Delivery {
+            routing_key,
+            data,
+            acker,
+            ..
+        } = delivery;
+        if data.len() > self.options.max_message_size {
+            self.metrics.dropped(DropReason::TooLarge).inc();
+            if let Some(held) = self.logs.too_large.check() {
+                warn!(
+                    "amqp: dropped a {} byte message on '{routing_key}' (larger than the maximum {} bytes){}",
+                    data.len(),
+                    self.options.max_message_size,
+                    held_back(held)
+                );
+            }
+        } else {
+            (self.deliver)(Event::new(routing_key.into(), Bytes::from(data)));
+        }
+        acker
+    }
+
+    /// One publish from the queue, to the source's exchange.
+    async fn publish(
+        &mut self,
+        channel: &Channel,
+        exchange: &ShortString,
+        queued: Queued,
+    ) -> Result<(), String> {
+        if queued.at.elapsed() > PUBLISH_TTL {
+            if let Some(held) = self.logs.expired.check() {
+                warn!(
+                    "amqp: dropped a publish to '{}' queued while the broker was away{}",
+                    queued.routing_key,
+                    held_back(held)
+                );
+            }
+            return Ok(());
+        }
+        within(SEND_TIMEOUT, "publishing", async {
+            channel
+                .basic_publish(
+                    exchange.clone(),
+                    queued.routing_key,
+                    BasicPublishOptions::default(),
+                    &queued.payload,
+                    BasicProperties::default(),
+                )
+                .await
+                .map(drop)
+                .map_err(|e| format!("publishing: {}", describe(&e)))
+        })
+        .await
+    }
+}
+
+fn passive() -> ExchangeDeclareOptions {
+    ExchangeDeclareOptions {
+        passive: true,
+        ..ExchangeDeclareOptions::default()
+    }
+}
+
+/// The reply code and text of an error the broker sent.
+fn protocol_error(err: &lapin::Error) -> Option<(u16, String)> {
+    match err.kind() {
+        ErrorKind::ProtocolError(e) => Some((e.get_id(), e.get_message().to_string())),
+        _ => None,
+    }
+}
+
+/// Login refused (403 ACCESS_REFUSED) or vhost not allowed (530 NOT_ALLOWED).
+fn is_refusal(err: &lapin::Error) -> bool {
+    matches!(protocol_error(err), Some((403 | 530, _)))
+}
+
+/// A refusal by the broker is a setup failure (it recurs until the configuration or the
+/// broker changes); anything else is a lost connection.
+fn refused_or(err: lapin::Error, what: &str) -> Failure {
+    match protocol_error(&err) {
+        Some((code, message)) => Failure::Setup(format!("{what}: {code} {message}")),
+        None => Failure::Lost(format!("{what}: {}", describe(&err))),
+    }
+}
+
+/// One line for a lapin error.
+fn describe(err: &lapin::Error) -> String {
+    match protocol_error(err) {
+        Some((code, message)) => format!("{code} {message}"),
+        None => err.to_string().replace('\n', " "),
+    }
+}
+
+/// `work`, or an error naming `what` once `limit` has passed.
+async fn within<T>(
+    limit: Duration,
+    what: &str,
+    work: impl Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    future::or(work, async {
+        Timer::after(limit).await;
+        Err(format!("{what} timed out"))
+    })
+    .await
+}
+
+/// The async runtime lapin is given: smol's reactor, and an executor that the driver runs on
+/// its own thread (instead of smol's global executor and its thread).
+mod kit {
+    use std::future::Future;
+    use std::io::{self, Read, Write};
+    use std::net::SocketAddr;
+    use std::os::fd::{AsFd, AsRawFd};
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+    use std::time::{Duration, Instant};
+
+    use async_rs::Smol;
+    use async_rs::traits::{Executor, Reactor, RuntimeKit};
+    use async_rs::util::{Task, TaskImpl};
+    use futures_lite::{AsyncRead, AsyncWrite, Stream};
+
+    #[derive(Clone, Debug)]
+    pub(super) struct Kit {
+        tasks: Arc<smol::Executor<'static>>,
+    }
+
+    impl Kit {
+        pub(super) fn new(tasks: Arc<smol::Executor<'static>>) -> Kit {
+            Kit { tasks }
+        }
+    }
+
+    impl RuntimeKit for Kit {}
+
+    impl Executor for Kit {
+        type Task<T: Send + 'static> = KitTask<T>;
+
+        fn block_on<T, F: Future<Output = T>>(&self, f: F) -> T {
+            smol::block_on(f)
+        }
+
+        fn spawn<T: Send + 'static, F: Future<Output = T> + Send + 'static>(
+            &self,
+            f: F,
+        ) -> Task<KitTask<T>> {
+            KitTask(Some(self.tasks.spawn(f))).into()
+        }
+
+        fn spawn_blocking<T: Send + 'static, F: FnOnce() -> T + Send + 'static>(
+            &self,
+            f: F,
+        ) -> Task<KitTask<T>> {
+            KitTask(Some(smol::unblock(f))).into()
+        }
+    }
+
+    impl Reactor for Kit {
+        type TcpStream = <Smol as Reactor>::TcpStream;
+        type Sleep = <Smol as Reactor>::Sleep;
+
+        fn register<H: Read + Write + AsFd + AsRawFd + Send + 'static>(
+            &self,
+            socket: H,
+        ) -> io::Result<impl AsyncRead + AsyncWrite + Send + Unpin + 'static> {
+            Smol.register(socket)
+        }
+
+        fn sleep(&self, dur: Duration) -> Self::Sleep {
+            Smol.sleep(dur)
+        }
+
+        fn interval(&self, dur: Duration) -> impl Stream<Item = Instant> + Send + 'static {
+            Smol.interval(dur)
+        }
+
+        fn tcp_connect_addr(
+            &self,
+            addr: SocketAddr,
+        ) -> impl Future<Output = io::Result<Self::TcpStream>> + Send + 'static {
+            Smol.tcp_connect_addr(addr)
+        }
+    }
+
+    /// A task on the driver's executor (or smol's blocking pool). Dropping the handle
+    /// detaches the task; a handle already cancelled or detached never completes.
+    #[derive(Debug)]
+    pub(super) struct KitTask<T>(Option<smol::Task<T>>);
+
+    impl<T> Future for KitTask<T> {
+        type Output = T;
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+            match self.0.as_mut() {
+                Some(task) => Pin::new(task).poll(cx),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    impl<T: Send + 'static> TaskImpl for KitTask<T> {
+        fn cancel<'life0, 'async_trait>(
+            &'life0 mut self,
+        ) -> Pin<Box<dyn Future<Output = Option<T>> + Send + 'async_trait>>
+        where
+            'life0: 'async_trait,
+            Self: 'async_trait,
+        {
+            let task = self.0.take();
+            Box::pin(async move {
+                match task {
+                    Some(task) => task.cancel().await,
+                    None => None,
+                }
+            })
+        }
+
+        fn detach(&mut self) {
+            if let Some(task) = self.0.take() {
+                task.detach();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_parts_and_errors() {
+        let o = AmqpOptions::from_url("amqp://bob:s%40cret@10.1.2.3:5673/%2f").unwrap();
+        assert_eq!(o.uri.authority.host, "10.1.2.3");
+        assert_eq!(o.uri.authority.port, 5673);
+        assert_eq!(o.uri.authority.userinfo.username, "bob");
+        assert_eq!(o.uri.authority.userinfo.password, "s@cret");
+        assert_eq!(o.uri.vhost, "/");
+        assert_eq!(o.address(), "10.1.2.3:5673 vhost '/'");
+        assert!(!format!("{o:?}").contains("s@cret"));
+        assert!(!format!("{o:?}").contains("s%40cret"));
+
+        let o = AmqpOptions::from_url("amqp://[::1]/pbx").unwrap();
+        assert_eq!(o.uri.authority.host, "::1");
+        assert_eq!(o.uri.vhost, "pbx");
+        assert_eq!(o.address(), "[::1]:5672 vhost 'pbx'");
+        let o = AmqpOptions::from_url("amqp://rabbit.lan").unwrap();
+        assert_eq!(o.uri.authority.host, "rabbit.lan");
+        assert_eq!(o.uri.authority.userinfo.username, "guest");
+
+        for bad in [
+            "nonsense://x",
+            "http://x",
+            "amqp://u:hunter2@h:99999/",
+            "amqps://u:hunter2@h/",
+            "amqp://u:hunter2@/vhost",
+            "amqp://u:hunter2@h/?heartbeat=x",
+        ] {
+            let e = AmqpOptions::from_url(bad).unwrap_err();
+            assert!(e.starts_with("--amqp: "), "{e}");
+            assert!(!e.contains("hunter2"), "{e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+        assert!(
+            AmqpOptions::from_url("amqps://h")
+                .unwrap_err()
+                .contains("TLS")
+        );
+    }
+
+    #[test]
+    fn check_names_the_flag() {
+        let mut o = AmqpOptions::from_url("amqp://h").unwrap();
+        assert_eq!(o.check(), Ok(()));
+        o.bindings = vec!["x".repeat(256)];
+        assert!(o.check().unwrap_err().starts_with("--amqp-binding"));
+        o.bindings.clear();
+        o.exchange = String::new();
+        assert!(o.check().unwrap_err().starts_with("--amqp-exchange"));
+    }
+
+    #[test]
+    fn publisher_refuses_while_disconnected_and_long_keys() {
+        let status = Rc::new(crate::source::SourceStatus::new(
+            crate::source::SourceKind::Amqp,
+        ));
+        let (publisher, _driver) = start(
+            AmqpOptions::from_url("amqp://127.0.0.1:1").unwrap(),
+            status.clone(),
+            Rc::new(Metrics::default()),
+            Rc::new(|_| {}),
+        );
+        assert_eq!(
+            publisher.publish("command.hangup.x", Bytes::new()),
+            Err(PublishError::Disconnected)
+        );
+        assert_eq!(
+            publisher.publish(&"k".repeat(256), Bytes::new()),
+            Err(PublishError::InvalidRoutingKey)
+        );
+        status.set_connected(true);
+        for _ in 0..PUBLISH_QUEUE {
+            publisher.publish("k", Bytes::new()).unwrap();
+        }
+        assert_eq!(
+            publisher.publish("k", Bytes::new()),
+            Err(PublishError::Full)
+        );
+    }
+
+    /// Against the shared RabbitMQ: a consuming source and a publish-only one on one
+    /// exchange; what either publishes reaches the consumer, keys unchanged.
+    #[test]
+    fn amqp_publishers_reach_the_consumer_and_publish_only_consumes_nothing() {
+        use std::cell::RefCell;
+
+        let exchange = format!(
+            "callwire-unit-{}-{:x}",
+            std::process::id(),
+            Rng::from_clock().next_u64() & 0xffff_ffff
+        );
+        let mut options = AmqpOptions::from_url("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
+        options.exchange = exchange.clone();
+        let seen: Rc<RefCell<Vec<(String, Bytes)>>> = Rc::default();
+        let sink = seen.clone();
+        let consumer_status = Rc::new(SourceStatus::new(crate::source::SourceKind::Amqp));
+        let (consumer, consume) = start(
+            options.clone(),
+            consumer_status.clone(),
+            Rc::new(Metrics::default()),
+            Rc::new(move |e: Event| sink.borrow_mut().push((e.routing_key, e.payload))),
+        );
+        options.bindings.clear();
+        let publish_only_status = Rc::new(SourceStatus::new(crate::source::SourceKind::Amqp));
+        let (publisher, publish_only) = start(
+            options,
+            publish_only_status.clone(),
+            Rc::new(Metrics::default()),
+            Rc::new(|_| panic!("a publish-only source delivered")),
+        );
+        let ex = smol::LocalExecutor::new();
+        ex.spawn(consume).detach();
+        ex.spawn(publish_only).detach();
+        let has = |key: &str, body: &[u8]| {
+            seen.borrow()
+                .iter()
+                .any(|(k, b)| k == key && &b[..] == body)
+        };
+        async fn wait(what: &str, check: impl Fn() -> bool) {
+            let give_up = Instant::now() + Duration::from_secs(10);
+            while !check() {
+                assert!(Instant::now() < give_up, "gave up waiting for {what}");
+                Timer::after(Duration::from_millis(20)).await;
+            }
+        }
+        smol::block_on(ex.run(async {
+            wait("both connected", || {
+                consumer_status.connected() && publish_only_status.connected()
+            })
+            .await;
+            assert!(publisher.connected());
+            let body = br#"{"action":"hangup","call_id":"abc","source":"amqp"}"#;
+            publisher
+                .publish("command.hangup.abc", Bytes::from_static(body))
+                .unwrap();
+            wait("the hangup command", || has("command.hangup.abc", body)).await;
+            publisher
+                .publish_wait("FreeSWITCH.h.CHANNEL_CREATE..u", Bytes::from_static(b"x"))
+                .await
+                .unwrap();
+            consumer
+                .publish("", Bytes::from_static(b"empty key"))
+                .unwrap();
+            wait("the double dot key", || {
+                has("FreeSWITCH.h.CHANNEL_CREATE..u", b"x")
+            })
+            .await;
+            wait("the empty key", || has("", b"empty key")).await;
+            assert_eq!(seen.borrow().len(), 3);
+        }));
+
+        // Leave the shared broker as it was.
+        smol::block_on(async {
+            let conn = Connection::connect_with_runtime(
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+                ConnectionProperties::default(),
+                async_rs::Runtime::smol(),
+            )
+            .await
+            .unwrap();
+            let channel = conn.create_channel().await.unwrap();
+            channel
+                .exchange_delete(exchange.as_str().into(), Default::default())
+                .await
+                .unwrap();
+        });
+    }
+}
