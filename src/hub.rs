@@ -18,6 +18,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use async_tungstenite::tungstenite::Utf8Bytes;
 
@@ -27,6 +28,7 @@ use crate::dialect::blackhole;
 use crate::dialect::isymphony;
 use crate::event::Event;
 use crate::limits::Limits;
+use crate::logging::RateLimit;
 use crate::matcher::RoutingKey;
 use crate::metrics::{DropReason, Metrics};
 
@@ -41,12 +43,22 @@ pub enum Interest {
 }
 
 impl Interest {
-    fn route(&self, event: &Event, key: &RoutingKey<'_>, renders: &mut Renders) -> Option<Frame> {
+    /// Puts the frames this client gets for an event into `out` (a dialect with several
+    /// subscriptions on one socket may send more than one).
+    fn route(
+        &self,
+        event: &Event,
+        key: &RoutingKey<'_>,
+        renders: &mut Renders,
+        out: &mut Vec<Frame>,
+    ) {
         match self {
             Interest::Blackhole(subscriptions) => {
-                subscriptions.route(event, key, &mut renders.blackhole)
+                out.extend(subscriptions.route(event, key, &mut renders.blackhole));
             }
-            Interest::ISymphony(filters) => filters.route(event, &mut renders.isymphony),
+            Interest::ISymphony(filters) => {
+                out.extend(filters.route(event, &mut renders.isymphony))
+            }
         }
     }
 }
@@ -72,6 +84,8 @@ impl Renders {
 pub enum CloseReason {
     /// It missed too many frames in a row.
     TooSlow,
+    /// The server is shutting down: say the dialect's goodbye, then close (1001).
+    Shutdown,
 }
 
 /// What a connection should do next, as the hub sees it.
@@ -146,8 +160,17 @@ impl Client {
         frame
     }
 
+    /// Asks the connection to close; the first reason given stands.
+    fn close(&self, reason: CloseReason) {
+        let mut outbox = self.outbox.borrow_mut();
+        outbox.close.get_or_insert(reason);
+        if let Some(waker) = outbox.waker.take() {
+            waker.wake();
+        }
+    }
+
     /// Queues a frame under the hub's policy; returns false when it was dropped.
-    fn push(&self, frame: Frame, limits: &Limits, metrics: &Metrics) -> bool {
+    fn push(&self, frame: Frame, limits: &Limits, metrics: &Metrics, drops_log: &DropsLog) -> bool {
         let mut outbox = self.outbox.borrow_mut();
         if outbox.close.is_some() {
             return false;
@@ -158,8 +181,21 @@ impl Client {
         } else {
             outbox.missed_in_row += 1;
             metrics.dropped(DropReason::QueueFull).inc();
+            drops_log.queue_full.report(|held| {
+                warn!(
+                    "dropped a frame for a {} client whose queue is full{held}",
+                    self.dialect.as_str()
+                )
+            });
             if outbox.missed_in_row >= limits.max_missed {
                 outbox.close = Some(CloseReason::TooSlow);
+                drops_log.slow.report(|held| {
+                    warn!(
+                        "closed a {} client that missed {} frames in a row{held}",
+                        self.dialect.as_str(),
+                        limits.max_missed
+                    )
+                });
                 metrics.dropped(DropReason::SlowClient).inc();
             }
         }
@@ -177,6 +213,10 @@ pub struct Hub {
     free: RefCell<Vec<usize>>,
     connected: Cell<usize>,
     renders: RefCell<Renders>,
+    /// Frames one client gets for the event being fanned out; reused, so it never allocates
+    /// once warm.
+    routed: RefCell<Vec<Frame>>,
+    drops_log: DropsLog,
     limits: Limits,
     metrics: Rc<Metrics>,
 }
@@ -192,6 +232,8 @@ impl Hub {
             free: RefCell::new((0..limits.max_clients).rev().collect()),
             connected: Cell::new(0),
             renders: RefCell::new(Renders::default()),
+            routed: RefCell::new(Vec::new()),
+            drops_log: DropsLog::default(),
             limits,
             metrics,
         }
@@ -266,14 +308,54 @@ impl Hub {
         };
         let mut renders = self.renders.borrow_mut();
         renders.clear();
+        let mut routed = self.routed.borrow_mut();
         let slots = self.slots.borrow();
         for client in slots.iter().flatten() {
-            let frame = client.interest.borrow().route(event, &key, &mut renders);
-            if let Some(frame) = frame {
-                if client.push(frame, &self.limits, &self.metrics) {
-                    self.metrics.deliveries(client.dialect).inc();
-                }
+            client
+                .interest
+                .borrow()
+                .route(event, &key, &mut renders, &mut routed);
+            self.deliver(client, &mut routed);
+        }
+    }
+
+    /// Queues one shared frame to every client of a dialect (ActionCable's pings).
+    pub fn broadcast(&self, dialect: Dialect, frame: &Frame) {
+        let slots = self.slots.borrow();
+        for client in slots.iter().flatten().filter(|c| c.dialect == dialect) {
+            client.push(frame.clone(), &self.limits, &self.metrics, &self.drops_log);
+        }
+    }
+
+    /// Asks every connection to say its dialect's goodbye and close.
+    pub fn close_all(&self) {
+        for client in self.slots.borrow().iter().flatten() {
+            client.close(CloseReason::Shutdown);
+        }
+    }
+
+    /// Queues the frames routed to one client, counting each delivery.
+    fn deliver(&self, client: &Client, routed: &mut Vec<Frame>) {
+        for frame in routed.drain(..) {
+            if client.push(frame, &self.limits, &self.metrics, &self.drops_log) {
+                self.metrics.deliveries(client.dialect).inc();
             }
+        }
+    }
+}
+
+/// Rate limits for the log lines that report drops (the counts are in `/metrics`).
+#[derive(Debug)]
+struct DropsLog {
+    queue_full: RateLimit,
+    slow: RateLimit,
+}
+
+impl Default for DropsLog {
+    fn default() -> DropsLog {
+        DropsLog {
+            queue_full: RateLimit::new(Duration::from_secs(10)),
+            slow: RateLimit::new(Duration::from_secs(10)),
         }
     }
 }

@@ -82,6 +82,14 @@ macro_rules! info { ($($arg:tt)+) => { $crate::log!($crate::logging::Level::Info
 #[macro_export]
 macro_rules! debug { ($($arg:tt)+) => { $crate::log!($crate::logging::Level::Debug, $($arg)+) }; }
 
+/// The note a rate-limited line ends with: how many like it were held back (empty if none).
+pub fn held_back(count: u64) -> String {
+    match count {
+        0 => String::new(),
+        n => format!(" ({n} similar lines held back)"),
+    }
+}
+
 /// Lets a recurring message through at most once per interval, and says how many were held
 /// back, so a flood of bad input cannot flood the log.
 #[derive(Debug)]
@@ -97,6 +105,14 @@ impl RateLimit {
             interval,
             last: Cell::new(None),
             suppressed: Cell::new(0),
+        }
+    }
+
+    /// Runs `log` if a line may be written now, passing it a note of how many were held back
+    /// (empty when none were).
+    pub fn report(&self, log: impl FnOnce(&str)) {
+        if let Some(held) = self.check() {
+            log(&held_back(held));
         }
     }
 

@@ -3,7 +3,9 @@
 use std::cell::RefCell;
 use std::process::ExitCode;
 use std::rc::{Rc, Weak};
+use std::time::Duration;
 
+use async_signal::{Signal, Signals};
 use callwire::app::App;
 use callwire::auth::Auth;
 use callwire::cli::{self, Config, Run, SourceConfig};
@@ -15,7 +17,11 @@ use callwire::server;
 use callwire::simulate;
 use callwire::source::{Commands, Deliver, SourceKind, SourceStatus, amqp, demo, mqtt};
 use callwire::{info, logging, warn};
-use smol::LocalExecutor;
+use futures_lite::{FutureExt, StreamExt};
+use smol::{LocalExecutor, Timer};
+
+/// How long shutdown waits for clients to take their goodbye.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(4);
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -116,7 +122,45 @@ async fn run(
         Ok(address) => info!("listening on {address}"),
         Err(_) => info!("listening on {}", config.listen),
     }
-    server::run(listener, app, executor).await;
+    let serving = async {
+        server::run(listener, app.clone(), executor).await;
+        Ok(())
+    };
+    if let Err(signal) = serving.or(shutdown_signal()).await {
+        info!("{signal}: closing {} client(s)", app.hub.len());
+        shut_down(&app.hub).await;
+    }
+}
+
+/// Waits for SIGTERM or SIGINT; the error names it (an error, so it wins the race).
+async fn shutdown_signal() -> Result<(), &'static str> {
+    let Ok(mut signals) = Signals::new([Signal::Term, Signal::Int]) else {
+        warn!("cannot watch for SIGTERM and SIGINT; stop callwire with SIGKILL");
+        return std::future::pending().await;
+    };
+    match signals.next().await {
+        Some(Ok(Signal::Int)) => Err("SIGINT"),
+        _ => Err("SIGTERM"),
+    }
+}
+
+/// Stops accepting (the listener is gone by now), asks every client to close with its
+/// dialect's goodbye, and waits for them, at most `SHUTDOWN_TIMEOUT`.
+async fn shut_down(hub: &Hub) {
+    hub.close_all();
+    let drained = async {
+        while !hub.is_empty() {
+            Timer::after(Duration::from_millis(20)).await;
+        }
+    };
+    drained
+        .or(async {
+            Timer::after(SHUTDOWN_TIMEOUT).await;
+        })
+        .await;
+    if !hub.is_empty() {
+        warn!("{} client(s) did not close in time", hub.len());
+    }
 }
 
 /// Starts the configured source on the executor; returns where commands to the PBX go.

@@ -30,6 +30,9 @@ const READ_BUFFER: usize = 1024;
 /// Frames are gathered up to this size before a write; a flush writes whatever is there.
 const WRITE_BUFFER: usize = 8 * 1024;
 
+/// How long a goodbye may take before the connection is dropped anyway.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The websocket settings every connection uses, from the limits.
 pub fn config(limits: &Limits) -> WebSocketConfig {
     WebSocketConfig::default()
@@ -64,7 +67,11 @@ pub async fn serve(
     let mut ws =
         WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config(limits)))
             .await;
-    let mut replies: Vec<Frame> = Vec::new();
+    let mut replies: Vec<Frame> = session.greeting().into_iter().collect();
+    if !replies.is_empty() && write(&mut ws, &client, &mut replies).await.is_err() {
+        hub.unregister(&client);
+        return;
+    }
     let mut idle = Timer::interval(limits.ping_interval);
     let mut heard_since_tick = false;
     let mut pinged = false;
@@ -141,6 +148,10 @@ pub async fn serve(
             Err(WriteError::Socket) => break,
             // A client too slow to drain its queue is not waited on: drop the connection.
             Err(WriteError::Closed(CloseReason::TooSlow)) => break,
+            Err(WriteError::Closed(CloseReason::Shutdown)) => {
+                say_goodbye(&mut ws, &client, &session).await;
+                break;
+            }
         }
     }
     hub.unregister(&client);
@@ -166,6 +177,27 @@ async fn write(
     async { writing.await.map_err(|_| WriteError::Socket) }
         .or(async { closed.await.map_err(WriteError::Closed) })
         .await
+}
+
+/// What is still queued, the dialect's goodbye, then a close frame (1001, going away), all
+/// within a bounded time.
+async fn say_goodbye(ws: &mut WebSocketStream<TcpStream>, client: &Client, session: &impl Session) {
+    let goodbye = async {
+        while let Some(frame) = client.pop() {
+            ws.feed(Message::Text(frame)).await?;
+        }
+        if let Some(frame) = session.farewell() {
+            ws.feed(Message::Text(frame)).await?;
+        }
+        let close = CloseFrame {
+            code: CloseCode::Away,
+            reason: "server shutting down".into(),
+        };
+        ws.send(Message::Close(Some(close))).await
+    };
+    let _ = async { goodbye.await.map_err(|_| ()) }
+        .or(after(GOODBYE_TIMEOUT))
+        .await;
 }
 
 /// The close code that explains a read error to the client, if it can still be told.

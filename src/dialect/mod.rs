@@ -39,6 +39,16 @@ pub trait Session {
     fn on_text(&mut self, text: &str, replies: &mut Vec<Frame>);
     /// Handles one binary message.
     fn on_binary(&mut self, data: &[u8], replies: &mut Vec<Frame>);
+
+    /// The frame sent right after the upgrade, before any request is read.
+    fn greeting(&self) -> Option<Frame> {
+        None
+    }
+
+    /// The frame sent before the close frame when the server shuts down.
+    fn farewell(&self) -> Option<Frame> {
+        None
+    }
 }
 
 /// Appends `text` as a JSON string literal, quotes included.

@@ -42,7 +42,7 @@ use smol::Timer;
 use smol::channel::{Receiver, Sender, TrySendError};
 
 use crate::event::Event;
-use crate::logging::RateLimit;
+use crate::logging::{RateLimit, held_back};
 use crate::metrics::{DropReason, Metrics};
 use crate::rng::Rng;
 use crate::source::{Deliver, SourceStatus};
@@ -351,13 +351,6 @@ impl Default for Logs {
             expired: RateLimit::new(Duration::from_secs(10)),
             notice: RateLimit::new(Duration::from_secs(60)),
         }
-    }
-}
-
-fn held_back(count: u64) -> String {
-    match count {
-        0 => String::new(),
-        n => format!(" ({n} similar lines held back)"),
     }
 }
 

@@ -26,7 +26,7 @@ use smol::channel::{Receiver, Sender, TrySendError};
 use smol::net::TcpStream;
 
 use crate::event::{self, Event};
-use crate::logging::RateLimit;
+use crate::logging::{RateLimit, held_back};
 use crate::metrics::{DropReason, Metrics};
 use crate::rng::Rng;
 use crate::source::{Backoff, Deliver, SourceStatus};
@@ -393,13 +393,6 @@ impl Default for Logs {
             too_large: RateLimit::new(Duration::from_secs(10)),
             expired: RateLimit::new(Duration::from_secs(10)),
         }
-    }
-}
-
-fn held_back(count: u64) -> String {
-    match count {
-        0 => String::new(),
-        n => format!(" ({n} similar lines held back)"),
     }
 }
 
