@@ -122,6 +122,13 @@ impl Response {
         Response::json(status, &json!({ "error": message }))
     }
 
+    /// 405, with the `Allow` header HTTP requires.
+    pub fn method_not_allowed(allowed: &str) -> Response {
+        let mut response = Response::error(405, &format!("method not allowed; use {allowed}"));
+        response.headers.push(("Allow", allowed.to_owned()));
+        response
+    }
+
     pub async fn write_to<S: futures_lite::AsyncWrite + Unpin>(
         &self,
         stream: &mut S,

@@ -78,7 +78,7 @@ impl Catalogue {
 /// `GET /v2/websockets`: the catalogue, as Kazoo's Crossbar answers it (no credential needed).
 pub fn websockets(request: &Request, catalogue: &Catalogue) -> Response {
     if request.method != "GET" {
-        return method_not_allowed("GET");
+        return Response::method_not_allowed("GET");
     }
     let version = concat!("callwire ", env!("CARGO_PKG_VERSION"));
     Response::json(
@@ -122,7 +122,7 @@ impl LiveApi<'_> {
             }),
             ["calls", id, "hangup"] => {
                 if method != "POST" {
-                    return method_not_allowed("POST");
+                    return Response::method_not_allowed("POST");
                 }
                 if body_too_large(request) {
                     return Response::error(413, "a hangup takes no body");
@@ -158,18 +158,12 @@ impl LiveApi<'_> {
 /// A GET answer: 200 with the value, 404 with the message, 405 for any other method.
 fn read<T: Serialize>(method: &str, answer: impl FnOnce() -> Result<T, String>) -> Response {
     if method != "GET" {
-        return method_not_allowed("GET");
+        return Response::method_not_allowed("GET");
     }
     match answer() {
         Ok(value) => Response::json(200, &value),
         Err(message) => Response::error(404, &message),
     }
-}
-
-fn method_not_allowed(allowed: &str) -> Response {
-    let mut response = Response::error(405, &format!("method not allowed; use {allowed}"));
-    response.headers.push(("Allow", allowed.to_owned()));
-    response
 }
 
 fn no_call(id: &str) -> String {
@@ -209,7 +203,10 @@ fn percent_decode(segment: &str) -> Option<String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = segment.get(i + 1..i + 3)?;
+            // Two hex digits exactly: `from_str_radix` alone would also take a sign (`%+1`).
+            let hex = segment
+                .get(i + 1..i + 3)
+                .filter(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))?;
             out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
         } else {
@@ -238,6 +235,7 @@ mod tests {
             "/rest/live/calls/%2",
             "/rest/live/",
             "/rest/live/calls/%ff",
+            "/rest/live/calls/%+1",
         ] {
             assert!(segments(malformed).is_none(), "{malformed}");
         }

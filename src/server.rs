@@ -77,7 +77,7 @@ fn route_http(request: &Request, app: &App) -> Response {
     match (request.method.as_str(), request.path.as_str()) {
         ("GET", "/healthz") => http::healthz(app),
         ("GET", "/metrics") => http::metrics(app),
-        (_, "/healthz" | "/metrics") => Response::error(405, "method not allowed"),
+        (_, "/healthz" | "/metrics") => Response::method_not_allowed("GET"),
         (_, "/v2/websockets") => rest::websockets(request, &app.catalogue),
         (_, path) if path.starts_with("/rest/live/") => LiveApi {
             auth: &app.auth,
