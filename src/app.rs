@@ -27,14 +27,18 @@ pub struct App {
 
 impl App {
     /// Takes one event through the bridge: counts it, notes its routing-key family, applies
-    /// it to the live calls, then fans it out to the clients that want it.
+    /// it to the live calls and fans out what that changed (ActionCable's `calls`), then fans
+    /// the event out to the clients that want it.
     pub fn deliver(&self, event: Event) {
         self.metrics.events_in.inc();
         if event.json.is_none() {
             self.metrics.events_not_json.inc();
         }
         self.catalogue.note(&event.routing_key);
-        self.live.borrow_mut().apply(&event);
+        let changes = self.live.borrow_mut().apply(&event);
+        for change in changes {
+            self.hub.publish_change(&change);
+        }
         self.hub.publish(&event);
     }
 }

@@ -3,6 +3,7 @@
 //! One secret serves every dialect (contract: README.md). Secrets are compared in constant
 //! time and never logged, echoed or formatted: `Credential`'s `Debug` leaves the secret out.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::rc::Rc;
 
@@ -12,7 +13,7 @@ use serde::Deserialize;
 pub const ALL_ACCOUNTS: &str = "*";
 
 /// One entry of the credentials file.
-#[derive(Deserialize)]
+#[derive(Deserialize, PartialEq, Eq)]
 pub struct Credential {
     pub name: String,
     secret: String,
@@ -43,8 +44,10 @@ struct CredentialsFile {
 /// Who may connect: everyone (no `--auth`, loopback only), or the holders of a credential.
 #[derive(Debug)]
 pub struct Auth {
-    /// `None` without `--auth`: every request acts as `anonymous`.
-    credentials: Option<Vec<Rc<Credential>>>,
+    /// The credentials file, read again on SIGHUP; `None` without `--auth`.
+    path: Option<String>,
+    credentials: RefCell<Vec<Rc<Credential>>>,
+    /// What every request acts as without `--auth`.
     anonymous: Rc<Credential>,
 }
 
@@ -52,7 +55,8 @@ impl Auth {
     /// No authentication: every request acts with a credential that sees every account.
     pub fn open() -> Auth {
         Auth {
-            credentials: None,
+            path: None,
+            credentials: RefCell::new(Vec::new()),
             anonymous: Rc::new(Credential {
                 name: "anonymous".to_owned(),
                 secret: String::new(),
@@ -63,43 +67,61 @@ impl Auth {
 
     /// Reads a credentials file. The error is one line naming the file and what is wrong.
     pub fn load(path: &str) -> Result<Auth, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|err| format!("--auth: cannot read {path}: {err}"))?;
-        let file: CredentialsFile = serde_json::from_str(&text)
-            .map_err(|err| format!("--auth: {path} is not a credentials file: {err}"))?;
-        for (i, credential) in file.credentials.iter().enumerate() {
-            if credential.name.is_empty() || credential.secret.is_empty() {
-                return Err(format!(
-                    "--auth: {path}: credentials[{i}] needs a non-empty name and secret"
-                ));
-            }
-            if credential.account.is_empty() {
-                return Err(format!(
-                    "--auth: {path}: credentials[{i}] ({}) needs an account, or \"*\"",
-                    credential.name
-                ));
-            }
-        }
-        let mut open = Auth::open();
-        open.credentials = Some(file.credentials.into_iter().map(Rc::new).collect());
-        Ok(open)
+        let credentials = read_credentials(path)?;
+        let mut auth = Auth::open();
+        auth.path = Some(path.to_owned());
+        auth.credentials = RefCell::new(credentials.into_iter().map(Rc::new).collect());
+        Ok(auth)
+    }
+
+    /// Reads the file again (SIGHUP). A credential that did not change keeps its identity, so
+    /// sockets holding it are untouched; on any error the old credentials stay in force.
+    /// Returns how many credentials are in force now.
+    pub fn reload(&self) -> Result<usize, String> {
+        let Some(path) = &self.path else {
+            return Ok(0);
+        };
+        let fresh = read_credentials(path)?;
+        let mut credentials = self.credentials.borrow_mut();
+        let kept: Vec<Rc<Credential>> = fresh
+            .into_iter()
+            .map(|new| {
+                credentials
+                    .iter()
+                    .find(|old| ***old == new)
+                    .cloned()
+                    .unwrap_or_else(|| Rc::new(new))
+            })
+            .collect();
+        *credentials = kept;
+        Ok(credentials.len())
+    }
+
+    /// Whether a credential a socket proved is still in force (after a reload).
+    pub fn holds(&self, credential: &Rc<Credential>) -> bool {
+        !self.required()
+            || self
+                .credentials
+                .borrow()
+                .iter()
+                .any(|held| Rc::ptr_eq(held, credential))
     }
 
     /// Whether requests must carry a credential.
     pub fn required(&self) -> bool {
-        self.credentials.is_some()
+        self.path.is_some()
     }
 
     /// The credential whose secret this is. Without `--auth`, anything (even nothing) is let in
     /// as the anonymous credential. Every secret is compared, so the time taken does not tell
     /// which one came close.
     pub fn by_secret(&self, secret: Option<&str>) -> Option<Rc<Credential>> {
-        let Some(credentials) = &self.credentials else {
+        if !self.required() {
             return Some(self.anonymous.clone());
-        };
+        }
         let secret = secret?;
         let mut found = None;
-        for credential in credentials {
+        for credential in self.credentials.borrow().iter() {
             if constant_time_eq(credential.secret.as_bytes(), secret.as_bytes()) {
                 found = Some(credential.clone());
             }
@@ -131,6 +153,28 @@ impl Auth {
         let (name, secret) = pair.split_once(':')?;
         self.by_basic(name, secret)
     }
+}
+
+/// The credentials in a file, checked; the error is one line naming the file.
+fn read_credentials(path: &str) -> Result<Vec<Credential>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| format!("--auth: cannot read {path}: {err}"))?;
+    let file: CredentialsFile = serde_json::from_str(&text)
+        .map_err(|err| format!("--auth: {path} is not a credentials file: {err}"))?;
+    for (i, credential) in file.credentials.iter().enumerate() {
+        if credential.name.is_empty() || credential.secret.is_empty() {
+            return Err(format!(
+                "--auth: {path}: credentials[{i}] needs a non-empty name and secret"
+            ));
+        }
+        if credential.account.is_empty() {
+            return Err(format!(
+                "--auth: {path}: credentials[{i}] ({}) needs an account, or \"*\"",
+                credential.name
+            ));
+        }
+    }
+    Ok(file.credentials)
 }
 
 /// Compares two byte strings in time that depends only on their lengths.
@@ -196,6 +240,36 @@ mod tests {
             assert!(auth.by_authorization(header).is_none(), "{header:?}");
         }
         assert!(Auth::open().by_authorization(None).is_some());
+    }
+
+    #[test]
+    fn reload_keeps_unchanged_credentials_and_survives_a_broken_file() {
+        let path = write_file(
+            r#"{"credentials":[{"name":"a","secret":"sa","account":"x"},
+                               {"name":"b","secret":"sb","account":"y"}]}"#,
+        );
+        let auth = Auth::load(&path).unwrap();
+        let a = auth.by_secret(Some("sa")).unwrap();
+        let b = auth.by_secret(Some("sb")).unwrap();
+        std::fs::write(
+            &path,
+            r#"{"credentials":[{"name":"a","secret":"sa","account":"x"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(auth.reload(), Ok(1));
+        assert!(auth.holds(&a), "an unchanged credential is kept");
+        assert!(!auth.holds(&b), "a removed credential is gone");
+        assert!(auth.by_secret(Some("sb")).is_none());
+        std::fs::write(&path, "{broken").unwrap();
+        assert!(
+            auth.reload()
+                .unwrap_err()
+                .contains("is not a credentials file")
+        );
+        assert!(
+            auth.holds(&a) && auth.by_secret(Some("sa")).is_some(),
+            "old credentials stay"
+        );
     }
 
     #[test]

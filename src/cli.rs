@@ -104,6 +104,22 @@ pub struct Args {
     #[argh(option, default = "30")]
     pub ping_interval: u64,
 
+    /// websocket and HTTP connections at once from one IP address (default 512)
+    #[argh(option, default = "512")]
+    pub max_per_ip: usize,
+
+    /// seconds a client has to send its whole request head (default 10)
+    #[argh(option, default = "10")]
+    pub handshake_timeout: u64,
+
+    /// requests per second one websocket may keep up (default 20)
+    #[argh(option, default = "20.0")]
+    pub request_rate: f64,
+
+    /// requests one websocket may send in a burst (default 40)
+    #[argh(option, default = "40")]
+    pub request_burst: u32,
+
     /// log level: error, warn, info or debug (default info)
     #[argh(option, default = "String::from(\"info\")")]
     pub log_level: String,
@@ -227,6 +243,20 @@ impl Args {
                 "--ping-interval",
                 self.ping_interval as usize,
             )? as u64),
+            max_per_ip: positive("--max-per-ip", self.max_per_ip)?,
+            handshake_timeout: Duration::from_secs(positive(
+                "--handshake-timeout",
+                self.handshake_timeout as usize,
+            )? as u64),
+            request_rate: if self.request_rate > 0.0 && self.request_rate.is_finite() {
+                self.request_rate
+            } else {
+                return Err(format!(
+                    "--request-rate: expected requests per second above 0, got {}",
+                    self.request_rate
+                ));
+            },
+            request_burst: positive("--request-burst", self.request_burst as usize)? as u32,
         };
         let source = if self.demo {
             if self.mqtt.is_some() || self.amqp.is_some() {

@@ -7,7 +7,7 @@ use serde_json::json;
 use crate::app::App;
 use crate::clock;
 use crate::dialect::Dialect;
-use crate::metrics::DropReason;
+use crate::metrics::{DropReason, Limit};
 
 /// Largest request head accepted; a longer one is answered 431.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -45,6 +45,8 @@ impl Request {
 pub enum HeadError {
     /// The peer closed or the socket failed before a whole head arrived.
     Closed,
+    /// The head did not arrive within `--handshake-timeout`.
+    TimedOut,
     /// Not HTTP.
     Malformed,
     /// Longer than `MAX_HEAD`.
@@ -240,6 +242,21 @@ pub fn metrics(app: &App) -> Response {
         "Frames or events dropped instead of delivered, by reason.",
         &drops,
     );
+    let hits: Vec<(String, u64)> = Limit::ALL
+        .iter()
+        .map(|&l| {
+            (
+                format!("{{limit=\"{}\"}}", l.as_str()),
+                metrics.limit_hits(l).get(),
+            )
+        })
+        .collect();
+    family(
+        "callwire_limit_hits_total",
+        "counter",
+        "Times a limit bit: a refused upgrade or request, or a closed socket.",
+        &hits,
+    );
     family(
         "callwire_clients",
         "gauge",
@@ -278,19 +295,21 @@ pub fn metrics(app: &App) -> Response {
     );
     Response {
         status: 200,
-        content_type: "text/plain; version=0.0.4",
+        content_type: "text/plain; version=0.0.4; charset=utf-8",
         headers: Vec::new(),
         body: out.into_bytes(),
     }
 }
 
-/// Resident set size from /proc (0 where there is none).
+/// Resident set size from /proc (0 where there is none). `VmRSS` is in kB whatever the page
+/// size: ARM kernels often use 16 or 64 KiB pages, so `statm`'s page count times 4096 is wrong.
 fn resident_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kb| kb.parse().ok())
         .unwrap_or(0);
-    pages * 4096
+    kb * 1024
 }

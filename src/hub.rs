@@ -22,12 +22,14 @@ use std::time::Duration;
 
 use async_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::auth::Credential;
+use crate::auth::{Auth, Credential};
 use crate::dialect::Dialect;
 use crate::dialect::blackhole;
+use crate::dialect::cable;
 use crate::dialect::isymphony;
 use crate::event::Event;
 use crate::limits::Limits;
+use crate::live::CallChange;
 use crate::logging::RateLimit;
 use crate::matcher::RoutingKey;
 use crate::metrics::{DropReason, Metrics};
@@ -40,6 +42,7 @@ pub type Frame = Utf8Bytes;
 pub enum Interest {
     Blackhole(blackhole::Subscriptions),
     ISymphony(isymphony::Filters),
+    Cable(cable::Subscriptions),
 }
 
 impl Interest {
@@ -59,6 +62,17 @@ impl Interest {
             Interest::ISymphony(filters) => {
                 out.extend(filters.route(event, &mut renders.isymphony))
             }
+            Interest::Cable(subscriptions) => {
+                subscriptions.route(event, &mut renders.cable, out);
+            }
+        }
+    }
+
+    /// Puts the frames this client gets for a change of a live call into `out` (only
+    /// ActionCable's `calls` model takes them).
+    fn route_change(&self, change: &CallChange, renders: &mut Renders, out: &mut Vec<Frame>) {
+        if let Interest::Cable(subscriptions) = self {
+            subscriptions.route_change(change, &mut renders.cable, out);
         }
     }
 }
@@ -70,12 +84,14 @@ impl Interest {
 pub struct Renders {
     pub blackhole: blackhole::Renders,
     pub isymphony: isymphony::Renders,
+    pub cable: cable::Renders,
 }
 
 impl Renders {
     fn clear(&mut self) {
         self.blackhole.clear();
         self.isymphony.clear();
+        self.cable.clear();
     }
 }
 
@@ -86,6 +102,9 @@ pub enum CloseReason {
     TooSlow,
     /// The server is shutting down: say the dialect's goodbye, then close (1001).
     Shutdown,
+    /// The client's credential was removed from the credentials file (SIGHUP): say so, then
+    /// close (1008).
+    Revoked,
 }
 
 /// What a connection should do next, as the hub sees it.
@@ -115,6 +134,8 @@ pub struct Client {
     /// Blackhole socket's first valid token.
     pub credential: RefCell<Option<Rc<Credential>>>,
     pub interest: RefCell<Interest>,
+    /// Where the client's session counts the limits it hits.
+    pub metrics: Rc<Metrics>,
     outbox: RefCell<Outbox>,
 }
 
@@ -279,6 +300,7 @@ impl Hub {
             dialect,
             credential: RefCell::new(credential),
             interest: RefCell::new(interest),
+            metrics: self.metrics.clone(),
             outbox: RefCell::new(Outbox {
                 frames: VecDeque::new(),
                 missed_in_row: 0,
@@ -319,6 +341,21 @@ impl Hub {
         }
     }
 
+    /// Fans one change of a live call out to every client that wants it.
+    pub fn publish_change(&self, change: &CallChange) {
+        let mut renders = self.renders.borrow_mut();
+        renders.clear();
+        let mut routed = self.routed.borrow_mut();
+        let slots = self.slots.borrow();
+        for client in slots.iter().flatten() {
+            client
+                .interest
+                .borrow()
+                .route_change(change, &mut renders, &mut routed);
+            self.deliver(client, &mut routed);
+        }
+    }
+
     /// Queues one shared frame to every client of a dialect (ActionCable's pings).
     pub fn broadcast(&self, dialect: Dialect, frame: &Frame) {
         let slots = self.slots.borrow();
@@ -332,6 +369,28 @@ impl Hub {
         for client in self.slots.borrow().iter().flatten() {
             client.close(CloseReason::Shutdown);
         }
+    }
+
+    /// Closes every client holding a credential that `auth` no longer holds (after a
+    /// reload); returns how many.
+    pub fn close_revoked(&self, auth: &Auth) -> usize {
+        let mut closed = 0;
+        for client in self.slots.borrow().iter().flatten() {
+            let own = client.credential.borrow().clone();
+            let interest = client.interest.borrow();
+            let subscribed = match &*interest {
+                Interest::Cable(subscriptions) => subscriptions
+                    .credentials()
+                    .find(|c| !auth.holds(c))
+                    .cloned(),
+                _ => None,
+            };
+            if own.is_some_and(|c| !auth.holds(&c)) || subscribed.is_some() {
+                client.close(CloseReason::Revoked);
+                closed += 1;
+            }
+        }
+        closed
     }
 
     /// Queues the frames routed to one client, counting each delivery.

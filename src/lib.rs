@@ -20,6 +20,7 @@ pub mod limits;
 pub mod live;
 pub mod matcher;
 pub mod metrics;
+pub mod notify;
 pub mod rest;
 pub mod rng;
 pub mod server;

@@ -9,9 +9,11 @@ use async_signal::{Signal, Signals};
 use callwire::app::App;
 use callwire::auth::Auth;
 use callwire::cli::{self, Config, Run, SourceConfig};
+use callwire::dialect::cable;
 use callwire::hub::Hub;
 use callwire::live::LiveState;
 use callwire::metrics::Metrics;
+use callwire::notify::{self, Notifier};
 use callwire::rest::Catalogue;
 use callwire::server;
 use callwire::simulate;
@@ -118,17 +120,74 @@ async fn run(
         }
     });
     // The bound address, not the flag: with port 0 this says which port the system chose.
-    match listener.local_addr() {
-        Ok(address) => info!("listening on {address}"),
-        Err(_) => info!("listening on {}", config.listen),
-    }
+    let address = listener.local_addr().unwrap_or(config.listen);
+    info!("listening on {address}");
+    // One timer pings every ActionCable socket.
+    executor.spawn(cable::send_pings(app.clone())).detach();
+    executor.spawn(reload_on_hangup(app.clone())).detach();
+    let notifier = Notifier::from_env();
+    let ready = notify_ready(notifier.clone(), address, app.clone(), executor.clone());
     let serving = async {
         server::run(listener, app.clone(), executor).await;
         Ok(())
     };
-    if let Err(signal) = serving.or(shutdown_signal()).await {
+    // `or` polls its left side first: the accept loop and the signal watch are in place
+    // before `ready` tells systemd so.
+    if let Err(signal) = serving.or(shutdown_signal()).or(ready).await {
         info!("{signal}: closing {} client(s)", app.hub.len());
+        if let Some(notifier) = &notifier {
+            notifier.send(&format!("STOPPING=1\nSTATUS={signal}: shutting down"));
+        }
         shut_down(&app.hub).await;
+    }
+}
+
+/// Tells systemd (`$NOTIFY_SOCKET`) that callwire serves, then pings its watchdog from a task
+/// on the main executor, so a stalled event loop stops the pings. Never finishes.
+async fn notify_ready(
+    notifier: Option<Rc<Notifier>>,
+    address: std::net::SocketAddr,
+    app: Rc<App>,
+    executor: Rc<LocalExecutor<'static>>,
+) -> Result<(), &'static str> {
+    if let Some(notifier) = notifier {
+        notifier.send(&format!("READY=1\nSTATUS=serving on {address}"));
+        if let Some(every) = notify::watchdog_interval() {
+            let status = move || {
+                let source = &app.source;
+                format!(
+                    "serving on {address}: {} client(s), source {} {}, {} live call(s)",
+                    app.hub.len(),
+                    source.kind.as_str(),
+                    if source.connected() { "up" } else { "down" },
+                    app.live.borrow().len()
+                )
+            };
+            executor
+                .spawn(notify::watchdog(notifier, every, status))
+                .detach();
+        }
+    }
+    std::future::pending().await
+}
+
+/// On SIGHUP, reads the credentials file again and closes the sockets whose credential is
+/// gone. A broken file keeps the credentials in force and says why.
+async fn reload_on_hangup(app: Rc<App>) {
+    let Ok(mut hangups) = Signals::new([Signal::Hup]) else {
+        warn!("cannot watch for SIGHUP; credentials are read only at start-up");
+        return;
+    };
+    while hangups.next().await.is_some() {
+        match app.auth.reload() {
+            Ok(count) => {
+                let closed = app.hub.close_revoked(&app.auth);
+                info!(
+                    "SIGHUP: {count} credential(s) in force; closed {closed} socket(s) whose credential was removed"
+                );
+            }
+            Err(reason) => warn!("SIGHUP: kept the credentials in force: {reason}"),
+        }
     }
 }
 

@@ -55,6 +55,53 @@ impl DropReason {
     }
 }
 
+/// A limit that can bite (issue: every limit has a clear answer and a count).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// `--max-clients`: the upgrade was answered 503.
+    MaxClients,
+    /// `--max-per-ip`: the connection was answered 429.
+    PerIp,
+    /// `--handshake-timeout`: the request head never arrived whole.
+    HandshakeTimeout,
+    /// `--max-message-size`: the socket was closed with 1009.
+    MessageSize,
+    /// `--request-rate`: a request was refused or dropped.
+    RequestRate,
+    /// `--max-bindings` (Blackhole bindings, ActionCable subscriptions).
+    Bindings,
+    /// `--max-filters` (iSymphony).
+    Filters,
+    /// `--ping-interval`: an idle socket stopped answering pings.
+    IdleTimeout,
+}
+
+impl Limit {
+    pub const ALL: [Limit; 8] = [
+        Limit::MaxClients,
+        Limit::PerIp,
+        Limit::HandshakeTimeout,
+        Limit::MessageSize,
+        Limit::RequestRate,
+        Limit::Bindings,
+        Limit::Filters,
+        Limit::IdleTimeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::MaxClients => "max_clients",
+            Limit::PerIp => "max_per_ip",
+            Limit::HandshakeTimeout => "handshake_timeout",
+            Limit::MessageSize => "max_message_size",
+            Limit::RequestRate => "request_rate",
+            Limit::Bindings => "max_bindings",
+            Limit::Filters => "max_filters",
+            Limit::IdleTimeout => "idle_timeout",
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Events taken from the source.
@@ -66,11 +113,17 @@ pub struct Metrics {
     /// Frames queued to clients, one per client per event, by dialect.
     deliveries: [Counter; Dialect::ALL.len()],
     dropped: [Counter; DropReason::ALL.len()],
+    limit_hits: [Counter; Limit::ALL.len()],
 }
 
 impl Metrics {
     pub fn deliveries(&self, dialect: Dialect) -> &Counter {
         &self.deliveries[dialect as usize]
+    }
+
+    /// How often a limit bit.
+    pub fn limit_hits(&self, limit: Limit) -> &Counter {
+        &self.limit_hits[limit as usize]
     }
 
     pub fn dropped(&self, reason: DropReason) -> &Counter {

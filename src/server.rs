@@ -4,6 +4,9 @@
 //! The upgrade is answered here, not by tungstenite, so that every refusal (404, 400, 503) is a
 //! proper HTTP answer decided before a client takes a slot.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -16,22 +19,73 @@ use crate::app::App;
 use crate::auth::{Auth, Credential};
 use crate::dialect::Dialect;
 use crate::dialect::blackhole::{BlackholeSession, Subscriptions};
+use crate::dialect::cable::{self, CableSession};
 use crate::dialect::isymphony::{Filters, ISymphonySession};
 use crate::http::{self, HeadError, Request, Response};
 use crate::hub::Interest;
+use crate::metrics::Limit;
 use crate::rest::{self, LiveApi};
 use crate::ws;
 
-/// How long a client may take to send its request head (against slowloris).
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections open now per peer address, for `--max-per-ip`.
+#[derive(Default)]
+struct PerIp(RefCell<HashMap<IpAddr, usize>>);
+
+/// One connection's place in the per-IP count, given back when the connection ends.
+struct IpSlot {
+    per_ip: Rc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    fn enter(self: &Rc<PerIp>, ip: IpAddr, max: usize) -> Option<IpSlot> {
+        let mut open = self.0.borrow_mut();
+        let count = open.entry(ip).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot {
+            per_ip: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.per_ip.0.borrow_mut();
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// Accepts connections forever, each handled on its own task.
 pub async fn run(listener: TcpListener, app: Rc<App>, executor: Rc<LocalExecutor<'static>>) {
+    let per_ip = Rc::new(PerIp::default());
+    let max_per_ip = app.hub.limits().max_per_ip;
     loop {
         match listener.accept().await {
-            Ok((stream, _peer)) => {
+            Ok((mut stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                executor.spawn(handle(stream, app.clone())).detach();
+                match per_ip.enter(peer.ip(), max_per_ip) {
+                    Some(slot) => {
+                        executor.spawn(handle(stream, app.clone(), slot)).detach();
+                    }
+                    None => {
+                        app.metrics.limit_hits(Limit::PerIp).inc();
+                        let refuse = async move {
+                            let too_many =
+                                Response::error(429, "too many connections from your address");
+                            let _ = too_many.write_to(&mut stream).await;
+                        };
+                        executor.spawn(refuse).detach();
+                    }
+                }
             }
             Err(err) => {
                 // Out of descriptors, most likely: back off instead of spinning.
@@ -42,16 +96,22 @@ pub async fn run(listener: TcpListener, app: Rc<App>, executor: Rc<LocalExecutor
     }
 }
 
-async fn handle(mut stream: TcpStream, app: Rc<App>) {
+/// Serves one connection; `_slot` holds its place in the per-IP count until it ends.
+async fn handle(mut stream: TcpStream, app: Rc<App>, _slot: IpSlot) {
+    let timeout = app.hub.limits().handshake_timeout;
     let head = http::read_head(&mut stream)
         .or(async {
-            Timer::after(HEAD_TIMEOUT).await;
-            Err(HeadError::Closed)
+            Timer::after(timeout).await;
+            Err(HeadError::TimedOut)
         })
         .await;
     let request = match head {
         Ok(request) => request,
         Err(HeadError::Closed) => return,
+        Err(HeadError::TimedOut) => {
+            app.metrics.limit_hits(Limit::HandshakeTimeout).inc();
+            return;
+        }
         Err(HeadError::Malformed) => {
             let _ = Response::error(400, "malformed request")
                 .write_to(&mut stream)
@@ -77,6 +137,7 @@ fn route_http(request: &Request, app: &App) -> Response {
     match (request.method.as_str(), request.path.as_str()) {
         ("GET", "/healthz") => http::healthz(app),
         ("GET", "/metrics") => http::metrics(app),
+        ("GET", "/" | "/dashboard.js" | "/dashboard.css") => dashboard(&request.path),
         (_, "/healthz" | "/metrics") => Response::method_not_allowed("GET"),
         (_, "/v2/websockets") => rest::websockets(request, &app.catalogue),
         (_, path) if path.starts_with("/rest/live/") => LiveApi {
@@ -86,6 +147,34 @@ fn route_http(request: &Request, app: &App) -> Response {
         }
         .route(request),
         _ => Response::error(404, &format!("no such path {}", request.path)),
+    }
+}
+
+/// The built-in dashboard (plain `GET /`; an upgrade on `/` is Blackhole): a page, its script
+/// and its style, embedded in the binary. Script and style are files of their own so that the
+/// policy can forbid every inline script and style.
+fn dashboard(path: &str) -> Response {
+    const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+        connect-src 'self' ws: wss:; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+        frame-ancestors 'none'";
+    let (content_type, body) = match path {
+        "/dashboard.js" => (
+            "text/javascript; charset=utf-8",
+            include_str!("dashboard.js"),
+        ),
+        "/dashboard.css" => ("text/css; charset=utf-8", include_str!("dashboard.css")),
+        _ => ("text/html; charset=utf-8", include_str!("dashboard.html")),
+    };
+    Response {
+        status: 200,
+        content_type,
+        headers: vec![
+            ("Content-Security-Policy", POLICY.to_owned()),
+            ("Cache-Control", "no-cache".to_owned()),
+            ("X-Content-Type-Options", "nosniff".to_owned()),
+            ("Referrer-Policy", "no-referrer".to_owned()),
+        ],
+        body: body.as_bytes().to_vec(),
     }
 }
 
@@ -107,7 +196,8 @@ async fn upgrade(mut stream: TcpStream, request: Request, app: &App) {
         return;
     };
     let limits = app.hub.limits();
-    // iSymphony proves who it is on the upgrade itself; Blackhole later, with a token.
+    // iSymphony proves who it is on the upgrade itself; Blackhole later, with a token;
+    // ActionCable per subscription, with its key.
     let (credential, interest) = match dialect {
         Dialect::Blackhole => (
             None,
@@ -123,16 +213,29 @@ async fn upgrade(mut stream: TcpStream, request: Request, app: &App) {
                 return;
             }
         },
+        Dialect::Cable => (
+            None,
+            Interest::Cable(cable::Subscriptions::new(limits.max_bindings)),
+        ),
     };
     let Ok(client) = app.hub.register(dialect, credential, interest) else {
+        app.metrics.limit_hits(Limit::MaxClients).inc();
         let _ = Response::error(503, "too many clients")
             .write_to(&mut stream)
             .await;
         return;
     };
     // Blackhole answers without a subprotocol even when one is offered (blackhole.md).
+    // ActionCable answers `actioncable-v1-json` when it is offered (the official client needs
+    // it), and no subprotocol otherwise, as Rails does (docs/ARCHITECTURE.md, "Choices").
+    let protocol = match dialect {
+        Dialect::Cable if request.header_has("sec-websocket-protocol", cable::SUBPROTOCOL) => {
+            format!("Sec-WebSocket-Protocol: {}\r\n", cable::SUBPROTOCOL)
+        }
+        _ => String::new(),
+    };
     let accepted = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n{protocol}\r\n",
         derive_accept_key(key.as_bytes())
     );
     if stream.write_all(accepted.as_bytes()).await.is_err() {
@@ -146,6 +249,10 @@ async fn upgrade(mut stream: TcpStream, request: Request, app: &App) {
         }
         Dialect::ISymphony => {
             let session = ISymphonySession::new(client.clone());
+            ws::serve(stream, request.rest, client, session, &app.hub).await;
+        }
+        Dialect::Cable => {
+            let session = CableSession::new(client.clone(), app.auth.clone());
             ws::serve(stream, request.rest, client, session, &app.hub).await;
         }
     }

@@ -22,7 +22,8 @@ use smol::net::TcpStream;
 
 use crate::dialect::Session;
 use crate::hub::{Client, CloseReason, Frame, Hub, Outgoing};
-use crate::limits::Limits;
+use crate::limits::{Limits, TokenBucket};
+use crate::metrics::{Limit, Metrics};
 
 /// tungstenite's read buffer is allocated (and zero-filled) per connection and stays
 /// resident; client messages are small, so a small one costs little and reads the same.
@@ -73,6 +74,8 @@ pub async fn serve(
         return;
     }
     let mut idle = Timer::interval(limits.ping_interval);
+    let mut bucket = TokenBucket::new(limits.request_rate, limits.request_burst);
+    let metrics = hub.metrics();
     let mut heard_since_tick = false;
     let mut pinged = false;
     loop {
@@ -93,17 +96,14 @@ pub async fn serve(
             Wake::Message(Some(Ok(message))) => {
                 heard_since_tick = true;
                 pinged = false;
-                match message {
-                    Message::Text(text) => session.on_text(&text, &mut replies),
-                    Message::Binary(data) => session.on_binary(&data, &mut replies),
-                    // tungstenite answers pings and close frames itself.
-                    Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {
-                    }
-                }
+                take_request(message, &mut session, &mut bucket, metrics, &mut replies);
                 write(&mut ws, &client, &mut replies).await
             }
             Wake::Message(Some(Err(err))) => {
                 // Say why before hanging up, as RFC 6455 asks (best effort, briefly).
+                if matches!(err, WsError::Capacity(_)) {
+                    metrics.limit_hits(Limit::MessageSize).inc();
+                }
                 if let Some(code) = close_code(&err) {
                     let frame = CloseFrame {
                         code,
@@ -122,6 +122,7 @@ pub async fn serve(
             Wake::Tick => {
                 if pinged {
                     // Silent for a whole interval after a ping: gone.
+                    metrics.limit_hits(Limit::IdleTimeout).inc();
                     let frame = CloseFrame {
                         code: CloseCode::Away,
                         reason: "ping timeout".into(),
@@ -148,13 +149,41 @@ pub async fn serve(
             Err(WriteError::Socket) => break,
             // A client too slow to drain its queue is not waited on: drop the connection.
             Err(WriteError::Closed(CloseReason::TooSlow)) => break,
-            Err(WriteError::Closed(CloseReason::Shutdown)) => {
-                say_goodbye(&mut ws, &client, &session).await;
+            Err(WriteError::Closed(reason)) => {
+                say_goodbye(&mut ws, &client, &session, reason).await;
                 break;
             }
         }
     }
     hub.unregister(&client);
+}
+
+/// Hands one client message to the session, unless it is over the request rate.
+fn take_request(
+    message: Message,
+    session: &mut impl Session,
+    bucket: &mut TokenBucket,
+    metrics: &Metrics,
+    replies: &mut Vec<Frame>,
+) {
+    // tungstenite answers pings and close frames itself; only requests reach the session.
+    if !matches!(message, Message::Text(_) | Message::Binary(_)) {
+        return;
+    }
+    if !bucket.take() {
+        metrics.limit_hits(Limit::RequestRate).inc();
+        let text = match &message {
+            Message::Text(text) => Some(text.as_str()),
+            _ => None,
+        };
+        session.on_rate_limited(text, replies);
+        return;
+    }
+    match message {
+        Message::Text(text) => session.on_text(&text, replies),
+        Message::Binary(data) => session.on_binary(&data, replies),
+        _ => {}
+    }
 }
 
 /// Writes the session's replies, then every frame the hub queued, and flushes once. Gives up
@@ -179,19 +208,28 @@ async fn write(
         .await
 }
 
-/// What is still queued, the dialect's goodbye, then a close frame (1001, going away), all
-/// within a bounded time.
-async fn say_goodbye(ws: &mut WebSocketStream<TcpStream>, client: &Client, session: &impl Session) {
+/// What is still queued, the dialect's goodbye, then a close frame (1001 going away on
+/// shutdown, 1008 when the credential was revoked), all within a bounded time.
+async fn say_goodbye(
+    ws: &mut WebSocketStream<TcpStream>,
+    client: &Client,
+    session: &impl Session,
+    reason: CloseReason,
+) {
+    let (code, why) = match reason {
+        CloseReason::Revoked => (CloseCode::Policy, "credential revoked"),
+        _ => (CloseCode::Away, "server shutting down"),
+    };
     let goodbye = async {
         while let Some(frame) = client.pop() {
             ws.feed(Message::Text(frame)).await?;
         }
-        if let Some(frame) = session.farewell() {
+        if let Some(frame) = session.farewell(reason) {
             ws.feed(Message::Text(frame)).await?;
         }
         let close = CloseFrame {
-            code: CloseCode::Away,
-            reason: "server shutting down".into(),
+            code,
+            reason: why.into(),
         };
         ws.send(Message::Close(Some(close))).await
     };

@@ -599,7 +599,9 @@ fn a_requested_subprotocol_is_accepted_without_one() {
 
 #[test]
 fn every_error_keeps_the_socket_open() {
-    let callwire = quiet_callwire(&[]);
+    // Dozens of requests back to back: above the default request rate, which tests/limits.rs
+    // covers on its own.
+    let callwire = quiet_callwire(&["--request-rate", "1000", "--request-burst", "1000"]);
     let mut socket = callwire.ws("/");
 
     let missing = "missing required keys : binding";

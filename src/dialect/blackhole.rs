@@ -10,6 +10,7 @@ use crate::dialect::{Session, push_json_str};
 use crate::event::Event;
 use crate::hub::{Client, Frame, Interest};
 use crate::matcher::{Binding, RoutingKey};
+use crate::metrics::Limit;
 use crate::rng::Rng;
 
 /// Longest account id a subscription may name.
@@ -226,6 +227,7 @@ impl BlackholeSession {
                 }
             }
             if subscriptions.items.len() + added.len() > subscriptions.limit {
+                self.client.metrics.limit_hits(Limit::Bindings).inc();
                 return Err(format!("too many bindings (limit {})", subscriptions.limit));
             }
             subscriptions.items.extend(added);
@@ -297,6 +299,16 @@ impl Session for BlackholeSession {
             _ => self.reply(None, Err("invalid JSON".to_owned())),
         };
         replies.push(reply);
+    }
+
+    fn on_rate_limited(&mut self, text: Option<&str>, replies: &mut Vec<Frame>) {
+        let request_id = text
+            .and_then(|text| serde_json::from_str::<Value>(text).ok())
+            .and_then(|request| match request.get("request_id") {
+                Some(id @ (Value::String(_) | Value::Number(_))) => Some(id.clone()),
+                _ => None,
+            });
+        replies.push(self.reply(request_id, Err("rate limit exceeded".to_owned())));
     }
 
     fn on_binary(&mut self, _data: &[u8], replies: &mut Vec<Frame>) {

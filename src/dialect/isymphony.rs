@@ -15,6 +15,7 @@ use crate::auth::Credential;
 use crate::dialect::{Session, push_json_str};
 use crate::event::Event;
 use crate::hub::{Client, Frame, Interest};
+use crate::metrics::Limit;
 
 /// The wildcard value: any value, but the property must be present.
 const ANY: &str = "*";
@@ -243,7 +244,12 @@ impl ISymphonySession {
         let Interest::ISymphony(filters) = &mut *interest else {
             return Err("not an iSymphony socket".to_owned());
         };
-        let requested = parse_filters(message.get("filters"), filters.limit)?;
+        let requested =
+            parse_filters(message.get("filters"), filters.limit).inspect_err(|err| {
+                if err.starts_with("too many filters") {
+                    self.client.metrics.limit_hits(Limit::Filters).inc();
+                }
+            })?;
         filters.replace(requested);
         let listing: Vec<Value> = filters
             .listing

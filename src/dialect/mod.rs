@@ -2,6 +2,7 @@
 //! renders an event. A dialect reads events from the hub; it never talks to a source.
 
 pub mod blackhole;
+pub mod cable;
 pub mod isymphony;
 
 /// The websocket dialects, chosen by the upgrade request's path.
@@ -9,16 +10,18 @@ pub mod isymphony;
 pub enum Dialect {
     Blackhole,
     ISymphony,
+    Cable,
 }
 
 impl Dialect {
-    pub const ALL: [Dialect; 2] = [Dialect::Blackhole, Dialect::ISymphony];
+    pub const ALL: [Dialect; 3] = [Dialect::Blackhole, Dialect::ISymphony, Dialect::Cable];
 
     /// The dialect served at a path (contract: README.md, "One port, routed by path").
     pub fn for_path(path: &str) -> Option<Dialect> {
         match path {
             "/" | "/blackhole" => Some(Dialect::Blackhole),
             "/communication_manager/ws/event" | "/ws/event" => Some(Dialect::ISymphony),
+            "/cable" => Some(Dialect::Cable),
             _ => None,
         }
     }
@@ -27,11 +30,12 @@ impl Dialect {
         match self {
             Dialect::Blackhole => "blackhole",
             Dialect::ISymphony => "isymphony",
+            Dialect::Cable => "actioncable",
         }
     }
 }
 
-use crate::hub::Frame;
+use crate::hub::{CloseReason, Frame};
 
 /// One websocket connection's request handling, in its dialect.
 pub trait Session {
@@ -40,13 +44,18 @@ pub trait Session {
     /// Handles one binary message.
     fn on_binary(&mut self, data: &[u8], replies: &mut Vec<Frame>);
 
+    /// A request over `--request-rate`, not handled (`text` when it was a text message).
+    /// Dialects that can say so reply; the others drop it silently (it is counted).
+    fn on_rate_limited(&mut self, _text: Option<&str>, _replies: &mut Vec<Frame>) {}
+
     /// The frame sent right after the upgrade, before any request is read.
     fn greeting(&self) -> Option<Frame> {
         None
     }
 
-    /// The frame sent before the close frame when the server shuts down.
-    fn farewell(&self) -> Option<Frame> {
+    /// The frame sent before the close frame when the hub closes the socket (shutdown, or a
+    /// revoked credential).
+    fn farewell(&self, _reason: CloseReason) -> Option<Frame> {
         None
     }
 }
