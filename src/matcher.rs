@@ -24,13 +24,21 @@ pub enum BindingError {
 }
 
 /// One parsed binding, stored inline (no heap).
+///
+/// `repr(C)` with the small fields first: a rejection usually reads only the segment count and
+/// the first segment, and this keeps both in the struct's first cache line.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[repr(C)]
 pub struct Binding {
-    text: heapless::String<MAX_BINDING_LEN>,
+    /// Whether a segment is `#`. Without one, a binding matches only keys of exactly its
+    /// length, segment by segment: most bindings are of that kind, and most keys are then
+    /// refused on their length or first segment without the general walk.
+    has_hash: bool,
     /// Byte offset where each segment ends. Every event is matched against every binding, so
     /// the split is done once at parse time; offsets fit a `u8` because the text is at most
     /// 255 bytes, which keeps this to 33 bytes.
     ends: heapless::Vec<u8, MAX_BINDING_SEGMENTS>,
+    text: heapless::String<MAX_BINDING_LEN>,
 }
 
 /// A routing key split into segments once per event, on the stack.
@@ -55,7 +63,12 @@ impl Binding {
                 .map_err(|_| BindingError::TooManySegments)?;
             start += 1; // the dot
         }
-        Ok(Binding { text, ends })
+        let has_hash = text.split('.').any(|segment| segment == "#");
+        Ok(Binding {
+            has_hash,
+            ends,
+            text,
+        })
     }
 
     /// The binding as it was written.
@@ -70,6 +83,13 @@ impl Binding {
     /// segments, so positions `0..=n` fit a `u128` and nothing is allocated.
     pub fn matches(&self, key: &RoutingKey<'_>) -> bool {
         let key = &key.segments;
+        if !self.has_hash {
+            return self.ends.len() == key.len()
+                && self
+                    .segments()
+                    .zip(key.iter())
+                    .all(|(segment, part)| segment == "*" || segment == *part);
+        }
         let n = key.len();
         // Positions past `n` are meaningless; `n <= 127`, so the shift is in range.
         let valid = u128::MAX >> (127 - n);

@@ -27,7 +27,7 @@ use crate::metrics::{Limit, Metrics};
 
 /// tungstenite's read buffer is allocated (and zero-filled) per connection and stays
 /// resident; client messages are small, so a small one costs little and reads the same.
-const READ_BUFFER: usize = 1024;
+const READ_BUFFER: usize = 256;
 /// Frames are gathered up to this size before a write; a flush writes whatever is there.
 const WRITE_BUFFER: usize = 8 * 1024;
 

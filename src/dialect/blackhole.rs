@@ -35,7 +35,9 @@ pub struct Subscriptions {
 impl Subscriptions {
     pub fn new(limit: usize) -> Subscriptions {
         Subscriptions {
-            items: Vec::with_capacity(limit),
+            // Grown on demand up to `limit`: reserving room for every binding up front would
+            // cost each idle socket kilobytes it may never use.
+            items: Vec::new(),
             limit,
         }
     }
