@@ -93,6 +93,12 @@ pub async fn serve(
         })
         .await;
         let result = match wake {
+            Wake::Message(Some(Ok(Message::Close(_)))) => {
+                // tungstenite has queued the answering close frame, and nothing may follow
+                // it: writing a queued event now would fail and drop the connection unanswered.
+                let _ = ws.flush().or(after(Duration::from_secs(1))).await;
+                break;
+            }
             Wake::Message(Some(Ok(message))) => {
                 heard_since_tick = true;
                 pinged = false;
