@@ -387,6 +387,12 @@ impl LiveState {
             let Some(call) = self.slots[slot].call.as_mut() else {
                 return Changes::default();
             };
+            // An event naming another account than the call's is not this call's (call ids
+            // come from callers, so another account may reuse one): it must not show in the
+            // call, change it or end it.
+            if call.account.is_some() && event.account.is_some() && call.account != event.account {
+                return Changes::default();
+            }
             call.apply(&seen, event, self.events_per_call);
             if seen.step != Step::End {
                 return Changes {
