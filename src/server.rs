@@ -133,7 +133,9 @@ async fn handle(mut stream: TcpStream, app: Rc<App>, _slot: IpSlot) {
     }
 }
 
-fn route_http(request: &Request, app: &App) -> Response {
+/// The answer to a plain HTTP request (not an upgrade): a pure function of the request and the
+/// application's state, public so that the fuzz targets (fuzz/) can drive it.
+pub fn route_http(request: &Request, app: &App) -> Response {
     match (request.method.as_str(), request.path.as_str()) {
         ("GET", "/healthz") => http::healthz(app),
         ("GET", "/metrics") => http::metrics(app),

@@ -317,3 +317,63 @@ impl Session for BlackholeSession {
         replies.push(self.reply(None, Err("invalid JSON".to_owned())));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dialect::Dialect;
+    use crate::hub::Hub;
+    use crate::limits::Limits;
+    use crate::metrics::Metrics;
+    use std::time::Duration;
+
+    #[test]
+    fn numeric_request_ids_come_back_as_the_number_sent() {
+        // Found by fuzz/blackhole_request: serde_json's default float parsing may be a unit in
+        // the last place off, so `1.3077777777777777e+33` came back as `...775e+33` and a
+        // client matching replies by id missed its reply (Cargo.toml: `float_roundtrip`).
+        let limits = Limits {
+            max_clients: 1,
+            max_bindings: 1,
+            max_filters: 1,
+            queue_depth: 1,
+            max_missed: 1,
+            max_calls: 1,
+            events_per_call: 0,
+            max_message_size: 1024,
+            ping_interval: Duration::from_secs(30),
+            max_per_ip: 1,
+            handshake_timeout: Duration::from_secs(5),
+            request_rate: 1.0,
+            request_burst: 1,
+        };
+        let hub = Hub::new(limits, Rc::new(Metrics::default()));
+        let interest = Interest::Blackhole(Subscriptions::new(1));
+        let client = hub.register(Dialect::Blackhole, None, interest).unwrap();
+        let mut session = BlackholeSession::new(client, Rc::new(Auth::open()));
+        for id in [
+            "1.3077777777777777e+33",
+            "1307777777777777777777777777777777",
+            "0.30000000000000004",
+            "-2.2250738585072014e-308",
+            "18446744073709551615",
+            "7",
+        ] {
+            let mut replies = Vec::new();
+            session.on_text(
+                &format!(r#"{{"action":"ping","request_id":{id}}}"#),
+                &mut replies,
+            );
+            // Read the echoed number as a client would, with an exact parser (not serde_json's).
+            let echoed = replies[0]
+                .split_once(r#""request_id":"#)
+                .and_then(|(_, rest)| rest.split(',').next())
+                .unwrap();
+            assert_eq!(
+                echoed.parse::<f64>(),
+                id.parse::<f64>(),
+                "{id} came back as {echoed}"
+            );
+        }
+    }
+}

@@ -161,9 +161,11 @@ fn matches(value: &Value, wanted: &Wanted) -> bool {
 }
 
 /// A filter value's text as a JSON number prints (`1.50` as `1.5`), if it is a JSON number.
+/// A JSON number starts with `-` or a digit and ends with a digit: serde_json alone would also
+/// take whitespace around it, and `"16 "` is not the text of 16.
 fn canonical_number(text: &str) -> Option<Box<str>> {
-    let first = *text.as_bytes().first()?;
-    if first != b'-' && !first.is_ascii_digit() {
+    let (first, last) = (*text.as_bytes().first()?, *text.as_bytes().last()?);
+    if (first != b'-' && !first.is_ascii_digit()) || !last.is_ascii_digit() {
         return None;
     }
     match serde_json::from_str::<Value>(text) {
@@ -370,6 +372,13 @@ mod tests {
         assert!(n.passes(&event(r#"{"n":16}"#)) && n.passes(&event(r#"{"n":"16"}"#)));
         assert!(!n.passes(&event(r#"{"n":160}"#)) && !n.passes(&event(r#"{"n":[16]}"#)));
         assert!(filters(&[("n", "1.50")]).passes(&event(r#"{"n":1.50}"#)));
+        // fuzz/isymphony_filter's reference caught this: whitespace is not part of a number.
+        for spaced in ["16 ", "16\n", "16\t", " 16"] {
+            assert!(
+                !filters(&[("n", spaced)]).passes(&event(r#"{"n":16}"#)),
+                "{spaced:?}"
+            );
+        }
         assert!(filters(&[("n", "-3")]).passes(&event(r#"{"n":-3}"#)));
         assert!(filters(&[("b", "true")]).passes(&event(r#"{"b":true}"#)));
         assert!(filters(&[("b", "null")]).passes(&event(r#"{"b":null}"#)));

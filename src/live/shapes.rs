@@ -284,10 +284,14 @@ fn object<'a>(fields: &'a Map<String, Value>, name: &str) -> Option<&'a Map<Stri
     fields.get(name)?.as_object()
 }
 
+/// 10000-01-01T00:00:00Z: the first instant RFC 3339's four-digit year cannot write.
+const YEAR_10000: Duration = Duration::from_secs(253_402_300_800);
+
 /// A time `since` the Unix epoch; the epoch itself and anything before it are taken as unset
-/// (switches write zero for a time they do not know).
+/// (switches write zero for a time they do not know), and so is anything from the year 10000
+/// on, which the live API could not write as RFC 3339 (a timestamp with digits too many).
 fn after_epoch(since: Duration) -> Option<SystemTime> {
-    if since.is_zero() {
+    if since.is_zero() || since >= YEAR_10000 {
         return None;
     }
     UNIX_EPOCH.checked_add(since)
@@ -500,6 +504,31 @@ mod tests {
         ] {
             assert_eq!(iso8601(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn times_from_the_year_10000_on_fall_back_to_receipt() {
+        // Found by fuzz/pbx_shapes: a FreeSWITCH timestamp with three digits too many made the
+        // call's `started_at` "58864-11-16T11:18:0Z", which is not RFC 3339.
+        let last = secs(253_402_300_799);
+        assert_eq!(clock::rfc3339(last), "9999-12-31T23:59:59Z");
+        assert_eq!(
+            unix_micros("253402300799999999"),
+            Some(last + Duration::from_micros(999_999))
+        );
+        assert_eq!(unix_micros("253402300800000000"), None);
+        assert_eq!(unix_micros("1795428933482223204"), None);
+        let kazoo = |secs: u64| gregorian_seconds(&Value::from(secs + GREGORIAN_OFFSET));
+        assert_eq!(kazoo(253_402_300_799), Some(last));
+        assert_eq!(kazoo(253_402_300_800), None);
+        assert_eq!(iso8601("9999-12-31T23:59:59Z"), Some(last));
+        // A four-digit year still reaches the year 10000 through its zone.
+        assert_eq!(iso8601("9999-12-31T23:59:59-00:01"), None);
+        let mut e = event(
+            r#"{"Event-Name":"CHANNEL_CREATE","Unique-ID":"u","Event-Date-Timestamp":"1795428933482223204"}"#,
+        );
+        e.received_at = secs(42);
+        assert_eq!(observe(&e).unwrap().at, secs(42));
     }
 
     #[test]

@@ -1,0 +1,295 @@
+//! The four PBX shape recognisers (`live::shapes::observe`) and the live state they drive
+//! (`LiveState::apply`): each input line is an event payload. Each observation is checked
+//! against a recogniser written from events.md's table, each change against a model of the
+//! live calls (start, answer, hold, bridge, end, eviction of the oldest, late events of ended
+//! calls), and after every event the state's listings against the model.
+
+#![no_main]
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use callwire::live::shapes::{Step, observe};
+use callwire::live::{ChangeKind, LiveState};
+use callwire::metrics::Metrics;
+use callwire_fuzz::{LIMITS, event, is_rfc3339_seconds, reference_account, visible};
+use libfuzzer_sys::fuzz_target;
+use serde_json::{Map, Value};
+
+/// What events.md says an event is: (source, call id, step).
+fn recognise(fields: &Map<String, Value>) -> Option<(&'static str, &str, Step)> {
+    /// A non-empty string field.
+    fn s<'a>(map: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
+        map.get(name)?.as_str().filter(|s| !s.is_empty())
+    }
+    // FreeSWITCH: `Event-Name` and `Unique-ID`, every value a string.
+    if let (Some(name), Some(id)) = (s(fields, "Event-Name"), s(fields, "Unique-ID"))
+        && fields.values().all(Value::is_string)
+    {
+        let step = match name {
+            "CHANNEL_CREATE" => Step::Start,
+            "CHANNEL_ANSWER" => Step::Answer,
+            "CHANNEL_HOLD" => Step::Hold,
+            "CHANNEL_UNHOLD" => Step::Unhold,
+            "CHANNEL_BRIDGE" => Step::Bridge,
+            "CHANNEL_HANGUP_COMPLETE" | "CHANNEL_DESTROY" => Step::End,
+            _ => Step::Other,
+        };
+        return Some(("freeswitch", id, step));
+    }
+    // Kazoo: `Event-Name`/`event_name` is CHANNEL_* or PARK_*, the call `Call-ID`/`call_id`.
+    let kazoo_name = ["Event-Name", "event_name"]
+        .into_iter()
+        .filter_map(|field| s(fields, field))
+        .find(|name| name.starts_with("CHANNEL_") || name.starts_with("PARK_"));
+    if let (Some(name), Some(id)) = (kazoo_name, s(fields, "Call-ID").or(s(fields, "call_id"))) {
+        let step = match name {
+            "CHANNEL_CREATE" => Step::Start,
+            "CHANNEL_ANSWER" => Step::Answer,
+            "CHANNEL_HOLD" => Step::Hold,
+            "CHANNEL_UNHOLD" => Step::Unhold,
+            "CHANNEL_BRIDGE" => Step::Bridge,
+            "CHANNEL_DESTROY" => Step::End,
+            _ => Step::Other,
+        };
+        return Some(("kazoo", id, step));
+    }
+    // ARI: `type` plus a `channel` object with an `id`.
+    if let Some(kind) = s(fields, "type")
+        && let Some(channel) = fields.get("channel").and_then(Value::as_object)
+        && let Some(id) = s(channel, "id")
+    {
+        let up = channel.get("state").and_then(Value::as_str) == Some("Up");
+        let bridged_to_another = kind == "ChannelEnteredBridge"
+            && fields
+                .get("bridge")
+                .and_then(|b| b.get("channels"))
+                .and_then(Value::as_array)
+                .is_some_and(|channels| {
+                    channels
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .any(|other| !other.is_empty() && other != id)
+                });
+        let step = match kind {
+            "StasisStart" if !up => Step::Start,
+            "ChannelDestroyed" => Step::End,
+            "ChannelHold" => Step::Hold,
+            "ChannelUnhold" => Step::Unhold,
+            "ChannelEnteredBridge" if bridged_to_another => Step::Bridge,
+            _ if up => Step::Answer,
+            _ => Step::Other,
+        };
+        return Some(("asterisk-ari", id, step));
+    }
+    // AMI-to-MQTT bridge: `event` ringing, answered or hungup, the call `call_id`.
+    let step = match s(fields, "event")? {
+        "ringing" => Step::Start,
+        "answered" => Step::Answer,
+        "hungup" => Step::End,
+        _ => return None,
+    };
+    Some(("asterisk-mqtt", s(fields, "call_id")?, step))
+}
+
+/// A live call as the model keeps it.
+struct Call {
+    id: String,
+    account: Option<String>,
+    state: &'static str,
+    bridged: bool,
+    events: u64,
+}
+
+impl Call {
+    fn apply(&mut self, step: Step, account: &Option<String>) {
+        self.events += 1;
+        if self.account.is_none() {
+            self.account.clone_from(account);
+        }
+        match step {
+            Step::Answer if self.state == "ringing" => self.state = "answered",
+            Step::Hold => self.state = "held",
+            Step::Unhold => self.state = if self.bridged { "bridged" } else { "answered" },
+            Step::Bridge => {
+                self.bridged = true;
+                self.state = "bridged";
+            }
+            _ => {}
+        }
+    }
+
+    /// (kind, id, state, events, account) of a change carrying this call.
+    fn change(&self, kind: ChangeKind) -> (ChangeKind, String, String, u64, Option<String>) {
+        (
+            kind,
+            self.id.clone(),
+            self.state.to_owned(),
+            self.events,
+            self.account.clone(),
+        )
+    }
+}
+
+/// The live calls, oldest first, and the ids of the last 1024 ended or evicted.
+#[derive(Default)]
+struct Model {
+    calls: Vec<Call>,
+    ended: VecDeque<String>,
+}
+
+impl Model {
+    fn end(&mut self, id: String) {
+        if self.ended.len() == 1024 {
+            self.ended.pop_front();
+        }
+        self.ended.push_back(id);
+    }
+
+    fn apply(
+        &mut self,
+        id: &str,
+        step: Step,
+        account: &Option<String>,
+    ) -> Vec<(ChangeKind, String, String, u64, Option<String>)> {
+        if let Some(at) = self.calls.iter().position(|c| c.id == id) {
+            // Another account's event is not this call's, whatever its id.
+            let own = &self.calls[at].account;
+            if own.is_some() && account.is_some() && own != account {
+                return Vec::new();
+            }
+            self.calls[at].apply(step, account);
+            if step != Step::End {
+                return vec![self.calls[at].change(ChangeKind::Update)];
+            }
+            let call = self.calls.remove(at);
+            self.end(call.id.clone());
+            return vec![call.change(ChangeKind::Destroy)];
+        }
+        let late = step != Step::Start && self.ended.iter().any(|e| e == id);
+        if step == Step::End || late {
+            return Vec::new();
+        }
+        let mut changes = Vec::new();
+        if self.calls.len() >= LIMITS.max_calls {
+            let oldest = self.calls.remove(0);
+            self.end(oldest.id.clone());
+            changes.push(oldest.change(ChangeKind::Destroy));
+        }
+        let mut call = Call {
+            id: id.to_owned(),
+            account: None,
+            state: "ringing",
+            bridged: false,
+            events: 0,
+        };
+        call.apply(step, account);
+        changes.push(call.change(ChangeKind::Create));
+        self.calls.push(call);
+        changes
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut live = LiveState::new(
+        LIMITS.max_calls,
+        LIMITS.events_per_call,
+        Rc::new(Metrics::default()),
+    );
+    let mut model = Model::default();
+    for payload in data.split(|&b| b == b'\n') {
+        let event = event("pbx.fuzz", payload);
+        let account = reference_account(event.json.as_ref());
+        assert_eq!(event.account, account);
+        let expected = event
+            .json
+            .as_ref()
+            .and_then(Value::as_object)
+            .and_then(recognise);
+        let seen = observe(&event);
+        assert_eq!(
+            seen.as_ref().map(|o| (o.source.as_str(), o.id, o.step)),
+            expected,
+            "{:?}",
+            String::from_utf8_lossy(payload)
+        );
+        if let Some(seen) = &seen {
+            assert!(!seen.name.is_empty());
+            for party in [seen.from, seen.to] {
+                assert_ne!(party.number, Some(""));
+                assert_ne!(party.name, Some(""));
+            }
+        }
+
+        let changes: Vec<_> = live
+            .apply(&event)
+            .into_iter()
+            .map(|c| {
+                let call = &c.call;
+                for time in [&call["started_at"], &call["answered_at"]] {
+                    assert!(
+                        time.is_null() || time.as_str().is_some_and(is_rfc3339_seconds),
+                        "a time in the live API: {time} from {:?}",
+                        String::from_utf8_lossy(payload)
+                    );
+                }
+                assert_eq!(c.account.as_deref(), call["account"].as_str());
+                (
+                    c.kind,
+                    call["id"].as_str().unwrap_or_default().to_owned(),
+                    call["state"].as_str().unwrap_or_default().to_owned(),
+                    call["events"].as_u64().unwrap_or_default(),
+                    c.account.clone(),
+                )
+            })
+            .collect();
+        let want = match expected {
+            Some((_, id, step)) => model.apply(id, step, &account),
+            None => Vec::new(),
+        };
+        assert_eq!(changes, want, "{:?}", String::from_utf8_lossy(payload));
+
+        // The listings agree with the model, whoever asks.
+        assert_eq!(live.len(), model.calls.len());
+        let mut scopes = vec!["*", "acc1"];
+        scopes.extend(model.calls.iter().filter_map(|c| c.account.as_deref()));
+        for scope in scopes {
+            let listed: Vec<&str> = live.calls(scope).map(|c| &*c.id).collect();
+            let modelled: Vec<&str> = model
+                .calls
+                .iter()
+                .filter(|c| visible(c.account.as_deref(), scope))
+                .map(|c| c.id.as_str())
+                .collect();
+            assert_eq!(listed, modelled, "calls({scope:?})");
+            for call in &model.calls {
+                let found = live.call(scope, &call.id);
+                assert_eq!(found.is_some(), visible(call.account.as_deref(), scope));
+                if let Some(found) = found {
+                    assert_eq!(found.state.as_str(), call.state);
+                    let recent = live.call_events(scope, &call.id).map_or(0, Iterator::count);
+                    assert_eq!(
+                        recent as u64,
+                        call.events.min(LIMITS.events_per_call as u64)
+                    );
+                }
+            }
+            for extension in live.extensions(scope) {
+                assert!(!extension.number.is_empty());
+                assert!(!extension.calls.is_empty());
+                for id in &extension.calls {
+                    let call = live.call(scope, id).expect("an extension's call is live");
+                    assert!(
+                        [&call.from, &call.to]
+                            .iter()
+                            .any(|p| p.number.as_deref() == Some(extension.number))
+                    );
+                }
+                assert_eq!(
+                    live.extension(scope, extension.number).as_ref(),
+                    Some(&extension)
+                );
+            }
+        }
+    }
+});
