@@ -20,7 +20,7 @@ use callwire::simulate;
 use callwire::source::{Commands, Deliver, SourceKind, SourceStatus, amqp, demo, mqtt};
 use callwire::{info, logging, warn};
 use futures_lite::{FutureExt, StreamExt};
-use smol::{LocalExecutor, Timer};
+use smol::{Async, LocalExecutor, Timer};
 
 /// How long shutdown waits for clients to take their goodbye.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(4);
@@ -52,7 +52,7 @@ fn serve(config: Config) -> ExitCode {
         None => Auth::open(),
     };
     let listener = match std::net::TcpListener::bind(config.listen)
-        .and_then(smol::net::TcpListener::try_from)
+        .and_then(Async::<std::net::TcpListener>::try_from)
     {
         Ok(listener) => listener,
         Err(err) => return fail(&format!("--listen {}: {err}", config.listen), 2),
@@ -77,7 +77,7 @@ fn fail(message: &str, code: i32) -> ExitCode {
 async fn run(
     config: Config,
     auth: Auth,
-    listener: smol::net::TcpListener,
+    listener: Async<std::net::TcpListener>,
     executor: Rc<LocalExecutor<'static>>,
 ) {
     let metrics = Rc::new(Metrics::default());
@@ -120,7 +120,7 @@ async fn run(
         }
     });
     // The bound address, not the flag: with port 0 this says which port the system chose.
-    let address = listener.local_addr().unwrap_or(config.listen);
+    let address = listener.get_ref().local_addr().unwrap_or(config.listen);
     info!("listening on {address}");
     // One timer pings every ActionCable socket.
     executor.spawn(cable::send_pings(app.clone())).detach();

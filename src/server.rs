@@ -6,14 +6,18 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::future::Future;
+use std::net::{IpAddr, TcpListener, TcpStream};
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
+use async_tungstenite::tungstenite::protocol::Role;
 use futures_lite::{AsyncWriteExt, FutureExt};
-use smol::net::{TcpListener, TcpStream};
-use smol::{LocalExecutor, Timer};
+use smol::{Async, LocalExecutor, Timer};
 
 use crate::app::App;
 use crate::auth::{Auth, Credential};
@@ -25,7 +29,7 @@ use crate::http::{self, HeadError, Request, Response};
 use crate::hub::Interest;
 use crate::metrics::Limit;
 use crate::rest::{self, LiveApi};
-use crate::ws;
+use crate::ws::{self, Connection};
 
 /// Connections open now per peer address, for `--max-per-ip`.
 #[derive(Default)]
@@ -65,16 +69,17 @@ impl Drop for IpSlot {
 }
 
 /// Accepts connections forever, each handled on its own task.
-pub async fn run(listener: TcpListener, app: Rc<App>, executor: Rc<LocalExecutor<'static>>) {
+pub async fn run(listener: Async<TcpListener>, app: Rc<App>, executor: Rc<LocalExecutor<'static>>) {
     let per_ip = Rc::new(PerIp::default());
     let max_per_ip = app.hub.limits().max_per_ip;
     loop {
         match listener.accept().await {
             Ok((mut stream, peer)) => {
-                let _ = stream.set_nodelay(true);
+                let _ = stream.get_ref().set_nodelay(true);
                 match per_ip.enter(peer.ip(), max_per_ip) {
                     Some(slot) => {
-                        executor.spawn(handle(stream, app.clone(), slot)).detach();
+                        let handshake = handle(stream, app.clone(), slot, executor.clone());
+                        executor.spawn(handshake).detach();
                     }
                     None => {
                         app.metrics.limit_hits(Limit::PerIp).inc();
@@ -96,8 +101,14 @@ pub async fn run(listener: TcpListener, app: Rc<App>, executor: Rc<LocalExecutor
     }
 }
 
-/// Serves one connection; `_slot` holds its place in the per-IP count until it ends.
-async fn handle(mut stream: TcpStream, app: Rc<App>, _slot: IpSlot) {
+/// Reads one request and answers it; an accepted upgrade goes on as a `Connection` task of
+/// its own (so the handshake's state is freed), taking `slot` with it.
+async fn handle(
+    mut stream: Async<TcpStream>,
+    app: Rc<App>,
+    slot: IpSlot,
+    executor: Rc<LocalExecutor<'static>>,
+) {
     let timeout = app.hub.limits().handshake_timeout;
     let head = http::read_head(&mut stream)
         .or(async {
@@ -126,7 +137,7 @@ async fn handle(mut stream: TcpStream, app: Rc<App>, _slot: IpSlot) {
         }
     };
     if request.header_has("upgrade", "websocket") {
-        upgrade(stream, request, &app).await;
+        upgrade(stream, request, &app, slot, &executor).await;
     } else {
         let response = route_http(&request, &app);
         let _ = response.write_to(&mut stream).await;
@@ -180,7 +191,13 @@ fn dashboard(path: &str) -> Response {
     }
 }
 
-async fn upgrade(mut stream: TcpStream, request: Request, app: &App) {
+async fn upgrade(
+    mut stream: Async<TcpStream>,
+    request: Request,
+    app: &Rc<App>,
+    slot: IpSlot,
+    executor: &LocalExecutor<'static>,
+) {
     let Some(dialect) = Dialect::for_path(&request.path) else {
         let _ = Response::error(404, &format!("no websocket at {}", request.path))
             .write_to(&mut stream)
@@ -244,19 +261,56 @@ async fn upgrade(mut stream: TcpStream, request: Request, app: &App) {
         app.hub.unregister(&client);
         return;
     }
+    let config = ws::config(limits);
+    let ws = WebSocketStream::from_partially_read(stream, request.rest, Role::Server, Some(config))
+        .await;
+    let app = app.clone();
     match dialect {
         Dialect::Blackhole => {
             let session = BlackholeSession::new(client.clone(), app.auth.clone());
-            ws::serve(stream, request.rest, client, session, &app.hub).await;
+            let connection = Connection::new(ws, client, session, app);
+            executor
+                .spawn(Counted {
+                    connection,
+                    _slot: slot,
+                })
+                .detach();
         }
         Dialect::ISymphony => {
             let session = ISymphonySession::new(client.clone());
-            ws::serve(stream, request.rest, client, session, &app.hub).await;
+            let connection = Connection::new(ws, client, session, app);
+            executor
+                .spawn(Counted {
+                    connection,
+                    _slot: slot,
+                })
+                .detach();
         }
         Dialect::Cable => {
             let session = CableSession::new(client.clone(), app.auth.clone());
-            ws::serve(stream, request.rest, client, session, &app.hub).await;
+            let connection = Connection::new(ws, client, session, app);
+            executor
+                .spawn(Counted {
+                    connection,
+                    _slot: slot,
+                })
+                .detach();
         }
+    }
+}
+
+/// A connection's task, holding its place in the per-IP count until it ends. A plain
+/// wrapper rather than an `async` block, which would hold the connection twice.
+struct Counted<F> {
+    connection: F,
+    _slot: IpSlot,
+}
+
+impl<F: Future + Unpin> Future for Counted<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        Pin::new(&mut self.connection).poll(cx)
     }
 }
 

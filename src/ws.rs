@@ -1,29 +1,35 @@
 //! One websocket connection after its upgrade: reads requests into the dialect's session,
 //! writes its replies and the frames the hub queued, and keeps idle sockets honest.
 //!
-//! One task per connection, one loop: it waits on whichever comes first (a message from the
-//! client, queued frames, the hub asking for a close, the idle timer) and handles it. Writes
-//! feed every ready frame to tungstenite and flush once, so a burst becomes one `write`.
+//! A `Connection` is its own task and its own future, written by hand: the task's allocation
+//! is the connection's state and nothing more, which is what an idle socket costs (an `async
+//! fn` would also carry every nested future's state and a second copy of its arguments). Each
+//! poll handles whichever is ready (a message from the client, queued frames, the hub asking
+//! for a close, the timer). Writes feed every ready frame to tungstenite and flush once, so a
+//! burst becomes one `write`.
 
-use std::future::poll_fn;
+use std::future::Future;
+use std::net::TcpStream;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::Poll;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use async_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use async_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
-use futures_lite::FutureExt;
-use futures_util::{SinkExt, Stream};
-use smol::Timer;
-use smol::net::TcpStream;
+use async_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use async_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
+use futures_util::{Sink, Stream};
+use smol::{Async, Timer};
 
+use crate::app::App;
 use crate::dialect::Session;
-use crate::hub::{Client, CloseReason, Frame, Hub, Outgoing};
+use crate::hub::{Client, CloseReason, Frame, Outgoing};
 use crate::limits::{Limits, TokenBucket};
-use crate::metrics::{Limit, Metrics};
+use crate::metrics::Limit;
+
+/// The upgraded socket as tungstenite drives it.
+pub type Socket = WebSocketStream<Async<TcpStream>>;
 
 /// tungstenite's read buffer is allocated (and zero-filled) per connection and stays
 /// resident; client messages are small, so a small one costs little and reads the same.
@@ -31,8 +37,14 @@ const READ_BUFFER: usize = 256;
 /// Frames are gathered up to this size before a write; a flush writes whatever is there.
 const WRITE_BUFFER: usize = 8 * 1024;
 
-/// How long a goodbye may take before the connection is dropped anyway.
+/// How long the hub's goodbye (queued frames, farewell, close frame) may take.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a close of the connection's own (an error, a ping timeout, the client's close)
+/// may take to reach the client.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Steps one poll may take before it yields, so that a client that keeps its socket full
+/// cannot keep the other tasks waiting.
+const STEPS_PER_POLL: usize = 32;
 
 /// The websocket settings every connection uses, from the limits.
 pub fn config(limits: &Limits) -> WebSocketConfig {
@@ -44,204 +56,267 @@ pub fn config(limits: &Limits) -> WebSocketConfig {
         .max_frame_size(Some(limits.max_message_size))
 }
 
-enum Wake {
-    Message(Option<Result<Message, WsError>>),
-    Outgoing(Outgoing),
-    Tick,
+/// What the connection is doing.
+enum Phase {
+    /// Waiting for a message, queued frames, a close request or the ping timer.
+    Idle,
+    /// Writing the replies and queued frames. Requests are not read meanwhile, so a client
+    /// that does not read cannot make replies pile up.
+    Writing,
+    /// Ending: what `Closing` says must still go out, then a flush, until done or the timer
+    /// (now a deadline) fires.
+    Closing(Closing),
 }
 
-/// Why a write did not complete.
-enum WriteError {
-    Socket,
-    Closed(CloseReason),
+/// What goes out before the connection ends, in this order.
+struct Closing {
+    /// The frames the hub still has queued (its closes say goodbye after them; the
+    /// connection's own closes do not wait for them).
+    queued: bool,
+    /// The dialect's farewell.
+    farewell: Option<Frame>,
+    /// The close frame (none when tungstenite has queued the answer to the client's own).
+    close: Option<CloseFrame>,
 }
 
-/// Serves one upgraded connection until either side closes it, then leaves the hub.
-pub async fn serve(
-    stream: TcpStream,
-    rest: Vec<u8>,
+/// One upgraded websocket connection, served until either side closes it; it leaves the hub
+/// when dropped.
+pub struct Connection<S> {
+    ws: Socket,
     client: Rc<Client>,
-    mut session: impl Session,
-    hub: &Hub,
-) {
-    let limits = hub.limits();
-    let mut ws =
-        WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config(limits)))
-            .await;
-    let mut replies: Vec<Frame> = session.greeting().into_iter().collect();
-    if !replies.is_empty() && write(&mut ws, &client, &mut replies).await.is_err() {
-        hub.unregister(&client);
-        return;
+    session: S,
+    app: Rc<App>,
+    /// The session's replies not yet written.
+    replies: Vec<Frame>,
+    /// The ping interval while serving; the deadline once closing.
+    timer: Timer,
+    bucket: TokenBucket,
+    phase: Phase,
+    heard_since_tick: bool,
+    pinged: bool,
+}
+
+impl<S: Session> Connection<S> {
+    pub fn new(ws: Socket, client: Rc<Client>, session: S, app: Rc<App>) -> Connection<S> {
+        let limits = app.hub.limits();
+        let replies: Vec<Frame> = session.greeting().into_iter().collect();
+        Connection {
+            ws,
+            client,
+            timer: Timer::interval(limits.ping_interval),
+            bucket: TokenBucket::new(limits.request_rate, limits.request_burst),
+            phase: if replies.is_empty() {
+                Phase::Idle
+            } else {
+                Phase::Writing
+            },
+            replies,
+            session,
+            app,
+            heard_since_tick: false,
+            pinged: false,
+        }
     }
-    let mut idle = Timer::interval(limits.ping_interval);
-    let mut bucket = TokenBucket::new(limits.request_rate, limits.request_burst);
-    let metrics = hub.metrics();
-    let mut heard_since_tick = false;
-    let mut pinged = false;
-    loop {
-        let wake = poll_fn(|cx| {
-            if let Poll::Ready(message) = Pin::new(&mut ws).poll_next(cx) {
-                return Poll::Ready(Wake::Message(message));
+
+    /// Waits for something to do, and does it; `Ready(None)` ends the connection.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Option<Phase>> {
+        if let Poll::Ready(message) = Pin::new(&mut self.ws).poll_next(cx) {
+            return Poll::Ready(self.on_message(message));
+        }
+        match self.client.poll_outgoing(cx) {
+            Poll::Ready(Outgoing::Frames) => return Poll::Ready(Some(Phase::Writing)),
+            Poll::Ready(Outgoing::Close(reason)) => return Poll::Ready(self.goodbye(reason)),
+            Poll::Pending => {}
+        }
+        if Pin::new(&mut self.timer).poll_next(cx).is_ready() {
+            return Poll::Ready(self.on_tick());
+        }
+        Poll::Pending
+    }
+
+    fn on_message(&mut self, message: Option<Result<Message, WsError>>) -> Option<Phase> {
+        match message? {
+            // tungstenite has queued the answering close frame, and nothing may follow it.
+            Ok(Message::Close(_)) => Some(self.closing(None)),
+            Ok(message) => {
+                self.heard_since_tick = true;
+                self.pinged = false;
+                self.take_request(message);
+                Some(Phase::Writing)
             }
-            if let Poll::Ready(outgoing) = client.poll_outgoing(cx) {
-                return Poll::Ready(Wake::Outgoing(outgoing));
-            }
-            if Pin::new(&mut idle).poll_next(cx).is_ready() {
-                return Poll::Ready(Wake::Tick);
-            }
-            Poll::Pending
-        })
-        .await;
-        let result = match wake {
-            Wake::Message(Some(Ok(Message::Close(_)))) => {
-                // tungstenite has queued the answering close frame, and nothing may follow
-                // it: writing a queued event now would fail and drop the connection unanswered.
-                let _ = ws.flush().or(after(Duration::from_secs(1))).await;
-                break;
-            }
-            Wake::Message(Some(Ok(message))) => {
-                heard_since_tick = true;
-                pinged = false;
-                take_request(message, &mut session, &mut bucket, metrics, &mut replies);
-                write(&mut ws, &client, &mut replies).await
-            }
-            Wake::Message(Some(Err(err))) => {
+            Err(err) => {
                 // Say why before hanging up, as RFC 6455 asks (best effort, briefly).
                 if matches!(err, WsError::Capacity(_)) {
-                    metrics.limit_hits(Limit::MessageSize).inc();
+                    self.app.metrics.limit_hits(Limit::MessageSize).inc();
                 }
-                if let Some(code) = close_code(&err) {
-                    let frame = CloseFrame {
-                        code,
-                        reason: "".into(),
-                    };
-                    let _ = ws
-                        .close(Some(frame))
-                        .or(after(Duration::from_secs(1)))
-                        .await;
-                }
-                break;
-            }
-            Wake::Message(None) => break,
-            Wake::Outgoing(Outgoing::Frames) => write(&mut ws, &client, &mut replies).await,
-            Wake::Outgoing(Outgoing::Close(reason)) => Err(WriteError::Closed(reason)),
-            Wake::Tick => {
-                if pinged {
-                    // Silent for a whole interval after a ping: gone.
-                    metrics.limit_hits(Limit::IdleTimeout).inc();
-                    let frame = CloseFrame {
-                        code: CloseCode::Away,
-                        reason: "ping timeout".into(),
-                    };
-                    let _ = ws
-                        .close(Some(frame))
-                        .or(after(Duration::from_secs(1)))
-                        .await;
-                    break;
-                }
-                if !heard_since_tick {
-                    pinged = true;
-                    replies.clear();
-                    let ping = ws.send(Message::Ping(Bytes::new()));
-                    ping.await.map_err(|_| WriteError::Socket)
-                } else {
-                    heard_since_tick = false;
-                    Ok(())
-                }
-            }
-        };
-        match result {
-            Ok(()) => {}
-            Err(WriteError::Socket) => break,
-            // A client too slow to drain its queue is not waited on: drop the connection.
-            Err(WriteError::Closed(CloseReason::TooSlow)) => break,
-            Err(WriteError::Closed(reason)) => {
-                say_goodbye(&mut ws, &client, &session, reason).await;
-                break;
+                let code = close_code(&err)?;
+                Some(self.closing(Some(CloseFrame {
+                    code,
+                    reason: Utf8Bytes::default(),
+                })))
             }
         }
     }
-    hub.unregister(&client);
-}
 
-/// Hands one client message to the session, unless it is over the request rate.
-fn take_request(
-    message: Message,
-    session: &mut impl Session,
-    bucket: &mut TokenBucket,
-    metrics: &Metrics,
-    replies: &mut Vec<Frame>,
-) {
-    // tungstenite answers pings and close frames itself; only requests reach the session.
-    if !matches!(message, Message::Text(_) | Message::Binary(_)) {
-        return;
-    }
-    if !bucket.take() {
-        metrics.limit_hits(Limit::RequestRate).inc();
-        let text = match &message {
-            Message::Text(text) => Some(text.as_str()),
-            _ => None,
+    /// Hands one client message to the session, unless it is over the request rate.
+    fn take_request(&mut self, message: Message) {
+        // tungstenite answers pings and close frames itself; only requests reach the session.
+        let (text, data) = match &message {
+            Message::Text(text) => (Some(text.as_str()), None),
+            Message::Binary(data) => (None, Some(&data[..])),
+            _ => return,
         };
-        session.on_rate_limited(text, replies);
-        return;
+        if !self.bucket.take() {
+            self.app.metrics.limit_hits(Limit::RequestRate).inc();
+            self.session.on_rate_limited(text, &mut self.replies);
+        } else if let Some(text) = text {
+            self.session.on_text(text, &mut self.replies);
+        } else if let Some(data) = data {
+            self.session.on_binary(data, &mut self.replies);
+        }
     }
-    match message {
-        Message::Text(text) => session.on_text(&text, replies),
-        Message::Binary(data) => session.on_binary(&data, replies),
-        _ => {}
+
+    /// A ping interval has passed: ping a socket that said nothing in it, and close one that
+    /// did not answer the last ping either.
+    fn on_tick(&mut self) -> Option<Phase> {
+        if self.pinged {
+            self.app.metrics.limit_hits(Limit::IdleTimeout).inc();
+            return Some(self.closing(Some(CloseFrame {
+                code: CloseCode::Away,
+                reason: Utf8Bytes::from_static("ping timeout"),
+            })));
+        }
+        if self.heard_since_tick {
+            self.heard_since_tick = false;
+            return Some(Phase::Idle);
+        }
+        self.pinged = true;
+        // tungstenite takes a frame even when its buffer is over the flush threshold (up to
+        // the hard limit, far above one ping); the flush happens in `Writing`.
+        match Pin::new(&mut self.ws).start_send(Message::Ping(Bytes::new())) {
+            Ok(()) => Some(Phase::Writing),
+            Err(_) => None,
+        }
     }
-}
 
-/// Writes the session's replies, then every frame the hub queued, and flushes once. Gives up
-/// at once if the hub asks for a close while the socket is not draining.
-async fn write(
-    ws: &mut WebSocketStream<TcpStream>,
-    client: &Client,
-    replies: &mut Vec<Frame>,
-) -> Result<(), WriteError> {
-    let writing = async {
-        for reply in replies.drain(..) {
-            ws.feed(Message::Text(reply)).await?;
+    /// Writes the replies, then every frame the hub queued, and flushes once. Gives up at once
+    /// if the hub asks for a close while the socket is not draining.
+    fn poll_writing(&mut self, cx: &mut Context<'_>) -> Poll<Option<Phase>> {
+        if let Poll::Ready(reason) = self.client.poll_close(cx) {
+            return Poll::Ready(self.goodbye(reason));
         }
-        while let Some(frame) = client.pop() {
-            ws.feed(Message::Text(frame)).await?;
-        }
-        ws.flush().await
-    };
-    let closed = poll_fn(|cx| client.poll_close(cx).map(Err));
-    async { writing.await.map_err(|_| WriteError::Socket) }
-        .or(async { closed.await.map_err(WriteError::Closed) })
-        .await
-}
-
-/// What is still queued, the dialect's goodbye, then a close frame (1001 going away on
-/// shutdown, 1008 when the credential was revoked), all within a bounded time.
-async fn say_goodbye(
-    ws: &mut WebSocketStream<TcpStream>,
-    client: &Client,
-    session: &impl Session,
-    reason: CloseReason,
-) {
-    let (code, why) = match reason {
-        CloseReason::Revoked => (CloseCode::Policy, "credential revoked"),
-        _ => (CloseCode::Away, "server shutting down"),
-    };
-    let goodbye = async {
-        while let Some(frame) = client.pop() {
-            ws.feed(Message::Text(frame)).await?;
-        }
-        if let Some(frame) = session.farewell(reason) {
-            ws.feed(Message::Text(frame)).await?;
-        }
-        let close = CloseFrame {
-            code,
-            reason: why.into(),
+        let (replies, client) = (&mut self.replies, &self.client);
+        let next = || {
+            let frame = match replies.is_empty() {
+                false => Some(replies.remove(0)),
+                true => client.pop(),
+            };
+            frame.map(Message::Text)
         };
-        ws.send(Message::Close(Some(close))).await
-    };
-    let _ = async { goodbye.await.map_err(|_| ()) }
-        .or(after(GOODBYE_TIMEOUT))
-        .await;
+        let written = ready!(send_all(&mut self.ws, cx, next));
+        // Replies are rare; an idle socket should not keep room for them.
+        self.replies = Vec::new();
+        Poll::Ready(written.ok().map(|()| Phase::Idle))
+    }
+
+    /// The hub asked for a close: a client too slow to drain its queue is not waited on; the
+    /// others get what is queued, the dialect's goodbye, then a close frame (1001 going away on
+    /// shutdown, 1008 when the credential was revoked).
+    fn goodbye(&mut self, reason: CloseReason) -> Option<Phase> {
+        let (code, why) = match reason {
+            CloseReason::TooSlow => return None,
+            CloseReason::Revoked => (CloseCode::Policy, "credential revoked"),
+            CloseReason::Shutdown => (CloseCode::Away, "server shutting down"),
+        };
+        self.timer.set_after(GOODBYE_TIMEOUT);
+        Some(Phase::Closing(Closing {
+            queued: true,
+            farewell: self.session.farewell(reason),
+            close: Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(why),
+            }),
+        }))
+    }
+
+    /// A close of the connection's own: the close frame, if one is still to be sent, briefly.
+    fn closing(&mut self, close: Option<CloseFrame>) -> Phase {
+        self.timer.set_after(CLOSE_TIMEOUT);
+        Phase::Closing(Closing {
+            queued: false,
+            farewell: None,
+            close,
+        })
+    }
+
+    /// Sends what is left before the end; ends when it is out, on an error, or at the deadline.
+    fn poll_closing(&mut self, cx: &mut Context<'_>) -> Poll<Option<Phase>> {
+        if Pin::new(&mut self.timer).poll_next(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        let Phase::Closing(closing) = &mut self.phase else {
+            unreachable!("poll_closing outside Phase::Closing");
+        };
+        let client = &self.client;
+        let next = || {
+            let queued = closing.queued.then(|| client.pop()).flatten();
+            if queued.is_none() {
+                closing.queued = false;
+            }
+            let frame = queued.or_else(|| closing.farewell.take());
+            frame.map(Message::Text).or_else(|| {
+                closing
+                    .close
+                    .take()
+                    .map(|close| Message::Close(Some(close)))
+            })
+        };
+        ready!(send_all(&mut self.ws, cx, next)).ok();
+        Poll::Ready(None)
+    }
+}
+
+impl<S: Session + Unpin> Future for Connection<S> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        for _ in 0..STEPS_PER_POLL {
+            let step = match this.phase {
+                Phase::Idle => this.poll_idle(cx),
+                Phase::Writing => this.poll_writing(cx),
+                Phase::Closing(_) => this.poll_closing(cx),
+            };
+            match ready!(step) {
+                Some(phase) => this.phase = phase,
+                None => return Poll::Ready(()),
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl<S> Drop for Connection<S> {
+    fn drop(&mut self) {
+        self.app.hub.unregister(&self.client);
+    }
+}
+
+/// Feeds tungstenite the messages `next` gives, as fast as it takes them, then flushes.
+fn send_all(
+    ws: &mut Socket,
+    cx: &mut Context<'_>,
+    mut next: impl FnMut() -> Option<Message>,
+) -> Poll<Result<(), WsError>> {
+    let mut ws = Pin::new(ws);
+    loop {
+        ready!(ws.as_mut().poll_ready(cx))?;
+        match next() {
+            Some(message) => ws.as_mut().start_send(message)?,
+            None => return ws.poll_flush(cx),
+        }
+    }
 }
 
 /// The close code that explains a read error to the client, if it can still be told.
@@ -252,9 +327,4 @@ fn close_code(err: &WsError) -> Option<CloseCode> {
         WsError::Utf8(_) => Some(CloseCode::Invalid),
         _ => None,
     }
-}
-
-async fn after<T>(delay: Duration) -> Result<(), T> {
-    Timer::after(delay).await;
-    Ok(())
 }

@@ -133,9 +133,10 @@ pub struct BlackholeSession {
     auth: Rc<Auth>,
     /// Set by the first request with a valid token (or at once without `--auth`).
     credential: Option<Rc<Credential>>,
-    /// The socket's friendly name and metadata, kept as the client sent them.
-    name: Option<Value>,
-    metadata: Option<Value>,
+    /// The socket's friendly name and metadata, kept as the client sent them (boxed: most
+    /// sockets send neither, and an unboxed `Value` is 72 bytes on every socket).
+    name: Option<Box<Value>>,
+    metadata: Option<Box<Value>>,
     ids: Rng,
 }
 
@@ -172,7 +173,7 @@ impl BlackholeSession {
                 .get(field)
                 .or_else(|| data.and_then(|d| d.get(field)))
             {
-                *slot = Some(value.clone());
+                *slot = Some(Box::new(value.clone()));
             }
         }
         match request.get("action") {
@@ -232,6 +233,9 @@ impl BlackholeSession {
                 self.client.metrics.limit_hits(Limit::Bindings).inc();
                 return Err(format!("too many bindings (limit {})", subscriptions.limit));
             }
+            // Exactly: a `Binding` is a few hundred bytes inline, and `Vec`'s doubling would
+            // keep room for three more on every socket that subscribes once.
+            subscriptions.items.reserve_exact(added.len());
             subscriptions.items.extend(added);
         } else {
             let removed: Vec<Subscription> = requested_here.collect();

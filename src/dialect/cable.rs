@@ -467,6 +467,9 @@ impl CableSession {
                 };
                 match admitted {
                     Ok((credential, selector)) => {
+                        // One at a time, exactly: most sockets hold one subscription, and
+                        // `Vec`'s doubling would keep room for three more on each.
+                        subscriptions.items.reserve_exact(1);
                         subscriptions.items.push(Subscription {
                             identifier: identifier.as_str().into(),
                             credential,
