@@ -262,6 +262,7 @@ async fn upgrade(
         return;
     }
     let config = ws::config(limits);
+    let stream = ws::Tcp::new(stream);
     let ws = WebSocketStream::from_partially_read(stream, request.rest, Role::Server, Some(config))
         .await;
     let app = app.clone();

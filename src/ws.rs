@@ -9,6 +9,7 @@
 //! burst becomes one `write`.
 
 use std::future::Future;
+use std::io::{self, Read};
 use std::net::TcpStream;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -19,6 +20,7 @@ use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use async_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
+use futures_lite::{AsyncRead, AsyncWrite};
 use futures_util::{Sink, Stream};
 use smol::{Async, Timer};
 
@@ -29,7 +31,64 @@ use crate::limits::{Limits, TokenBucket};
 use crate::metrics::Limit;
 
 /// The upgraded socket as tungstenite drives it.
-pub type Socket = WebSocketStream<Async<TcpStream>>;
+pub type Socket = WebSocketStream<Tcp>;
+
+/// A connection's TCP stream, read only once the reactor has seen it readable.
+///
+/// A connection's task wakes for every frame the hub queues, and tungstenite tries a read on
+/// each wake; on a bare `Async<TcpStream>` that is a `recv` answered EAGAIN, one wasted
+/// syscall per delivered event. Here a read that would block is not retried until the reactor
+/// reports the socket readable again.
+pub struct Tcp {
+    io: Async<TcpStream>,
+    /// The last read would have blocked.
+    drained: bool,
+}
+
+impl Tcp {
+    pub fn new(io: Async<TcpStream>) -> Tcp {
+        Tcp { io, drained: false }
+    }
+}
+
+impl AsyncRead for Tcp {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            if self.drained {
+                // Ready once an event arrived after the registration this call (or an earlier
+                // one) made; no syscall either way.
+                ready!(self.io.poll_readable(cx))?;
+                self.drained = false;
+            }
+            match self.io.get_ref().read(buf) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => self.drained = true,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Tcp {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_close(cx)
+    }
+}
 
 /// tungstenite's read buffer is allocated (and zero-filled) per connection and stays
 /// resident; client messages are small, so a small one costs little and reads the same.
