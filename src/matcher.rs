@@ -23,13 +23,38 @@ pub enum BindingError {
     TooManySegments,
 }
 
+/// Segments at the start of a binding and a key that get a fingerprint (`Fingerprint`).
+const QUICK: usize = 4;
+
+/// A 32-bit hash of one segment, never `WILD` or `ABSENT`. Every event is checked against
+/// every binding, and most checks fail on one of the first segments: comparing fingerprints
+/// there, computed once per binding and once per event, rejects most bindings from the first
+/// cache line of the `Binding`, without reading its text.
+type Fingerprint = u32;
+/// The fingerprint slot of a binding segment that any key segment passes (`*`, and every
+/// position from the first `#` on, where positions stop being fixed).
+const WILD: Fingerprint = 0;
+/// The fingerprint of a key segment past the key's end: equal to no literal's.
+const ABSENT: Fingerprint = u32::MAX;
+
+/// FNV-1a, folded into `1..u32::MAX` so that it is never `WILD` or `ABSENT`.
+fn fingerprint(segment: &str) -> Fingerprint {
+    let hash = segment.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    });
+    hash % (u32::MAX - 1) + 1
+}
+
 /// One parsed binding, stored inline (no heap).
 ///
-/// `repr(C)` with the small fields first: a rejection usually reads only the segment count and
-/// the first segment, and this keeps both in the struct's first cache line.
+/// `repr(C)` with the small fields first: a rejection usually reads only the fingerprints and
+/// the segment count, and this keeps them in the struct's first cache line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[repr(C)]
 pub struct Binding {
+    /// The first `QUICK` segments' fingerprints, `WILD` where any key segment passes. Before
+    /// the first `#`, a binding's segment `i` can only meet key segment `i`.
+    quick: [Fingerprint; QUICK],
     /// Whether a segment is `#`. Without one, a binding matches only keys of exactly its
     /// length, segment by segment: most bindings are of that kind, and most keys are then
     /// refused on their length or first segment without the general walk.
@@ -44,6 +69,8 @@ pub struct Binding {
 /// A routing key split into segments once per event, on the stack.
 #[derive(Debug)]
 pub struct RoutingKey<'a> {
+    /// The first `QUICK` segments' fingerprints, `ABSENT` past the key's end.
+    quick: [Fingerprint; QUICK],
     segments: heapless::Vec<&'a str, MAX_KEY_SEGMENTS>,
 }
 
@@ -64,7 +91,16 @@ impl Binding {
             start += 1; // the dot
         }
         let has_hash = text.split('.').any(|segment| segment == "#");
+        let mut quick = [WILD; QUICK];
+        for (slot, segment) in quick.iter_mut().zip(text.split('.')) {
+            match segment {
+                "#" => break,
+                "*" => {}
+                literal => *slot = fingerprint(literal),
+            }
+        }
         Ok(Binding {
+            quick,
             has_hash,
             ends,
             text,
@@ -82,6 +118,10 @@ impl Binding {
     /// seen so far can consume exactly the first `i` key segments. A key has at most 127
     /// segments, so positions `0..=n` fit a `u128` and nothing is allocated.
     pub fn matches(&self, key: &RoutingKey<'_>) -> bool {
+        let passes = |(wanted, got): (&Fingerprint, &Fingerprint)| *wanted == WILD || wanted == got;
+        if !self.quick.iter().zip(&key.quick).all(passes) {
+            return false;
+        }
         let key = &key.segments;
         if !self.has_hash {
             return self.ends.len() == key.len()
@@ -136,10 +176,14 @@ impl<'a> RoutingKey<'a> {
     /// `None` when the key has more than `MAX_KEY_SEGMENTS` segments.
     pub fn split(key: &'a str) -> Option<RoutingKey<'a>> {
         let mut segments = heapless::Vec::new();
-        for segment in key.split('.') {
+        let mut quick = [ABSENT; QUICK];
+        for (i, segment) in key.split('.').enumerate() {
             segments.push(segment).ok()?;
+            if let Some(slot) = quick.get_mut(i) {
+                *slot = fingerprint(segment);
+            }
         }
-        Some(RoutingKey { segments })
+        Some(RoutingKey { quick, segments })
     }
 }
 
@@ -267,6 +311,23 @@ mod tests {
         let dots = ".".repeat(MAX_BINDING_SEGMENTS);
         assert_eq!(Binding::parse(&dots), Err(BindingError::TooManySegments));
         assert!(Binding::parse(&dots[1..]).is_ok());
+    }
+
+    #[test]
+    fn fingerprints_only_reject_and_are_never_the_sentinels() {
+        for segment in ["", "*", "#", "call", "CHANNEL_CREATE", "é", "a.b"] {
+            let print = fingerprint(segment);
+            assert!(print != WILD && print != ABSENT, "{segment:?}");
+        }
+        // Literals before the first `#` are checked by position, against the key's end too.
+        assert!(!matches("a.b.#", "a"));
+        assert!(!matches("a.b.c.d.e", "a.b.c.d"));
+        assert!(matches("a.*.c.#", "a..c"));
+        assert!(!matches("a.*.c.#", "a..x"));
+        // Past the first `#`, and past the fingerprinted segments, the text decides.
+        assert!(matches("#.a.b.c.d", "x.a.b.c.d"));
+        assert!(matches("a.b.c.d.e", "a.b.c.d.e"));
+        assert!(!matches("a.b.c.d.e", "a.b.c.d.f"));
     }
 
     #[test]
