@@ -49,6 +49,18 @@ impl Tcp {
     pub fn new(io: Async<TcpStream>) -> Tcp {
         Tcp { io, drained: false }
     }
+
+    /// Whether a read could find anything: false only while the last read would have blocked
+    /// and the reactor has seen nothing since (`cx` is woken when it does). tungstenite reads
+    /// the socket only when its buffer holds no whole frame, so then there is nothing to parse
+    /// either, and asking it costs more than the read it would attempt.
+    fn may_read(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.drained && self.io.poll_readable(cx).is_pending() {
+            return false;
+        }
+        self.drained = false;
+        true
+    }
 }
 
 impl AsyncRead for Tcp {
@@ -179,8 +191,10 @@ impl<S: Session> Connection<S> {
 
     /// Waits for something to do, and does it; `Ready(None)` ends the connection.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Option<Phase>> {
-        if let Poll::Ready(message) = Pin::new(&mut self.ws).poll_next(cx) {
-            return Poll::Ready(self.on_message(message));
+        if self.ws.get_mut().may_read(cx) {
+            if let Poll::Ready(message) = Pin::new(&mut self.ws).poll_next(cx) {
+                return Poll::Ready(self.on_message(message));
+            }
         }
         match self.client.poll_outgoing(cx) {
             Poll::Ready(Outgoing::Frames) => return Poll::Ready(Some(Phase::Writing)),

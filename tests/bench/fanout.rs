@@ -98,7 +98,10 @@ const USAGE: &str = "usage: cargo bench --bench fanout -- [--clients N] [--event
   --rate R      events per second (default 100)
   --callwire-arg ARG
                 one more argument for callwire (repeat it for more), e.g.
-                --callwire-arg=--max-bindings --callwire-arg=1";
+                --callwire-arg=--max-bindings --callwire-arg=1
+  --callwire-bin PATH
+                measure another build of callwire (e.g. the static musl one the README's
+                \"Cross build\" describes) instead of the one cargo bench built";
 
 struct Args {
     clients: usize,
@@ -107,6 +110,9 @@ struct Args {
     /// Extra arguments for callwire, after the bench's own. callwire refuses a flag given
     /// twice, so these can only add flags the bench does not set.
     callwire_args: Vec<String>,
+    /// Another build of callwire to measure (a static or size-optimised one); by default the
+    /// one `cargo bench` built.
+    callwire_bin: Option<String>,
 }
 
 impl Args {
@@ -116,6 +122,7 @@ impl Args {
             events: 500,
             rate: 100.0,
             callwire_args: Vec::new(),
+            callwire_bin: None,
         };
         let mut words = std::env::args().skip(1);
         while let Some(word) = words.next() {
@@ -143,6 +150,7 @@ impl Args {
                         .ok_or(format!("--rate: not a positive number: {text}"))?;
                 }
                 "--callwire-arg" => args.callwire_args.push(value()?),
+                "--callwire-bin" => args.callwire_bin = Some(value()?),
                 "--help" | "-h" => {
                     println!("{USAGE}");
                     std::process::exit(0);
@@ -288,7 +296,10 @@ impl Server {
 
     fn callwire(dir: &Path, mqtt_port: u16, args: &Args) -> Result<Server, String> {
         let log = dir.join("callwire.log");
-        let exe = env!("CARGO_BIN_EXE_callwire");
+        let exe = args
+            .callwire_bin
+            .as_deref()
+            .unwrap_or(env!("CARGO_BIN_EXE_callwire"));
         // Limits that only some builds have: raised past N where `--help` lists them.
         let help = Command::new(exe)
             .arg("--help")
@@ -395,17 +406,22 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
 
 /// VmRSS of a process, in KiB.
 fn rss_kib(pid: u32) -> Result<u64, String> {
+    status_kib(pid, "VmRSS")
+}
+
+/// One `... kB` field of `/proc/<pid>/status`.
+fn status_kib(pid: u32, field: &str) -> Result<u64, String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|e| format!("reading /proc/{pid}/status: {e}"))?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or(format!("no VmRSS in /proc/{pid}/status"))
+        .ok_or(format!("no {field} in /proc/{pid}/status"))
 }
 
-/// utime + stime of a process (all its threads), in seconds.
-fn cpu_seconds(pid: u32) -> Result<f64, String> {
+/// utime and stime of a process (all its threads), in seconds.
+fn cpu_seconds(pid: u32) -> Result<(f64, f64), String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|e| format!("reading /proc/{pid}/stat: {e}"))?;
     // The command name may hold spaces: count fields after its closing parenthesis. Field 3
@@ -418,7 +434,7 @@ fn cpu_seconds(pid: u32) -> Result<f64, String> {
     };
     // SAFETY: sysconf only reads a configuration value.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok((utime + stime) as f64 / hz)
+    Ok((utime as f64 / hz, stime as f64 / hz))
 }
 
 /// CPU time of the calling thread, in seconds.
@@ -518,8 +534,11 @@ struct PhaseResult {
     name: &'static str,
     clients: usize,
     rss_idle_kib: u64,
+    anon_idle_kib: u64,
     rss_clients_kib: u64,
     cpu_s: f64,
+    /// The part of `cpu_s` in user space (the rest is the kernel's, mostly socket writes).
+    user_cpu_s: f64,
     deliveries: u64,
     expected: u64,
     clients_short: usize,
@@ -564,6 +583,9 @@ fn phase(
     let pid = server.pid();
     thread::sleep(SETTLE);
     let rss_idle_kib = rss_kib(pid)?;
+    // The part of it that is the process's own: the rest is clean pages of the binary and the
+    // shared libraries, mapped from the page cache (fault-around maps up to 64 KiB per fault).
+    let anon_idle_kib = status_kib(pid, "RssAnon")?;
 
     eprint!("fanout: {name}: connecting {n} clients ... ");
     let setup = Instant::now();
@@ -636,7 +658,9 @@ fn phase(
         }
     }
     let deliver_s = start.elapsed().as_secs_f64();
-    let cpu_s = cpu_seconds(pid)? - cpu_before;
+    let cpu_after = cpu_seconds(pid)?;
+    let user_cpu_s = cpu_after.0 - cpu_before.0;
+    let cpu_s = user_cpu_s + cpu_after.1 - cpu_before.1;
     let load_cpu_s = thread_cpu_seconds() - load_before;
     eprintln!("{deliver_s:.2} s");
     match publisher.join() {
@@ -654,8 +678,10 @@ fn phase(
         name,
         clients: n,
         rss_idle_kib,
+        anon_idle_kib,
         rss_clients_kib,
         cpu_s,
+        user_cpu_s,
         deliveries: tally.deliveries,
         expected,
         clients_short,
@@ -1383,6 +1409,13 @@ fn report(
         format!("{:.3}", mosquitto.cpu_per_delivery() * 1e6),
         ratio(callwire.cpu_per_delivery(), mosquitto.cpu_per_delivery()),
     );
+    let user_per_delivery = |p: &PhaseResult| p.user_cpu_s / p.deliveries.max(1) as f64;
+    row(
+        "  of which user space (µs)",
+        format!("{:.3}", user_per_delivery(callwire) * 1e6),
+        format!("{:.3}", user_per_delivery(mosquitto) * 1e6),
+        ratio(user_per_delivery(callwire), user_per_delivery(mosquitto)),
+    );
     row(
         "memory per idle connection (KiB)",
         format!("{:.2}", callwire.kib_per_client()),
@@ -1394,6 +1427,15 @@ fn report(
         format!("{:.2}", callwire.rss_idle_kib as f64 / 1024.0),
         format!("{:.2}", mosquitto.rss_idle_kib as f64 / 1024.0),
         ratio(callwire.rss_idle_kib as f64, mosquitto.rss_idle_kib as f64),
+    );
+    row(
+        "  of which private (RssAnon, MiB)",
+        format!("{:.2}", callwire.anon_idle_kib as f64 / 1024.0),
+        format!("{:.2}", mosquitto.anon_idle_kib as f64 / 1024.0),
+        ratio(
+            callwire.anon_idle_kib as f64,
+            mosquitto.anon_idle_kib as f64,
+        ),
     );
     row(
         &format!("RSS with {} idle clients (MiB)", args.clients),
