@@ -21,10 +21,10 @@ use smol::{Async, LocalExecutor, Timer};
 
 use crate::app::App;
 use crate::auth::{Auth, Credential};
-use crate::dialect::Dialect;
 use crate::dialect::blackhole::{BlackholeSession, Subscriptions};
 use crate::dialect::cable::{self, CableSession};
 use crate::dialect::isymphony::{Filters, ISymphonySession};
+use crate::dialect::{Dialect, Session};
 use crate::http::{self, HeadError, Request, Response};
 use crate::hub::Interest;
 use crate::metrics::Limit;
@@ -269,35 +269,30 @@ async fn upgrade(
     match dialect {
         Dialect::Blackhole => {
             let session = BlackholeSession::new(client.clone(), app.auth.clone());
-            let connection = Connection::new(ws, client, session, app);
-            executor
-                .spawn(Counted {
-                    connection,
-                    _slot: slot,
-                })
-                .detach();
+            spawn_connection(executor, Connection::new(ws, client, session, app), slot);
         }
         Dialect::ISymphony => {
             let session = ISymphonySession::new(client.clone());
-            let connection = Connection::new(ws, client, session, app);
-            executor
-                .spawn(Counted {
-                    connection,
-                    _slot: slot,
-                })
-                .detach();
+            spawn_connection(executor, Connection::new(ws, client, session, app), slot);
         }
         Dialect::Cable => {
             let session = CableSession::new(client.clone(), app.auth.clone());
-            let connection = Connection::new(ws, client, session, app);
-            executor
-                .spawn(Counted {
-                    connection,
-                    _slot: slot,
-                })
-                .detach();
+            spawn_connection(executor, Connection::new(ws, client, session, app), slot);
         }
     }
+}
+
+/// Runs an upgraded connection as a task of its own, holding `slot` until it ends.
+fn spawn_connection<S: Session + Unpin + 'static>(
+    executor: &LocalExecutor<'static>,
+    connection: Connection<S>,
+    slot: IpSlot,
+) {
+    let task = Counted {
+        connection,
+        _slot: slot,
+    };
+    executor.spawn(task).detach();
 }
 
 /// A connection's task, holding its place in the per-IP count until it ends. A plain
