@@ -26,7 +26,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tungstenite::Message;
 
-use common::{Callwire, Socket, recv, wait_for};
+use common::{Callwire, DIALECTS, Dialect, Socket, recv, wait_for};
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 /// The accept value RFC 6455 gives for `KEY` (section 1.3).
@@ -118,24 +118,7 @@ enum End {
 // ---------------------------------------------------------------------------------------------
 // A raw client
 
-#[derive(Clone, Copy, Debug)]
-enum Dialect {
-    Blackhole,
-    ISymphony,
-    Cable,
-}
-
-const DIALECTS: [Dialect; 3] = [Dialect::Blackhole, Dialect::ISymphony, Dialect::Cable];
-
 impl Dialect {
-    fn path(self) -> &'static str {
-        match self {
-            Dialect::Blackhole => "/",
-            Dialect::ISymphony => "/communication_manager/ws/event",
-            Dialect::Cable => "/cable",
-        }
-    }
-
     /// A request the dialect answers, carrying `tag` (and a character of three UTF-8 bytes),
     /// and a string only its reply holds.
     fn probe(self, tag: &str) -> (String, String) {

@@ -24,7 +24,7 @@ use tungstenite::protocol::Role;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
-use common::{Callwire, Socket, TempFile, mosquitto_pub, unique, wait_for};
+use common::{Callwire, Socket, TempFile, mosquitto_pub, set_read_timeout, unique, wait_for};
 
 /// The shared Mosquitto every MQTT test here publishes to.
 const BROKER_PORT: u16 = 1883;
@@ -60,18 +60,7 @@ fn quiet_callwire(extra: &[&str]) -> Callwire {
 /// A callwire fed from `<prefix>/#` with `<prefix>/` stripped, whose MQTT subscription is
 /// known to be live. `key` must be a `*` credential's secret when `extra` has `--auth`.
 fn mqtt_callwire(prefix: &str, extra: &[&str], key: &str) -> Callwire {
-    let topic = format!("{prefix}/#");
-    let strip = format!("{prefix}/");
-    let mut args = vec![
-        "--mqtt",
-        "mqtt://127.0.0.1:1883",
-        "--mqtt-topic",
-        &topic,
-        "--mqtt-strip-prefix",
-        &strip,
-    ];
-    args.extend_from_slice(extra);
-    let callwire = Callwire::start(&args);
+    let callwire = Callwire::start_mqtt(1883, prefix, extra);
     wait_for("the MQTT source to connect", TIMEOUT, || {
         callwire.healthz().1["source"]["connected"] == json!(true)
     });
@@ -94,12 +83,6 @@ fn cable(callwire: &Callwire) -> Socket {
     let mut socket = callwire.ws("/cable");
     assert_eq!(read_text(&mut socket), r#"{"type":"welcome"}"#);
     socket
-}
-
-fn set_read_timeout(socket: &Socket, timeout: Duration) {
-    if let MaybeTlsStream::Plain(stream) = socket.get_ref() {
-        stream.set_read_timeout(Some(timeout)).unwrap();
-    }
 }
 
 /// The next text frame that is not a ping, or `None` once `within` has passed (pings come

@@ -20,7 +20,10 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
-use common::{Callwire, Socket, TempFile, drain, mosquitto_pub, request, unique, wait_for};
+use common::{
+    Callwire, Socket, TempFile, drain, mosquitto_pub, read_until_clients, request,
+    set_read_timeout, unique, wait_for,
+};
 
 /// The shared Mosquitto every MQTT test here publishes to.
 const BROKER_PORT: u16 = 1883;
@@ -56,18 +59,7 @@ fn quiet_callwire(extra: &[&str]) -> Callwire {
 /// A callwire fed from `<prefix>/#` on the shared broker, with `<prefix>/` stripped, whose MQTT
 /// subscription is known to be live: `token` must name a `*` credential when `extra` has `--auth`.
 fn mqtt_callwire(prefix: &str, extra: &[&str], token: Option<&str>) -> Callwire {
-    let topic = format!("{prefix}/#");
-    let strip = format!("{prefix}/");
-    let mut args = vec![
-        "--mqtt",
-        "mqtt://127.0.0.1:1883",
-        "--mqtt-topic",
-        &topic,
-        "--mqtt-strip-prefix",
-        &strip,
-    ];
-    args.extend_from_slice(extra);
-    let callwire = Callwire::start(&args);
+    let callwire = Callwire::start_mqtt(1883, prefix, extra);
     warm_up(&callwire, prefix, token);
     callwire
 }
@@ -100,12 +92,6 @@ fn warm_up(callwire: &Callwire, prefix: &str, token: Option<&str>) {
 /// Publishes `payload` on `<prefix>/<rest>`.
 fn publish(prefix: &str, rest: &str, payload: &str) {
     mosquitto_pub(BROKER_PORT, &format!("{prefix}/{rest}"), payload);
-}
-
-fn set_read_timeout(socket: &Socket, timeout: Duration) {
-    if let MaybeTlsStream::Plain(stream) = socket.get_ref() {
-        stream.set_read_timeout(Some(timeout)).unwrap();
-    }
 }
 
 /// The next text frame as sent (not re-serialized); panics on a timeout or a closed socket.
@@ -497,19 +483,7 @@ fn idle_sockets_are_pinged_and_silent_ones_closed() {
 
     // Keep reading the responsive socket (tungstenite answers pings while reading); leave the
     // silent one alone until callwire gives up on it.
-    let mut pinged = false;
-    set_read_timeout(&responsive, Duration::from_millis(50));
-    wait_for(
-        "callwire to close the silent socket",
-        Duration::from_secs(10),
-        || {
-            while let Ok(message) = responsive.read() {
-                pinged |= matches!(message, Message::Ping(_));
-            }
-            callwire.healthz().1["clients"] == json!(1)
-        },
-    );
-    set_read_timeout(&responsive, Duration::from_secs(5));
+    let pinged = read_until_clients(&callwire, &mut responsive, 1);
     assert!(pinged, "the responsive socket was never pinged");
 
     // The silent socket was pinged, then closed as gone.

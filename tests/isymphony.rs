@@ -25,9 +25,8 @@ use serde_json::{Value, json};
 use tungstenite::Message;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::http::HeaderValue;
-use tungstenite::stream::MaybeTlsStream;
 
-use common::{Callwire, Socket, mosquitto_pub, unique, wait_for};
+use common::{Callwire, Socket, mosquitto_pub, set_read_timeout, unique, wait_for};
 
 /// The shared Mosquitto every MQTT test here publishes to.
 const BROKER_PORT: u16 = 1883;
@@ -246,12 +245,6 @@ impl Bridge {
             }
         }
         received
-    }
-}
-
-fn set_read_timeout(socket: &Socket, timeout: Duration) {
-    if let MaybeTlsStream::Plain(stream) = socket.get_ref() {
-        stream.set_read_timeout(Some(timeout)).unwrap();
     }
 }
 

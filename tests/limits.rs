@@ -24,9 +24,10 @@ use tungstenite::protocol::frame::{Frame, Utf8Bytes};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Bytes, Message};
 
-use common::{Callwire, Socket, TempFile, free_port, recv, request, send, wait_for};
-
-const ISYMPHONY: &str = "/communication_manager/ws/event";
+use common::{
+    Callwire, ISYMPHONY_PATH, Socket, TempFile, free_port, read_until_clients, recv, request, send,
+    set_read_timeout, wait_for,
+};
 
 /// Every label of `callwire_limit_hits_total` (src/metrics.rs, `Limit::as_str`).
 const LIMITS: [&str; 8] = [
@@ -79,12 +80,6 @@ fn assert_hits(callwire: &Callwire, expected: &[(&str, u64)]) {
             .find(|(name, _)| *name == limit)
             .map_or(0, |(_, n)| *n);
         assert_eq!(hits[limit], want, "limit=\"{limit}\" in {hits:?}");
-    }
-}
-
-fn set_read_timeout(socket: &Socket, timeout: Duration) {
-    if let MaybeTlsStream::Plain(stream) = socket.get_ref() {
-        stream.set_read_timeout(Some(timeout)).unwrap();
     }
 }
 
@@ -259,7 +254,7 @@ fn max_clients_refuses_the_upgrade_with_503_and_counts_it() {
     let mut sockets: Vec<Socket> = (0..3).map(|_| callwire.ws("/")).collect();
 
     // One more, in any dialect: 503 on the upgrade.
-    for path in ["/", ISYMPHONY, "/cable"] {
+    for path in ["/", ISYMPHONY_PATH, "/cable"] {
         assert_eq!(refused_upgrade(&callwire, path), 503, "{path}");
     }
     // The clients in are untouched, and plain HTTP is not a client (nor refused).
@@ -274,7 +269,7 @@ fn max_clients_refuses_the_upgrade_with_503_and_counts_it() {
     wait_for("the closed client to leave", Duration::from_secs(5), || {
         callwire.healthz().1["clients"] == json!(2)
     });
-    let mut again = callwire.ws(ISYMPHONY);
+    let mut again = callwire.ws(ISYMPHONY_PATH);
     again
         .send(Message::text(filter_message(&[]).to_string()))
         .unwrap();
@@ -287,7 +282,7 @@ fn max_clients_refuses_the_upgrade_with_503_and_counts_it() {
 fn connections_past_max_per_ip_get_429_and_a_closed_one_frees_a_place() {
     let callwire = quiet(&["--max-per-ip", "3"]);
     let mut a = callwire.ws("/");
-    let b = callwire.ws(ISYMPHONY);
+    let b = callwire.ws(ISYMPHONY_PATH);
     let mut c = callwire.ws("/");
 
     // Any connection past the limit, websocket or not, is answered 429 at once.
@@ -394,7 +389,7 @@ fn messages_and_frames_past_max_message_size_are_closed_with_1009() {
     assert!(texts.is_empty(), "{texts:?}");
 
     // Frames each under the limit whose message is over it, on every dialect.
-    for path in ["/", ISYMPHONY, "/cable"] {
+    for path in ["/", ISYMPHONY_PATH, "/cable"] {
         let mut socket = callwire.ws(path);
         let part = "y".repeat(600);
         for (opcode, fin) in [
@@ -490,7 +485,7 @@ fn blackhole_requests_over_the_rate_are_answered_rate_limit_exceeded() {
 #[test]
 fn isymphony_filters_over_the_rate_get_no_response_and_are_counted() {
     let callwire = quiet(&["--request-rate", "2", "--request-burst", "3"]);
-    let mut socket = callwire.ws(ISYMPHONY);
+    let mut socket = callwire.ws(ISYMPHONY_PATH);
 
     let values = ["one", "two", "three", "four", "five"];
     let burst: Vec<Value> = values.iter().map(|v| filter_message(&[v])).collect();
@@ -543,25 +538,13 @@ fn idle_sockets_that_stop_answering_pings_are_closed_and_counted() {
     let callwire = quiet(&["--ping-interval", "1"]);
     let mut responsive = callwire.ws("/");
     let mut silent_blackhole = callwire.ws("/");
-    let mut silent_isymphony = callwire.ws(ISYMPHONY);
+    let mut silent_isymphony = callwire.ws(ISYMPHONY_PATH);
     assert_alive(&mut responsive, "r0");
     assert_eq!(callwire.healthz().1["clients"], json!(3));
 
     // The responsive socket keeps reading (tungstenite answers pings as it reads); the silent
     // ones read nothing until callwire has given up on them.
-    let mut pinged = false;
-    set_read_timeout(&responsive, Duration::from_millis(50));
-    wait_for(
-        "callwire to close the silent sockets",
-        Duration::from_secs(10),
-        || {
-            while let Ok(message) = responsive.read() {
-                pinged |= matches!(message, Message::Ping(_));
-            }
-            callwire.healthz().1["clients"] == json!(1)
-        },
-    );
-    set_read_timeout(&responsive, Duration::from_secs(5));
+    let pinged = read_until_clients(&callwire, &mut responsive, 1);
     assert!(pinged, "the responsive socket was never pinged");
 
     for silent in [&mut silent_blackhole, &mut silent_isymphony] {
@@ -653,7 +636,7 @@ fn max_bindings_refuses_blackhole_bindings_and_cable_subscriptions() {
 #[test]
 fn max_filters_refuses_a_filter_message_with_too_many() {
     let callwire = quiet(&["--max-filters", "2"]);
-    let mut socket = callwire.ws(ISYMPHONY);
+    let mut socket = callwire.ws(ISYMPHONY_PATH);
     send(&mut socket, filter_message(&["login", "logout"]));
     assert_eq!(recv(&mut socket), filter_success(&["login", "logout"]));
     send(&mut socket, filter_message(&["a", "b", "c"]));
@@ -729,7 +712,7 @@ fn blackhole_as(callwire: &Callwire, secret: &str) -> Socket {
 
 /// An iSymphony upgrade with HTTP Basic `name:secret`: the socket, or the refusal's status.
 fn isymphony_as(callwire: &Callwire, name: &str, secret: &str) -> Result<Socket, u16> {
-    let url = format!("ws://127.0.0.1:{}{ISYMPHONY}", callwire.port);
+    let url = format!("ws://127.0.0.1:{}{ISYMPHONY_PATH}", callwire.port);
     let mut upgrade = url.into_client_request().unwrap();
     let basic = format!(
         "Basic {}",

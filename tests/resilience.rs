@@ -31,11 +31,10 @@ use tungstenite::http::HeaderValue;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
-use common::{Callwire, TempFile, mosquitto_pub, unique, wait_for};
+use common::{Callwire, DIALECTS, Dialect, TempFile, mosquitto_pub, unique, wait_for};
 
 /// The shared Mosquitto the MQTT-fed tests publish to.
 const BROKER_PORT: u16 = 1883;
-const ISYMPHONY_PATH: &str = "/communication_manager/ws/event";
 const CABLE_PROTOCOL: &str = "actioncable-v1-json";
 /// How long one blocking step of a client (connect, upgrade, a read in a blocking test) may take.
 const IO_TIMEOUT: Duration = Duration::from_secs(15);
@@ -54,24 +53,7 @@ fn heavy() -> MutexGuard<'static, ()> {
 
 type Ws = WebSocket<TcpStream>;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Dialect {
-    Blackhole,
-    ISymphony,
-    Cable,
-}
-
-const DIALECTS: [Dialect; 3] = [Dialect::Blackhole, Dialect::ISymphony, Dialect::Cable];
-
 impl Dialect {
-    fn path(self) -> &'static str {
-        match self {
-            Dialect::Blackhole => "/",
-            Dialect::ISymphony => ISYMPHONY_PATH,
-            Dialect::Cable => "/cable",
-        }
-    }
-
     /// Client `n` of a mixed fleet.
     fn nth(n: usize) -> Dialect {
         DIALECTS[n % DIALECTS.len()]
@@ -830,18 +812,7 @@ fn note_seq(state: &mut Sequence, text: &str) {
 /// subscription known to be live (a probe came through a socket that is closed again).
 /// `token`: a `*` credential's secret when `extra` has `--auth`.
 fn mqtt_callwire(prefix: &str, extra: &[&str], token: Option<&str>) -> Callwire {
-    let topic = format!("{prefix}/#");
-    let strip = format!("{prefix}/");
-    let mut args = vec![
-        "--mqtt",
-        "mqtt://127.0.0.1:1883",
-        "--mqtt-topic",
-        &topic,
-        "--mqtt-strip-prefix",
-        &strip,
-    ];
-    args.extend_from_slice(extra);
-    let callwire = Callwire::start(&args);
+    let callwire = Callwire::start_mqtt(1883, prefix, extra);
     wait_for(
         "the MQTT source to connect",
         Duration::from_secs(10),

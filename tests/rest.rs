@@ -397,19 +397,7 @@ fn warm_up(callwire: &Callwire, feed: &Feed) {
 /// A callwire fed from `<prefix>/#` on MQTT broker `port`, `<prefix>/` stripped, warmed up.
 fn start_mqtt_on(port: u16, extra: &[&str]) -> (Callwire, Feed) {
     let prefix = unique("rest");
-    let topic = format!("{prefix}/#");
-    let strip = format!("{prefix}/");
-    let url = format!("mqtt://127.0.0.1:{port}");
-    let mut args = vec![
-        "--mqtt",
-        url.as_str(),
-        "--mqtt-topic",
-        &topic,
-        "--mqtt-strip-prefix",
-        &strip,
-    ];
-    args.extend_from_slice(extra);
-    let callwire = Callwire::start(&args);
+    let callwire = Callwire::start_mqtt(port, &prefix, extra);
     let feed = Feed::Mqtt { port, prefix };
     warm_up(&callwire, &feed);
     (callwire, feed)

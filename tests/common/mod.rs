@@ -14,6 +14,29 @@ use tungstenite::{Message, WebSocket};
 
 pub type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
 
+/// The websocket path iSymphony clients connect to.
+pub const ISYMPHONY_PATH: &str = "/communication_manager/ws/event";
+
+/// The three dialects, as a client picks one: by path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Dialect {
+    Blackhole,
+    ISymphony,
+    Cable,
+}
+
+pub const DIALECTS: [Dialect; 3] = [Dialect::Blackhole, Dialect::ISymphony, Dialect::Cable];
+
+impl Dialect {
+    pub fn path(self) -> &'static str {
+        match self {
+            Dialect::Blackhole => "/",
+            Dialect::ISymphony => ISYMPHONY_PATH,
+            Dialect::Cable => "/cable",
+        }
+    }
+}
+
 /// A port nobody listens on right now (for private brokers, which cannot report theirs).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -110,6 +133,24 @@ impl Callwire {
         }
     }
 
+    /// Starts the binary fed from `<prefix>/#` on the MQTT broker at 127.0.0.1:`port`, with
+    /// `<prefix>/` stripped from each topic, plus `extra`.
+    pub fn start_mqtt(port: u16, prefix: &str, extra: &[&str]) -> Callwire {
+        let url = format!("mqtt://127.0.0.1:{port}");
+        let topic = format!("{prefix}/#");
+        let strip = format!("{prefix}/");
+        let mut args = vec![
+            "--mqtt",
+            &url,
+            "--mqtt-topic",
+            &topic,
+            "--mqtt-strip-prefix",
+            &strip,
+        ];
+        args.extend_from_slice(extra);
+        Callwire::start(&args)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -171,6 +212,33 @@ impl Drop for Callwire {
 }
 
 /// Sends a JSON request as a text frame.
+/// How long a read on `socket` may block.
+pub fn set_read_timeout(socket: &Socket, timeout: Duration) {
+    if let MaybeTlsStream::Plain(stream) = socket.get_ref() {
+        stream.set_read_timeout(Some(timeout)).unwrap();
+    }
+}
+
+/// Keeps reading `socket` (tungstenite answers pings as it reads) until callwire counts
+/// `clients` connected, as the idle-ping tests wait for silent sockets to be dropped. Returns
+/// whether `socket` was pinged meanwhile.
+pub fn read_until_clients(callwire: &Callwire, socket: &mut Socket, clients: u64) -> bool {
+    let mut pinged = false;
+    set_read_timeout(socket, Duration::from_millis(50));
+    wait_for(
+        "callwire to close the silent sockets",
+        Duration::from_secs(10),
+        || {
+            while let Ok(message) = socket.read() {
+                pinged |= matches!(message, Message::Ping(_));
+            }
+            callwire.healthz().1["clients"] == serde_json::json!(clients)
+        },
+    );
+    set_read_timeout(socket, Duration::from_secs(5));
+    pinged
+}
+
 pub fn send(socket: &mut Socket, request: Value) {
     socket.send(Message::text(request.to_string())).unwrap();
 }
