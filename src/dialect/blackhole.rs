@@ -325,33 +325,21 @@ impl Session for BlackholeSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::{self, Run};
     use crate::dialect::Dialect;
     use crate::hub::Hub;
-    use crate::limits::Limits;
     use crate::metrics::Metrics;
-    use std::time::Duration;
 
     #[test]
     fn numeric_request_ids_come_back_as_the_number_sent() {
         // Found by fuzz/blackhole_request: serde_json's default float parsing may be a unit in
         // the last place off, so `1.3077777777777777e+33` came back as `...775e+33` and a
         // client matching replies by id missed its reply (Cargo.toml: `float_roundtrip`).
-        let limits = Limits {
-            max_clients: 1,
-            max_bindings: 1,
-            max_filters: 1,
-            queue_depth: 1,
-            max_missed: 1,
-            max_calls: 1,
-            events_per_call: 0,
-            max_message_size: 1024,
-            ping_interval: Duration::from_secs(30),
-            max_per_ip: 1,
-            handshake_timeout: Duration::from_secs(5),
-            request_rate: 1.0,
-            request_burst: 1,
+        // The default limits, as the command line gives them.
+        let Ok(Run::Serve(config)) = cli::parse(&["callwire".to_owned()]) else {
+            panic!("no arguments is a valid serve command line");
         };
-        let hub = Hub::new(limits, Rc::new(Metrics::default()));
+        let hub = Hub::new(config.limits, Rc::new(Metrics::default()));
         let interest = Interest::Blackhole(Subscriptions::new(1));
         let client = hub.register(Dialect::Blackhole, None, interest).unwrap();
         let mut session = BlackholeSession::new(client, Rc::new(Auth::open()));
