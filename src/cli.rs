@@ -120,6 +120,11 @@ pub struct Args {
     #[argh(option, default = "40")]
     pub request_burst: u32,
 
+    /// least milliseconds between two rounds of writes to the clients; frames queued sooner wait
+    /// for the next round and share its writes (default 50, at most 1000; 0 writes at once)
+    #[argh(option, default = "50")]
+    pub flush_interval: u64,
+
     /// log level: error, warn, info or debug (default info)
     #[argh(option, default = "String::from(\"info\")")]
     pub log_level: String,
@@ -257,6 +262,10 @@ impl Args {
                 ));
             },
             request_burst: positive("--request-burst", self.request_burst as usize)? as u32,
+            flush_interval: match self.flush_interval {
+                0..=1000 => Duration::from_millis(self.flush_interval),
+                ms => return Err(format!("--flush-interval: expected 0 to 1000 ms, got {ms}")),
+            },
         };
         let source = if self.demo {
             if self.mqtt.is_some() || self.amqp.is_some() {

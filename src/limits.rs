@@ -32,6 +32,8 @@ pub struct Limits {
     pub request_rate: f64,
     /// Requests one socket may send in a burst.
     pub request_burst: u32,
+    /// Least time between two rounds of writes to the clients (the hub's flush).
+    pub flush_interval: Duration,
 }
 
 /// A token bucket: up to `burst` requests at once, refilled at `rate` per second.

@@ -125,6 +125,11 @@ async fn run(
     // One timer pings every ActionCable socket.
     executor.spawn(cable::send_pings(app.clone())).detach();
     executor.spawn(reload_on_hangup(app.clone())).detach();
+    // One task wakes the connections that have frames queued, in rounds (hub.rs).
+    let flushing = app.clone();
+    executor
+        .spawn(async move { flushing.hub.flush_rounds().await })
+        .detach();
     let notifier = Notifier::from_env();
     let ready = notify_ready(notifier.clone(), address, app.clone(), executor.clone());
     let serving = async {

@@ -34,6 +34,7 @@ pub const LIMITS: Limits = Limits {
     handshake_timeout: Duration::from_secs(5),
     request_rate: 1000.0,
     request_burst: 1000,
+    flush_interval: Duration::ZERO,
 };
 
 /// The credentials of the `@auth` inputs: (name, secret, account).
