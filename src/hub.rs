@@ -133,8 +133,6 @@ struct Outbox {
     missed_in_row: u32,
     close: Option<CloseReason>,
     waker: Option<Waker>,
-    /// The client is on the hub's list for the next round of writes.
-    due: bool,
 }
 
 /// One connected websocket client.
@@ -240,8 +238,7 @@ impl Client {
                 waker.wake();
             }
         }
-        if outbox.close.is_none() && !outbox.due {
-            outbox.due = true;
+        if outbox.close.is_none() {
             hub.flush.mark_due(self.slot);
         }
         queued
@@ -251,15 +248,21 @@ impl Client {
 /// The clients to wake in the next round of writes.
 #[derive(Debug)]
 struct Flush {
-    /// Slots of the clients queued a frame since the last round; each is here at most once,
-    /// so `--max-clients` bounds it.
+    /// Slots of the clients queued a frame since the last round, each at most once: it never
+    /// grows past `--max-clients`.
     due: RefCell<Vec<usize>>,
+    /// Whether each slot is in `due`.
+    marked: RefCell<Vec<bool>>,
     /// The flush task, while it waits for the first frame of the next round.
     flusher: RefCell<Option<Waker>>,
 }
 
 impl Flush {
     fn mark_due(&self, slot: usize) {
+        let mut marked = self.marked.borrow_mut();
+        if std::mem::replace(&mut marked[slot], true) {
+            return;
+        }
         let mut due = self.due.borrow_mut();
         if due.is_empty() {
             if let Some(flusher) = self.flusher.borrow_mut().take() {
@@ -300,6 +303,7 @@ impl Hub {
             routed: RefCell::new(Vec::new()),
             flush: Flush {
                 due: RefCell::new(Vec::with_capacity(limits.max_clients)),
+                marked: RefCell::new(vec![false; limits.max_clients]),
                 flusher: RefCell::new(None),
             },
             drops_log: DropsLog::default(),
@@ -354,7 +358,6 @@ impl Hub {
                 missed_in_row: 0,
                 close: None,
                 waker: None,
-                due: false,
             }),
         });
         self.slots.borrow_mut()[slot] = Some(client.clone());
@@ -436,12 +439,12 @@ impl Hub {
             }
             last_round = Some(Instant::now());
             let slots = self.slots.borrow();
+            let mut marked = self.flush.marked.borrow_mut();
             for slot in self.flush.due.borrow_mut().drain(..) {
+                marked[slot] = false;
                 // A slot freed meanwhile is skipped; one taken again is woken for nothing.
                 let Some(client) = &slots[slot] else { continue };
-                let mut outbox = client.outbox.borrow_mut();
-                outbox.due = false;
-                if let Some(waker) = outbox.waker.take() {
+                if let Some(waker) = client.outbox.borrow_mut().waker.take() {
                     waker.wake();
                 }
             }
@@ -604,12 +607,15 @@ mod tests {
     }
 
     #[test]
-    fn a_round_skips_a_client_that_left_and_wakes_the_others() {
+    fn a_round_wakes_whoever_holds_a_due_slot_now() {
         let hub = hub(&["--flush-interval", "1"]);
         let (gone, gone_wakes) = waiting_client(&hub);
-        let (_stays, wakes) = waiting_client(&hub);
         hub.broadcast(Dialect::Blackhole, &Frame::from_static("a"));
         hub.unregister(&gone);
+        // The new client takes the slot that is already due.
+        let (_new, wakes) = waiting_client(&hub);
+        hub.broadcast(Dialect::Blackhole, &Frame::from_static("b"));
+        assert_eq!(hub.flush.due.borrow().len(), 1, "a slot is due once");
         flush_until(&hub, || wakes.count() > 0);
         assert_eq!((gone_wakes.count(), wakes.count()), (0, 1));
     }

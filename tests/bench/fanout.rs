@@ -32,9 +32,11 @@
 //! sockets: one `read` per readiness, websocket frame headers only, and the timestamp read
 //! from the tail of the payload. The publisher is a second thread speaking plain MQTT 3.1.1.
 //!
-//! Read the CPU figures with the latency beside them: a server that falls behind writes
-//! several queued frames per system call, so its CPU per delivery drops as its latency grows.
-//! `--clients 300` shows the cost per delivery when every event is written on its own.
+//! Read the CPU figures with the latency beside them: a server that writes several queued
+//! frames per system call spends less CPU per delivery and delays the frames it holds. One
+//! that falls behind does so by force; callwire also does so on purpose, in rounds of writes
+//! at most `--flush-interval` apart (default 50 ms). `--callwire-arg=--flush-interval
+//! --callwire-arg=0` shows the cost when every event is written on its own.
 //!
 //! It prints; it asserts nothing about time. It exits non-zero only when a server did not
 //! deliver N × E events, or when the run could not be set up.
@@ -1374,6 +1376,9 @@ fn report(
         "mosquitto 2.0 websockets (MQTT 3.1.1, QoS 0, pbx/call/#) vs callwire \
          (Blackhole, call.#, fed by the same mosquitto)"
     );
+    if !args.callwire_args.is_empty() {
+        println!("callwire's own flags: {}", args.callwire_args.join(" "));
+    }
     println!();
     let row = |label: &str, c: String, m: String, ratio: String| {
         println!("{label:<38} {c:>14} {m:>14} {ratio:>20}");
