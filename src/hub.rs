@@ -30,6 +30,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::Utf8Bytes;
+use smol::Timer;
 
 use crate::auth::{Auth, Credential};
 use crate::dialect::Dialect;
@@ -42,7 +43,6 @@ use crate::live::CallChange;
 use crate::logging::RateLimit;
 use crate::matcher::RoutingKey;
 use crate::metrics::{DropReason, Metrics};
-use smol::Timer;
 
 /// One serialised text frame, shared by every client it is queued to.
 pub type Frame = Utf8Bytes;
