@@ -395,6 +395,23 @@ pub fn parse(args: &[String]) -> Result<Run, (String, i32)> {
     .map_err(|message| (message, 2))
 }
 
+/// Parses `callwire` followed by `args` (for tests).
+#[cfg(test)]
+fn parse_run(args: &[&str]) -> Result<Run, (String, i32)> {
+    let mut all = vec!["callwire".to_owned()];
+    all.extend(args.iter().map(|arg| arg.to_string()));
+    parse(&all)
+}
+
+/// The limits that serve flags give, the defaults for the rest (for other modules' tests).
+#[cfg(test)]
+pub fn limits_from(flags: &[&str]) -> Limits {
+    match parse_run(flags) {
+        Ok(Run::Serve(config)) => config.limits,
+        other => panic!("not a serve command line {flags:?}: {other:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,12 +421,6 @@ mod tests {
             Run::Serve(config) => Ok(config),
             other => panic!("expected serve, got {other:?}"),
         }
-    }
-
-    fn parse_run(args: &[&str]) -> Result<Run, (String, i32)> {
-        let mut all = vec!["callwire".to_owned()];
-        all.extend(args.iter().map(|arg| arg.to_string()));
-        parse(&all)
     }
 
     #[test]

@@ -325,7 +325,7 @@ impl Session for BlackholeSession {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{self, Run};
+    use crate::cli;
     use crate::dialect::Dialect;
     use crate::hub::Hub;
     use crate::metrics::Metrics;
@@ -336,10 +336,7 @@ mod tests {
         // the last place off, so `1.3077777777777777e+33` came back as `...775e+33` and a
         // client matching replies by id missed its reply (Cargo.toml: `float_roundtrip`).
         // The default limits, as the command line gives them.
-        let Ok(Run::Serve(config)) = cli::parse(&["callwire".to_owned()]) else {
-            panic!("no arguments is a valid serve command line");
-        };
-        let hub = Hub::new(config.limits, Rc::new(Metrics::default()));
+        let hub = Hub::new(cli::limits_from(&[]), Rc::new(Metrics::default()));
         let interest = Interest::Blackhole(Subscriptions::new(1));
         let client = hub.register(Dialect::Blackhole, None, interest).unwrap();
         let mut session = BlackholeSession::new(client, Rc::new(Auth::open()));
