@@ -135,6 +135,22 @@ struct Outbox {
     waker: Option<Waker>,
 }
 
+impl Outbox {
+    /// Keeps the connection's waker (a clone only when it changed).
+    fn register(&mut self, waker: &Waker) {
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            self.waker = Some(waker.clone());
+        }
+    }
+
+    /// Wakes the connection, if it waits.
+    fn wake(&mut self) {
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
 /// One connected websocket client.
 #[derive(Debug)]
 pub struct Client {
@@ -159,13 +175,7 @@ impl Client {
         if !outbox.frames.is_empty() {
             return Poll::Ready(Outgoing::Frames);
         }
-        if !outbox
-            .waker
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
-            outbox.waker = Some(cx.waker().clone());
-        }
+        outbox.register(cx.waker());
         Poll::Pending
     }
 
@@ -175,7 +185,7 @@ impl Client {
         match outbox.close {
             Some(reason) => Poll::Ready(reason),
             None => {
-                outbox.waker = Some(cx.waker().clone());
+                outbox.register(cx.waker());
                 Poll::Pending
             }
         }
@@ -195,9 +205,7 @@ impl Client {
     fn close(&self, reason: CloseReason) {
         let mut outbox = self.outbox.borrow_mut();
         outbox.close.get_or_insert(reason);
-        if let Some(waker) = outbox.waker.take() {
-            waker.wake();
-        }
+        outbox.wake();
     }
 
     /// Queues a frame under the hub's policy; returns false when it was dropped.
@@ -234,11 +242,8 @@ impl Client {
         // A close is not held for the round, nor is a queue that fills within one interval:
         // the interval may delay a frame, never drop one.
         if outbox.close.is_some() || outbox.frames.len() * 2 >= limits.queue_depth {
-            if let Some(waker) = outbox.waker.take() {
-                waker.wake();
-            }
-        }
-        if outbox.close.is_none() {
+            outbox.wake();
+        } else {
             hub.flush.mark_due(self.slot);
         }
         queued
@@ -420,7 +425,7 @@ impl Hub {
     /// finishes.
     pub async fn flush_rounds(&self) {
         let mut timer = Timer::never();
-        let mut last_round: Option<Instant> = None;
+        let mut next_round = Instant::now();
         loop {
             poll_fn(|cx| {
                 if self.flush.due.borrow().is_empty() {
@@ -431,21 +436,18 @@ impl Hub {
                 }
             })
             .await;
-            if let Some(next) = last_round.map(|at| at + self.limits.flush_interval) {
-                if Instant::now() < next {
-                    timer.set_at(next);
-                    (&mut timer).await;
-                }
+            if Instant::now() < next_round {
+                timer.set_at(next_round);
+                (&mut timer).await;
             }
-            last_round = Some(Instant::now());
+            next_round = Instant::now() + self.limits.flush_interval;
             let slots = self.slots.borrow();
             let mut marked = self.flush.marked.borrow_mut();
             for slot in self.flush.due.borrow_mut().drain(..) {
                 marked[slot] = false;
                 // A slot freed meanwhile is skipped; one taken again is woken for nothing.
-                let Some(client) = &slots[slot] else { continue };
-                if let Some(waker) = client.outbox.borrow_mut().waker.take() {
-                    waker.wake();
+                if let Some(client) = &slots[slot] {
+                    client.outbox.borrow_mut().wake();
                 }
             }
         }
@@ -512,10 +514,10 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::task::Wake;
 
-    use futures_lite::FutureExt;
+    use futures_lite::{FutureExt, future};
 
     use super::*;
-    use crate::cli::{self, Run};
+    use crate::cli;
 
     /// A waker that counts its wakes.
     struct Wakes(AtomicUsize);
@@ -533,15 +535,7 @@ mod tests {
     }
 
     fn hub(flags: &[&str]) -> Hub {
-        let args: Vec<String> = ["callwire"]
-            .iter()
-            .chain(flags)
-            .map(|a| a.to_string())
-            .collect();
-        let Ok(Run::Serve(config)) = cli::parse(&args) else {
-            panic!("not a serve command line: {args:?}");
-        };
-        Hub::new(config.limits, Rc::new(Metrics::default()))
+        Hub::new(cli::limits_from(flags), Rc::new(Metrics::default()))
     }
 
     /// A Blackhole client whose connection waits for frames, and the count of its wakes.
@@ -558,14 +552,18 @@ mod tests {
         (client, wakes)
     }
 
-    /// Runs the hub's flush task until `done`.
+    /// Runs the hub's flush task until `done`, or for at most 5 s (the caller's assertions
+    /// then fail rather than hang).
     fn flush_until(hub: &Hub, done: impl Fn() -> bool) {
         let until = async {
             while !done() {
                 Timer::after(Duration::from_millis(1)).await;
             }
         };
-        smol::block_on(until.or(hub.flush_rounds()));
+        let give_up = async {
+            Timer::after(Duration::from_secs(5)).await;
+        };
+        smol::block_on(until.or(give_up).or(hub.flush_rounds()));
     }
 
     #[test]
@@ -587,12 +585,48 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_after_a_quiet_interval_goes_at_once_and_one_soon_after_waits_for_the_round() {
+        let hub = hub(&["--flush-interval", "1000"]);
+        let (client, wakes) = waiting_client(&hub);
+        let waker = Waker::from(wakes.clone());
+        let steps = async {
+            hub.broadcast(Dialect::Blackhole, &Frame::from_static("a"));
+            // One turn of the flush task, no timer: nothing was written in the last interval.
+            future::yield_now().await;
+            assert_eq!(wakes.count(), 1, "the first frame went at once");
+            assert_eq!(client.pop().as_deref(), Some("a"));
+            assert!(
+                client
+                    .poll_outgoing(&mut Context::from_waker(&waker))
+                    .is_pending()
+            );
+            hub.broadcast(Dialect::Blackhole, &Frame::from_static("b"));
+            future::yield_now().await;
+            assert_eq!(
+                wakes.count(),
+                1,
+                "the next waits for the round, a second later"
+            );
+            while wakes.count() < 2 {
+                Timer::after(Duration::from_millis(5)).await;
+            }
+        };
+        let give_up = async {
+            Timer::after(Duration::from_secs(5)).await;
+            panic!("the second round never came");
+        };
+        smol::block_on(steps.or(give_up).or(hub.flush_rounds()));
+        assert_eq!(client.pop().as_deref(), Some("b"));
+    }
+
+    #[test]
     fn a_close_wakes_its_connection_without_waiting_for_a_round() {
         let hub = hub(&["--flush-interval", "1000"]);
         let (_client, wakes) = waiting_client(&hub);
         hub.broadcast(Dialect::Blackhole, &Frame::from_static("a"));
+        assert_eq!(wakes.count(), 0, "the frame waits for the round");
         hub.close_all();
-        assert_eq!(wakes.count(), 1);
+        assert_eq!(wakes.count(), 1, "the close does not");
     }
 
     #[test]
