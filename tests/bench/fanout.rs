@@ -411,6 +411,29 @@ fn rss_kib(pid: u32) -> Result<u64, String> {
     status_kib(pid, "VmRSS")
 }
 
+/// Resident KiB of the files a process maps other than its own executable: the shared
+/// libraries of a dynamically linked build (none for a static one), from `/proc/<pid>/smaps`.
+fn shared_library_kib(pid: u32) -> Result<u64, String> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map_err(|e| format!("reading /proc/{pid}/exe: {e}"))?;
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+        .map_err(|e| format!("reading /proc/{pid}/smaps: {e}"))?;
+    let mut in_library = false;
+    let mut kib = 0;
+    for line in smaps.lines() {
+        // A mapping's header is `start-end perms offset dev inode [path]`; its fields follow.
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.first().is_some_and(|range| range.contains('-')) && fields.len() >= 5 {
+            in_library = fields
+                .get(5)
+                .is_some_and(|path| path.starts_with('/') && Path::new(path) != exe);
+        } else if let (true, Some(rest)) = (in_library, line.strip_prefix("Rss:")) {
+            kib += parse_kib(rest).ok_or(format!("/proc/{pid}/smaps: {line}"))?;
+        }
+    }
+    Ok(kib)
+}
+
 /// One `... kB` field of `/proc/<pid>/status`.
 fn status_kib(pid: u32, field: &str) -> Result<u64, String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -418,8 +441,13 @@ fn status_kib(pid: u32, field: &str) -> Result<u64, String> {
     status
         .lines()
         .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .and_then(parse_kib)
         .ok_or(format!("no {field} in /proc/{pid}/status"))
+}
+
+/// `   1234 kB`, as `/proc` writes sizes.
+fn parse_kib(text: &str) -> Option<u64> {
+    text.trim().trim_end_matches("kB").trim().parse().ok()
 }
 
 /// utime and stime of a process (all its threads), in seconds.
@@ -537,6 +565,7 @@ struct PhaseResult {
     clients: usize,
     rss_idle_kib: u64,
     anon_idle_kib: u64,
+    libs_idle_kib: u64,
     rss_clients_kib: u64,
     cpu_s: f64,
     /// The part of `cpu_s` in user space (the rest is the kernel's, mostly socket writes).
@@ -588,6 +617,7 @@ fn phase(
     // The part of it that is the process's own: the rest is clean pages of the binary and the
     // shared libraries, mapped from the page cache (fault-around maps up to 64 KiB per fault).
     let anon_idle_kib = status_kib(pid, "RssAnon")?;
+    let libs_idle_kib = shared_library_kib(pid)?;
 
     eprint!("fanout: {name}: connecting {n} clients ... ");
     let setup = Instant::now();
@@ -681,6 +711,7 @@ fn phase(
         clients: n,
         rss_idle_kib,
         anon_idle_kib,
+        libs_idle_kib,
         rss_clients_kib,
         cpu_s,
         user_cpu_s,
@@ -1432,6 +1463,15 @@ fn report(
         format!("{:.2}", callwire.rss_idle_kib as f64 / 1024.0),
         format!("{:.2}", mosquitto.rss_idle_kib as f64 / 1024.0),
         ratio(callwire.rss_idle_kib as f64, mosquitto.rss_idle_kib as f64),
+    );
+    row(
+        "  of which shared libraries (MiB)",
+        format!("{:.2}", callwire.libs_idle_kib as f64 / 1024.0),
+        format!("{:.2}", mosquitto.libs_idle_kib as f64 / 1024.0),
+        ratio(
+            callwire.libs_idle_kib as f64,
+            mosquitto.libs_idle_kib as f64,
+        ),
     );
     row(
         "  of which private (RssAnon, MiB)",
