@@ -1616,4 +1616,12 @@ fn report(
         "2.00 MiB".to_owned(),
         callwire.rss_idle_kib <= 2048,
     );
+    if callwire.libs_idle_kib > 0 {
+        println!(
+            "  (this callwire is dynamically linked: {:.2} MiB of its idle RSS is shared \
+             libraries; the release binaries .ci/cross builds are static, measured with \
+             --callwire-bin target/x86_64-unknown-linux-musl/release/callwire)",
+            callwire.libs_idle_kib as f64 / 1024.0
+        );
+    }
 }
