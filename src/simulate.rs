@@ -38,6 +38,9 @@ const POLL: Duration = Duration::from_millis(10);
 /// Runs the simulation to its end: connects, publishes every message in time, waits until the
 /// broker has them all, and logs a summary. Exit code 0 when every message reached the broker,
 /// 1 with a one-line reason otherwise.
+// Never inlined: in `main` its executor and futures would take stack that the server, which
+// runs under `main`, keeps resident (see cli::parse).
+#[inline(never)]
 pub fn run(config: SimulateConfig) -> ExitCode {
     let seed = config.seed.unwrap_or_else(|| Rng::from_clock().next_u64());
     let profile = config.profile.as_str();
