@@ -1458,38 +1458,21 @@ fn report(
         format!("{:.2}", mosquitto.kib_per_client()),
         ratio(callwire.kib_per_client(), mosquitto.kib_per_client()),
     );
-    row(
-        "idle RSS, no clients (MiB)",
-        format!("{:.2}", callwire.rss_idle_kib as f64 / 1024.0),
-        format!("{:.2}", mosquitto.rss_idle_kib as f64 / 1024.0),
-        ratio(callwire.rss_idle_kib as f64, mosquitto.rss_idle_kib as f64),
-    );
-    row(
-        "  of which shared libraries (MiB)",
-        format!("{:.2}", callwire.libs_idle_kib as f64 / 1024.0),
-        format!("{:.2}", mosquitto.libs_idle_kib as f64 / 1024.0),
-        ratio(
-            callwire.libs_idle_kib as f64,
-            mosquitto.libs_idle_kib as f64,
-        ),
-    );
-    row(
-        "  of which private (RssAnon, MiB)",
-        format!("{:.2}", callwire.anon_idle_kib as f64 / 1024.0),
-        format!("{:.2}", mosquitto.anon_idle_kib as f64 / 1024.0),
-        ratio(
-            callwire.anon_idle_kib as f64,
-            mosquitto.anon_idle_kib as f64,
-        ),
-    );
-    row(
+    let mib_row = |label: &str, kib: fn(&PhaseResult) -> u64| {
+        let (c, m) = (kib(callwire) as f64, kib(mosquitto) as f64);
+        row(
+            label,
+            format!("{:.2}", c / 1024.0),
+            format!("{:.2}", m / 1024.0),
+            ratio(c, m),
+        );
+    };
+    mib_row("idle RSS, no clients (MiB)", |p| p.rss_idle_kib);
+    mib_row("  of which shared libraries (MiB)", |p| p.libs_idle_kib);
+    mib_row("  of which private (RssAnon, MiB)", |p| p.anon_idle_kib);
+    mib_row(
         &format!("RSS with {} idle clients (MiB)", args.clients),
-        format!("{:.2}", callwire.rss_clients_kib as f64 / 1024.0),
-        format!("{:.2}", mosquitto.rss_clients_kib as f64 / 1024.0),
-        ratio(
-            callwire.rss_clients_kib as f64,
-            mosquitto.rss_clients_kib as f64,
-        ),
+        |p| p.rss_clients_kib,
     );
     for (label, q) in [("p50", 0.50), ("p99", 0.99), ("max", 1.0)] {
         row(
