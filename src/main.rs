@@ -1,8 +1,6 @@
 //! The `callwire` binary: reads the command line, then runs the bridge on one thread.
 
 use std::cell::RefCell;
-use std::future::Future;
-use std::pin::Pin;
 use std::process::ExitCode;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
@@ -66,10 +64,9 @@ fn serve(config: Config) -> ExitCode {
         );
     }
     let executor = Rc::new(LocalExecutor::new());
-    // Behind `dyn`, so block_on cannot inline the bridge's poll into this frame: inlined, the
-    // frame was 53 KiB of stack, touched at start-up and resident for the process's life.
-    let bridge: Pin<Box<dyn Future<Output = ()>>> =
-        Box::pin(run(config, auth, listener, executor.clone()));
+    // Boxed behind `dyn`, so block_on cannot inline the bridge's poll into this frame: inlined,
+    // the frame was 53 KiB of stack, touched at start-up and resident for the process's life.
+    let bridge = run(config, auth, listener, executor.clone()).boxed_local();
     smol::block_on(executor.run(bridge));
     ExitCode::SUCCESS
 }
