@@ -552,18 +552,23 @@ mod tests {
         (client, wakes)
     }
 
-    /// Runs the hub's flush task until `done`, or for at most 5 s (the caller's assertions
-    /// then fail rather than hang).
+    /// Runs `steps` beside the hub's flush task, for at most 5 s (then it panics rather than
+    /// hang).
+    fn with_flush_task(hub: &Hub, steps: impl Future<Output = ()>) {
+        let give_up = async {
+            Timer::after(Duration::from_secs(5)).await;
+            panic!("gave up after 5 s: the round never came");
+        };
+        smol::block_on(steps.or(give_up).or(hub.flush_rounds()));
+    }
+
+    /// Runs the hub's flush task until `done`.
     fn flush_until(hub: &Hub, done: impl Fn() -> bool) {
-        let until = async {
+        with_flush_task(hub, async {
             while !done() {
                 Timer::after(Duration::from_millis(1)).await;
             }
-        };
-        let give_up = async {
-            Timer::after(Duration::from_secs(5)).await;
-        };
-        smol::block_on(until.or(give_up).or(hub.flush_rounds()));
+        });
     }
 
     #[test]
@@ -611,11 +616,7 @@ mod tests {
                 Timer::after(Duration::from_millis(5)).await;
             }
         };
-        let give_up = async {
-            Timer::after(Duration::from_secs(5)).await;
-            panic!("the second round never came");
-        };
-        smol::block_on(steps.or(give_up).or(hub.flush_rounds()));
+        with_flush_task(&hub, steps);
         assert_eq!(client.pop().as_deref(), Some("b"));
     }
 
