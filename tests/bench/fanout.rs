@@ -421,11 +421,12 @@ fn shared_library_kib(pid: u32) -> Result<u64, String> {
     let mut in_library = false;
     let mut kib = 0;
     for line in smaps.lines() {
-        // A mapping's header is `start-end perms offset dev inode [path]`; its fields follow.
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.first().is_some_and(|range| range.contains('-')) && fields.len() >= 5 {
+        // A mapping's header is `start-end perms offset dev inode [path]`; its fields follow,
+        // one `Name: value` a line.
+        let mut fields = line.split_whitespace();
+        if fields.next().is_some_and(|range| range.contains('-')) {
             in_library = fields
-                .get(5)
+                .nth(4)
                 .is_some_and(|path| path.starts_with('/') && Path::new(path) != exe);
         } else if let (true, Some(rest)) = (in_library, line.strip_prefix("Rss:")) {
             kib += parse_kib(rest).ok_or(format!("/proc/{pid}/smaps: {line}"))?;
