@@ -222,7 +222,8 @@
     li.append(el('time', null, clock(new Date())), el('span', 'ev ev-' + name.split('_').pop().toLowerCase(), name));
     const d = f.data;
     if (d && typeof d === 'object') {
-      const from = d['Caller-ID-Number'] || d.caller_id_number, to = d['Callee-ID-Number'] || d.callee_id_number;
+      // Blackhole sends Kazoo's normalised names, whatever the PBX.
+      const from = d.caller_id_number, to = d.callee_id_number;
       if (from || to) li.append(el('span', 'who', (from || '?') + ' → ' + (to || '?')));
     }
     li.append(el('code', null, rk));

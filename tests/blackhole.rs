@@ -20,6 +20,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
+use common::script::Script;
 use common::{
     Callwire, Socket, TempFile, drain, mosquitto_pub, read_until_clients, request,
     set_read_timeout, unique, wait_for,
@@ -217,155 +218,191 @@ fn keys_of(value: &Value) -> Vec<&str> {
 // ---------------------------------------------------------------------------------------------
 // Subscribe and unsubscribe
 
+/// Subscribes or unsubscribes on `socket` and returns the reply.
+fn act(socket: &mut Socket, action: &str, id: &str, data: Value) -> Value {
+    request(
+        socket,
+        json!({"action": action, "request_id": id, "data": data}),
+    )
+}
+
 #[test]
-fn subscribe_replies_with_the_binding_or_list_as_sent() {
+fn replies_have_the_shapes_of_kazoos_own_assertions() {
+    // Kazoo's pqc_blackhole.erl: `[Binding] = subscribed` after one subscribe;
+    // `[Binding] = unsubscribed` and `[] = subscribed` after unsubscribing it. The same with
+    // the one-string `binding` form and the `bindings` list form.
+    let callwire = quiet_callwire(&[]);
+    for (form, one) in [
+        ("binding", json!("call.CHANNEL_CREATE.*")),
+        ("bindings", json!(["call.CHANNEL_CREATE.*"])),
+    ] {
+        let mut socket = callwire.ws("/");
+        let reply = act(&mut socket, "subscribe", "s1", json!({form: one}));
+        assert_eq!(
+            reply,
+            success("s1", json!({"subscribed": ["call.CHANNEL_CREATE.*"]})),
+            "{form}"
+        );
+        let reply = act(&mut socket, "unsubscribe", "u1", json!({form: one}));
+        assert_eq!(
+            reply,
+            success(
+                "u1",
+                json!({"unsubscribed": ["call.CHANNEL_CREATE.*"], "subscribed": []})
+            ),
+            "{form}"
+        );
+
+        // Two bindings one after the other: the second reply lists both, in order.
+        let first = act(&mut socket, "subscribe", "s2", json!({form: one}));
+        assert_eq!(
+            first["data"],
+            json!({"subscribed": ["call.CHANNEL_CREATE.*"]})
+        );
+        let other = if form == "binding" {
+            json!("call.CHANNEL_DESTROY.*")
+        } else {
+            json!(["call.CHANNEL_DESTROY.*"])
+        };
+        let second = act(&mut socket, "subscribe", "s3", json!({form: other}));
+        assert_eq!(
+            second,
+            success(
+                "s3",
+                json!({"subscribed": ["call.CHANNEL_CREATE.*", "call.CHANNEL_DESTROY.*"]})
+            ),
+            "{form}"
+        );
+        let reply = act(&mut socket, "unsubscribe", "u2", json!({form: one}));
+        assert_eq!(
+            reply,
+            success(
+                "u2",
+                json!({"unsubscribed": ["call.CHANNEL_CREATE.*"],
+                       "subscribed": ["call.CHANNEL_DESTROY.*"]})
+            ),
+            "{form}"
+        );
+    }
+}
+
+#[test]
+fn subscribe_replies_list_every_binding_on_the_socket() {
     let callwire = quiet_callwire(&[]);
     let mut socket = callwire.ws("/");
 
-    let reply = subscribe(
-        &mut socket,
-        "r1",
-        json!({"binding": "call.CHANNEL_CREATE.*"}),
-    );
+    // A list with a duplicate: each binding once, in subscription order.
+    let sent = json!(["a.b", "call.CHANNEL_CREATE.*", "a.b", "c.#"]);
+    let reply = act(&mut socket, "subscribe", "r1", json!({"bindings": sent}));
     assert_eq!(
         reply,
         success(
             "r1",
-            json!({"subscribed": "call.CHANNEL_CREATE.*",
-                   "subscriptions": ["call.CHANNEL_CREATE.*"]})
+            json!({"subscribed": ["a.b", "call.CHANNEL_CREATE.*", "c.#"]})
         )
     );
 
-    // A list comes back as the list sent (duplicates and all); `subscriptions` lists each
-    // binding once, in subscription order.
-    let sent = json!(["a.b", "call.CHANNEL_CREATE.*", "a.b", "c.#"]);
-    let reply = subscribe(&mut socket, "r2", json!({"bindings": sent}));
-    assert_eq!(
-        reply,
-        success(
-            "r2",
-            json!({"subscribed": sent,
-                   "subscriptions": ["call.CHANNEL_CREATE.*", "a.b", "c.#"]})
-        )
-    );
-
-    // A one-element list is still a list.
-    let reply = subscribe(&mut socket, "r3", json!({"bindings": ["d.e"]}));
-    assert_eq!(
-        reply,
-        success(
-            "r3",
-            json!({"subscribed": ["d.e"],
-                   "subscriptions": ["call.CHANNEL_CREATE.*", "a.b", "c.#", "d.e"]})
-        )
-    );
-
-    // `binding` wins over `bindings`: the string comes back, the list is not subscribed.
-    let reply = subscribe(
+    // `binding` wins over `bindings`: the list is not subscribed.
+    let reply = act(
         &mut socket,
-        "r4",
+        "subscribe",
+        "r2",
         json!({"bindings": ["not.this", "nor.this"], "binding": "x.y"}),
     );
     assert_eq!(
         reply,
         success(
-            "r4",
-            json!({"subscribed": "x.y",
-                   "subscriptions": ["call.CHANNEL_CREATE.*", "a.b", "c.#", "d.e", "x.y"]})
+            "r2",
+            json!({"subscribed": ["a.b", "call.CHANNEL_CREATE.*", "c.#", "x.y"]})
         )
     );
 
-    // Subscribing again to a binding already held adds nothing.
-    let reply = subscribe(&mut socket, "r5", json!({"binding": "a.b"}));
+    // Subscribing again to a binding already held adds nothing and moves nothing.
+    let reply = act(&mut socket, "subscribe", "r3", json!({"binding": "a.b"}));
     assert_eq!(
         reply,
         success(
-            "r5",
-            json!({"subscribed": "a.b",
-                   "subscriptions": ["call.CHANNEL_CREATE.*", "a.b", "c.#", "d.e", "x.y"]})
+            "r3",
+            json!({"subscribed": ["a.b", "call.CHANNEL_CREATE.*", "c.#", "x.y"]})
         )
     );
 }
 
 #[test]
-fn unsubscribe_replies_with_the_binding_or_list_as_sent() {
+fn unsubscribe_replies_list_what_went_and_what_is_left() {
     let callwire = quiet_callwire(&[]);
     let mut socket = callwire.ws("/blackhole");
-    let reply = subscribe(
+    let reply = act(
         &mut socket,
+        "subscribe",
         "s",
         json!({"bindings": ["a.*", "b.#", "c.c", "d.d"]}),
     );
     assert_eq!(
-        reply["data"]["subscriptions"],
+        reply["data"]["subscribed"],
         json!(["a.*", "b.#", "c.c", "d.d"])
     );
 
-    let unsubscribe = |socket: &mut Socket, id: &str, data: Value| {
-        request(
-            socket,
-            json!({"action": "unsubscribe", "request_id": id, "data": data}),
-        )
-    };
-
-    let reply = unsubscribe(&mut socket, "u1", json!({"binding": "b.#"}));
-    assert_eq!(
-        reply,
-        success(
-            "u1",
-            json!({"unsubscribed": "b.#", "subscriptions": ["a.*", "c.c", "d.d"]})
-        )
-    );
-
-    // A list, one of which was never subscribed: the list comes back as sent.
-    let reply = unsubscribe(
+    // A list, one of which was never subscribed: only what this request removed is listed.
+    let reply = act(
         &mut socket,
-        "u2",
+        "unsubscribe",
+        "u1",
         json!({"bindings": ["a.*", "never.subscribed"]}),
     );
     assert_eq!(
         reply,
         success(
-            "u2",
-            json!({"unsubscribed": ["a.*", "never.subscribed"],
-                   "subscriptions": ["c.c", "d.d"]})
+            "u1",
+            json!({"unsubscribed": ["a.*"], "subscribed": ["b.#", "c.c", "d.d"]})
         )
     );
 
     // A binding never subscribed: a success that changes nothing.
-    let reply = unsubscribe(&mut socket, "u3", json!({"binding": "nope.#"}));
+    let reply = act(
+        &mut socket,
+        "unsubscribe",
+        "u2",
+        json!({"binding": "nope.#"}),
+    );
     assert_eq!(
         reply,
         success(
-            "u3",
-            json!({"unsubscribed": "nope.#", "subscriptions": ["c.c", "d.d"]})
+            "u2",
+            json!({"unsubscribed": [], "subscribed": ["b.#", "c.c", "d.d"]})
         )
     );
 
     // `binding` wins over `bindings`.
-    let reply = unsubscribe(
+    let reply = act(
         &mut socket,
-        "u4",
+        "unsubscribe",
+        "u3",
         json!({"binding": "c.c", "bindings": ["d.d"]}),
     );
     assert_eq!(
         reply,
         success(
-            "u4",
-            json!({"unsubscribed": "c.c", "subscriptions": ["d.d"]})
+            "u3",
+            json!({"unsubscribed": ["c.c"], "subscribed": ["b.#", "d.d"]})
         )
     );
 
     // A binding subscribed again goes to the end: subscription order.
-    let reply = subscribe(&mut socket, "s2", json!({"binding": "a.*"}));
-    assert_eq!(reply["data"]["subscriptions"], json!(["d.d", "a.*"]));
+    let reply = act(&mut socket, "subscribe", "s2", json!({"binding": "a.*"}));
+    assert_eq!(reply["data"]["subscribed"], json!(["b.#", "d.d", "a.*"]));
 
-    let reply = unsubscribe(&mut socket, "u5", json!({"bindings": ["d.d", "a.*"]}));
+    let reply = act(
+        &mut socket,
+        "unsubscribe",
+        "u4",
+        json!({"bindings": ["d.d", "a.*", "b.#"]}),
+    );
     assert_eq!(
         reply,
         success(
-            "u5",
-            json!({"unsubscribed": ["d.d", "a.*"], "subscriptions": []})
+            "u4",
+            json!({"unsubscribed": ["d.d", "a.*", "b.#"], "subscribed": []})
         )
     );
 }
@@ -388,7 +425,7 @@ fn unsubscribing_on_one_socket_never_affects_another() {
         reply,
         success(
             "u",
-            json!({"unsubscribed": "call.#", "subscriptions": ["marker.#"]})
+            json!({"unsubscribed": ["call.#"], "subscribed": ["marker.#"]})
         )
     );
     // Unsubscribing a binding never subscribed changes nothing on the second socket either.
@@ -396,10 +433,7 @@ fn unsubscribing_on_one_socket_never_affects_another() {
         &mut second,
         json!({"action": "unsubscribe", "request_id": "u", "data": {"binding": "never.#"}}),
     );
-    assert_eq!(
-        reply["data"]["subscriptions"],
-        json!(["call.#", "marker.#"])
-    );
+    assert_eq!(reply["data"]["subscribed"], json!(["call.#", "marker.#"]));
 
     publish(&prefix, "call/CHANNEL_CREATE/u1", r#"{"Call-ID":"u1"}"#);
     publish(&prefix, "marker/m/1", "{}");
@@ -435,7 +469,7 @@ fn ping_answers_pong_and_a_missing_action_is_an_empty_success() {
         );
         assert_eq!(reply, success("n2", json!({})));
         let reply = subscribe(&mut socket, "s", json!({"binding": "c.d"}));
-        assert_eq!(reply["data"]["subscriptions"], json!(["c.d"]));
+        assert_eq!(reply["data"]["subscribed"], json!(["c.d"]));
     }
 }
 
@@ -628,7 +662,7 @@ fn every_error_keeps_the_socket_open() {
 
     // No failed request subscribed anything, not even the valid part of a list.
     let reply = subscribe(&mut socket, "check", json!({"binding": "probe.x"}));
-    assert_eq!(reply["data"]["subscriptions"], json!(["probe.x"]));
+    assert_eq!(reply["data"]["subscribed"], json!(["probe.x"]));
 
     // The limits themselves are fine: 32 segments, 255 bytes.
     let deepest = vec!["a"; 32].join(".");
@@ -639,7 +673,7 @@ fn every_error_keeps_the_socket_open() {
         json!({"bindings": [deepest, longest]}),
     );
     assert_eq!(
-        reply["data"]["subscriptions"],
+        reply["data"]["subscribed"],
         json!(["probe.x", deepest, longest])
     );
 
@@ -675,7 +709,7 @@ fn too_many_bindings_is_refused_at_the_limit() {
         limit,
     );
     let reply = subscribe(&mut socket, "s1", json!({"bindings": ["a.1", "a.2"]}));
-    assert_eq!(reply["data"]["subscriptions"], json!(["a.1", "a.2"]));
+    assert_eq!(reply["data"]["subscribed"], json!(["a.1", "a.2"]));
     // Two more would be four: refused, and neither is added.
     assert_error(
         &mut socket,
@@ -683,7 +717,7 @@ fn too_many_bindings_is_refused_at_the_limit() {
         limit,
     );
     let reply = subscribe(&mut socket, "s2", json!({"binding": "a.3"}));
-    assert_eq!(reply["data"]["subscriptions"], json!(["a.1", "a.2", "a.3"]));
+    assert_eq!(reply["data"]["subscribed"], json!(["a.1", "a.2", "a.3"]));
     assert_error(
         &mut socket,
         json!({"action": "subscribe", "data": {"binding": "a.4"}}),
@@ -693,24 +727,21 @@ fn too_many_bindings_is_refused_at_the_limit() {
     let reply = subscribe(&mut socket, "s3", json!({"bindings": ["a.1", "a.3"]}));
     assert_eq!(
         reply,
-        success(
-            "s3",
-            json!({"subscribed": ["a.1", "a.3"], "subscriptions": ["a.1", "a.2", "a.3"]})
-        )
+        success("s3", json!({"subscribed": ["a.1", "a.2", "a.3"]}))
     );
     // Room made, room taken.
     let reply = request(
         &mut socket,
         json!({"action": "unsubscribe", "request_id": "u", "data": {"binding": "a.2"}}),
     );
-    assert_eq!(reply["data"]["subscriptions"], json!(["a.1", "a.3"]));
+    assert_eq!(reply["data"]["subscribed"], json!(["a.1", "a.3"]));
     let reply = subscribe(&mut socket, "s4", json!({"binding": "a.4"}));
-    assert_eq!(reply["data"]["subscriptions"], json!(["a.1", "a.3", "a.4"]));
+    assert_eq!(reply["data"]["subscribed"], json!(["a.1", "a.3", "a.4"]));
 
     // The limit is per socket.
     let mut other = callwire.ws("/");
     let reply = subscribe(&mut other, "o", json!({"bindings": ["b.1", "b.2", "b.3"]}));
-    assert_eq!(reply["data"]["subscriptions"], json!(["b.1", "b.2", "b.3"]));
+    assert_eq!(reply["data"]["subscribed"], json!(["b.1", "b.2", "b.3"]));
 }
 
 #[test]
@@ -864,13 +895,7 @@ fn auth_is_checked_until_the_first_valid_token_only() {
     let reply = request(&mut socket, json!({"request_id": "noop2"}));
     assert_eq!(reply, success("noop2", json!({})));
     let reply = subscribe(&mut socket, "s", json!({"binding": "call.#"}));
-    assert_eq!(
-        reply,
-        success(
-            "s",
-            json!({"subscribed": "call.#", "subscriptions": ["call.#"]})
-        )
-    );
+    assert_eq!(reply, success("s", json!({"subscribed": ["call.#"]})));
     // The token is not checked again, and another credential's token does not switch the
     // socket's credential: it still acts for account A.
     let reply = request(
@@ -914,13 +939,7 @@ fn account_ids_are_limited_to_the_credential() {
         json!({"action": "subscribe", "request_id": "own", "auth_token": SECRET_A,
                "data": {"binding": "call.#", "account_id": ACCOUNT_A}}),
     );
-    assert_eq!(
-        reply,
-        success(
-            "own",
-            json!({"subscribed": "call.#", "subscriptions": ["call.#"]})
-        )
-    );
+    assert_eq!(reply, success("own", json!({"subscribed": ["call.#"]})));
     for action in ["subscribe", "unsubscribe"] {
         assert_error(
             &mut desk,
@@ -935,7 +954,7 @@ fn account_ids_are_limited_to_the_credential() {
     }
     // Nothing was subscribed by the refused requests.
     let reply = subscribe(&mut desk, "check", json!({"binding": "call.#"}));
-    assert_eq!(reply["data"]["subscriptions"], json!(["call.#"]));
+    assert_eq!(reply["data"]["subscribed"], json!(["call.#"]));
 
     let mut manager = callwire.ws("/");
     let reply = request(
@@ -960,10 +979,7 @@ fn account_ids_are_limited_to_the_credential() {
     );
     assert_eq!(
         reply,
-        success(
-            "again",
-            json!({"subscribed": "a.#", "subscriptions": ["a.#", "to-a.#", "to-b.#"]})
-        )
+        success("again", json!({"subscribed": ["a.#", "to-a.#", "to-b.#"]}))
     );
 }
 
@@ -979,19 +995,14 @@ fn name_and_metadata_are_accepted_at_the_top_level_or_in_data() {
             json!({"action": "subscribe", "request_id": "top", "auth_token": SECRET_A,
                    "name": name, "metadata": metadata,
                    "data": {"binding": "call.CHANNEL_CREATE.*"}}),
-            success(
-                "top",
-                json!({"subscribed": "call.CHANNEL_CREATE.*",
-                       "subscriptions": ["call.CHANNEL_CREATE.*"]}),
-            ),
+            success("top", json!({"subscribed": ["call.CHANNEL_CREATE.*"]})),
         ),
         (
             json!({"action": "subscribe", "request_id": "inside",
                    "data": {"binding": "call.#", "name": name, "metadata": metadata}}),
             success(
                 "inside",
-                json!({"subscribed": "call.#",
-                       "subscriptions": ["call.CHANNEL_CREATE.*", "call.#"]}),
+                json!({"subscribed": ["call.CHANNEL_CREATE.*", "call.#"]}),
             ),
         ),
         (
@@ -1007,7 +1018,7 @@ fn name_and_metadata_are_accepted_at_the_top_level_or_in_data() {
                    "data": {"binding": "call.#", "metadata": metadata}}),
             success(
                 "unsub",
-                json!({"unsubscribed": "call.#", "subscriptions": ["call.CHANNEL_CREATE.*"]}),
+                json!({"unsubscribed": ["call.#"], "subscribed": ["call.CHANNEL_CREATE.*"]}),
             ),
         ),
     ];
@@ -1089,67 +1100,77 @@ fn events_reach_only_their_account() {
 // Event frames
 
 #[test]
-fn event_frames_carry_the_payload_verbatim() {
+fn event_frames_carry_kazoos_data_or_the_payload_as_it_was() {
     let prefix = unique("bh-frame");
     let callwire = mqtt_callwire(&prefix, &[], None);
     let mut socket = callwire.ws("/");
     let reply = subscribe(&mut socket, "s", json!({"binding": "call.#"}));
     assert_eq!(reply["status"], "success", "{reply}");
 
-    // (topic after the prefix, payload, expected name, JSON or not)
+    // (topic after the prefix, payload, expected name, expected data: `None` when the payload
+    // must come byte for byte, as a JSON value that is not an object does)
     let spaced = format!(
         r#"{{"Event-Name" :  "CHANNEL_CREATE", "Account-ID":"{ACCOUNT_A}",   "Call-ID" : "f1",
-  "list": [1, 2 ,3],"nested":{{ "é" : "☎ \"quoted\" \\ \u00e9" }} ,"n":1.50}}"#
+  "list": [1, 2 ,3],"nested":{{ "É-X" : "☎ \"quoted\" \\ \u00e9" }} ,"n":1.50}}"#
     );
-    let cases: Vec<(&str, String, &str, bool)> = vec![
-        ("call/CHANNEL_CREATE/f1", spaced, "CHANNEL_CREATE", true),
+    let spaced_data = json!({"event_name": "CHANNEL_CREATE", "account_id": ACCOUNT_A,
+                             "call_id": "f1", "list": [1, 2, 3],
+                             "nested": {"é_x": "☎ \"quoted\" \\ é"}, "n": 1.5});
+    let cases: Vec<(&str, String, &str, Option<Value>)> = vec![
+        (
+            "call/CHANNEL_CREATE/f1",
+            spaced,
+            "CHANNEL_CREATE",
+            Some(spaced_data),
+        ),
         (
             "call/CHANNEL_ANSWER/f2",
-            r#"{"Call-ID":"f2"}"#.to_owned(),
+            r#"{"Call-ID":"f2","Server-ID":"gone","Gone-Too":null}"#.to_owned(),
             "CHANNEL_ANSWER",
-            true,
+            Some(json!({"call_id": "f2"})),
         ),
         (
             "call/X/f3",
             r#"{"event_name":"E3","type":"ignored"}"#.to_owned(),
             "E3",
-            true,
+            Some(json!({"event_name": "E3", "type": "ignored"})),
         ),
         (
             "call/X/f4",
             r#"{"type":"StasisStart"}"#.to_owned(),
             "StasisStart",
-            true,
+            Some(json!({"type": "StasisStart"})),
         ),
         (
             "call/X/f5",
             r#"{"event":"ringing"}"#.to_owned(),
             "ringing",
-            true,
+            Some(json!({"event": "ringing"})),
         ),
         (
             "call/CHANNEL_HOLD/f6",
             "[1, 2]".to_owned(),
             "CHANNEL_HOLD",
-            true,
+            None,
         ),
+        ("call/X/f7", r#" "Just-A-String" "#.to_owned(), "X", None),
         (
-            "call/CHANNEL_DESTROY/f7",
+            "call/CHANNEL_DESTROY/f8",
             r#"not json: he said "hi" \ bye"#.to_owned(),
             "CHANNEL_DESTROY",
-            false,
+            None,
         ),
         (
-            "call/CHANNEL_BRIDGE/f8",
+            "call/CHANNEL_BRIDGE/f9",
             r#"{"Event-Name":"CHANNEL_BRIDGE""#.to_owned(),
             "CHANNEL_BRIDGE",
-            false,
+            None,
         ),
     ];
     for (topic, payload, _, _) in &cases {
         publish(&prefix, topic, payload);
     }
-    for (topic, payload, name, is_json) in &cases {
+    for (topic, payload, name, data) in &cases {
         let (text, frame) = next_event(&mut socket);
         assert_eq!(
             keys_of(&frame),
@@ -1171,17 +1192,219 @@ fn event_frames_carry_the_payload_verbatim() {
         assert_eq!(frame["subscribed_key"], json!("call.#"));
         assert_eq!(frame["subscription_key"], json!("call.*.#"));
         assert_eq!(frame["name"], json!(name), "{text}");
-        if *is_json {
-            assert!(
-                text.contains(&format!(r#""data":{payload}"#)),
-                "payload not carried byte for byte:\n{payload}\n{text}"
-            );
-            let parsed: Value = serde_json::from_str(payload).unwrap();
-            assert_eq!(frame["data"], parsed);
-        } else {
-            assert_eq!(frame["data"], json!(payload), "{text}");
+        match (data, serde_json::from_str::<Value>(payload)) {
+            (Some(data), _) => assert_eq!(&frame["data"], data, "{text}"),
+            // JSON that is not an object: byte for byte.
+            (None, Ok(parsed)) => {
+                assert!(
+                    text.contains(&format!(r#""data":{payload}"#)),
+                    "payload not carried byte for byte:\n{payload}\n{text}"
+                );
+                assert_eq!(frame["data"], parsed);
+            }
+            // Not JSON: as a JSON string.
+            (None, Err(_)) => assert_eq!(frame["data"], json!(payload), "{text}"),
         }
     }
+}
+
+/// What a Blackhole client sees of three PBXs' payloads, key by key (blackhole.md, "Events":
+/// `normalize_jobj(public_fields(Payload))`). The expected values are written out by hand.
+#[test]
+fn real_pbx_payloads_arrive_in_kazoos_public_normalised_form() {
+    let prefix = unique("bh-kazoo-data");
+    let callwire = mqtt_callwire(&prefix, &[], None);
+    let mut socket = callwire.ws("/");
+    let reply = subscribe(&mut socket, "s", json!({"binding": "#"}));
+    assert_eq!(reply["status"], "success", "{reply}");
+
+    // A Kazoo 4.3 CHANNEL_CREATE as ecallmgr publishes it on `callevt`.
+    let kazoo = json!({
+        "Event-Category": "call_event", "Event-Name": "CHANNEL_CREATE",
+        "Call-ID": "at6dmu4ffk97vnlp6qfq", "Account-ID": ACCOUNT_A,
+        "Call-Direction": "inbound", "Caller-ID-Number": "2107", "Caller-ID-Name": "Front Desk",
+        "Callee-ID-Number": null, "Channel-Call-State": "RINGING", "Timestamp": 63962648130u64,
+        "Msg-ID": "755dacc64944216eeb23f852d12774d4", "Server-ID": "", "Node": "ecallmgr@kz1",
+        "App-Name": "ecallmgr", "App-Version": "4.3.0",
+        "Custom-Channel-Vars": {"Account-ID": ACCOUNT_A, "Owner-ID": null,
+                                "Authorizing-Type": "device", "Node": "kept-below-the-top"},
+        "Media-Servers": [{"Media-Server-ID": "fs1", "Zone-Name": "local", "Weight": null},
+                          {"Media-Server-ID": "fs2", "Ports": [5060, 5080]}]
+    });
+    let kazoo_data = json!({
+        "event_category": "call_event", "event_name": "CHANNEL_CREATE",
+        "call_id": "at6dmu4ffk97vnlp6qfq", "account_id": ACCOUNT_A,
+        "call_direction": "inbound", "caller_id_number": "2107", "caller_id_name": "Front Desk",
+        "channel_call_state": "RINGING", "timestamp": 63962648130u64,
+        "msg_id": "755dacc64944216eeb23f852d12774d4",
+        "app_name": "ecallmgr", "app_version": "4.3.0",
+        "custom_channel_vars": {"account_id": ACCOUNT_A, "authorizing_type": "device",
+                                "node": "kept-below-the-top"},
+        "media_servers": [{"media_server_id": "fs1", "zone_name": "local"},
+                          {"media_server_id": "fs2", "ports": [5060, 5080]}]
+    });
+    // FreeSWITCH mod_amqp in a Kazoo cluster: every value a string.
+    let freeswitch = json!({
+        "Event-Name": "CHANNEL_ANSWER", "Core-UUID": "4b6c1ef4", "FreeSWITCH-Hostname": "fs1",
+        "Unique-ID": "fs-call-1", "Caller-Caller-ID-Number": "2107",
+        "Caller-Destination-Number": "2108", "Call-Direction": "inbound",
+        "variable_ecallmgr_Account-ID": ACCOUNT_A, "Event-Date-Timestamp": "1795428930123456"
+    });
+    let freeswitch_data = json!({
+        "event_name": "CHANNEL_ANSWER", "core_uuid": "4b6c1ef4", "freeswitch_hostname": "fs1",
+        "unique_id": "fs-call-1", "caller_caller_id_number": "2107",
+        "caller_destination_number": "2108", "call_direction": "inbound",
+        "variable_ecallmgr_account_id": ACCOUNT_A, "event_date_timestamp": "1795428930123456"
+    });
+    // Asterisk ARI: already lower case, nested objects, an empty list.
+    let ari = json!({
+        "type": "StasisStart", "timestamp": "2026-11-23T10:15:30.123+0000", "args": [],
+        "channel": {"id": "1795428930.70", "state": "Ring",
+                    "caller": {"name": "NGUYEN TAN", "number": "+14155550140"},
+                    "dialplan": {"context": "from-trunk", "exten": "217", "priority": 1},
+                    "creationtime": "2026-11-23T10:15:30.123+0000"}
+    });
+    let cases = [
+        (
+            "call/CHANNEL_CREATE/k1",
+            kazoo.to_string(),
+            Some(kazoo_data),
+        ),
+        (
+            "FreeSWITCH/fs1/CHANNEL_ANSWER",
+            freeswitch.to_string(),
+            Some(freeswitch_data),
+        ),
+        (
+            "asterisk/ari/StasisStart",
+            ari.to_string(),
+            Some(ari.clone()),
+        ),
+        // Not an object: as it was.
+        ("other/string", r#""Call-ID""#.to_owned(), None),
+    ];
+    for (topic, payload, _) in &cases {
+        publish(&prefix, topic, payload);
+    }
+    for (topic, payload, expected) in &cases {
+        let (text, frame) = next_event(&mut socket);
+        assert_eq!(
+            frame["routing_key"],
+            json!(topic.replace('/', ".")),
+            "{text}"
+        );
+        let Some(expected) = expected else {
+            assert!(text.contains(&format!(r#""data":{payload}"#)), "{text}");
+            continue;
+        };
+        let data = frame["data"].as_object().unwrap();
+        assert_eq!(
+            keys_of(&frame["data"]),
+            keys_of(expected),
+            "{topic}: {text}"
+        );
+        for (key, value) in expected.as_object().unwrap() {
+            assert_eq!(&data[key], value, "{topic}: data.{key}");
+        }
+    }
+}
+
+/// A client that behaves as Monster UI's socket library (tests/clients/blackhole_monster.js):
+/// it registers each binding from the list in `data.subscribed`, and its listeners read the
+/// events by Kazoo's names.
+#[test]
+fn a_monster_ui_style_client_registers_its_bindings_and_reads_kazoo_names() {
+    let prefix = unique("bh-monster");
+    let creds = credentials();
+    let callwire = mqtt_callwire(&prefix, &["--auth", creds.path()], Some(SECRET_STAR));
+    let url = format!("ws://127.0.0.1:{}/", callwire.port);
+    let bindings = ["call.CHANNEL_CREATE.*", "call.CHANNEL_DESTROY.*"];
+    let mut args = vec![url.as_str(), ACCOUNT_A, SECRET_A];
+    args.extend_from_slice(&bindings);
+    let mut monster = Script::node("blackhole_monster.js", &args);
+    let timeout = Duration::from_secs(10);
+    for binding in bindings {
+        monster.wait_line(&format!("{binding} registered"), timeout, |l| {
+            l["event"] == "registered" && l["binding"] == binding
+        });
+    }
+
+    let event = |name: &str, id: &str, account: &str| {
+        json!({"Event-Category": "call_event", "Event-Name": name, "Call-ID": id,
+               "Account-ID": account, "To": "2108@acme.example", "Caller-ID-Number": "2107",
+               "Server-ID": "", "Node": "ecallmgr@kz1", "Msg-ID": "m1"})
+        .to_string()
+    };
+    publish(
+        &prefix,
+        "call/CHANNEL_CREATE/m1",
+        &event("CHANNEL_CREATE", "m1", ACCOUNT_A),
+    );
+    // Another account's call never reaches this socket.
+    publish(
+        &prefix,
+        "call/CHANNEL_CREATE/b1",
+        &event("CHANNEL_CREATE", "b1", ACCOUNT_B),
+    );
+    publish(
+        &prefix,
+        "call/CHANNEL_DESTROY/m1",
+        &event("CHANNEL_DESTROY", "m1", ACCOUNT_A),
+    );
+    let destroy = monster.wait_line("the destroy", timeout, |l| {
+        l["event"] == "received" && l["binding"] == "call.CHANNEL_DESTROY.*"
+    });
+    assert_eq!(destroy["call_id"], "m1");
+    assert_eq!(destroy["to"], "2108@acme.example");
+    assert_eq!(destroy["caller_id_number"], "2107");
+    // Kazoo's names, and none of its private headers; `binding` is the one Monster UI adds.
+    assert_eq!(
+        destroy["keys"],
+        json!([
+            "account_id",
+            "binding",
+            "call_id",
+            "caller_id_number",
+            "event_category",
+            "event_name",
+            "msg_id",
+            "to"
+        ])
+    );
+
+    // Unbinding one: the reply's lists are iterated too.
+    monster.command("unbind call.CHANNEL_CREATE.*");
+    monster.wait_line("the unbind", timeout, |l| {
+        l["event"] == "unregistered" && l["binding"] == "call.CHANNEL_CREATE.*"
+    });
+    let left = monster.wait_line("what is left", timeout, |l| l["event"] == "left");
+    assert_eq!(left["bindings"], json!(["call.CHANNEL_DESTROY.*"]));
+    monster.command("exit");
+    assert!(monster.finish().success(), "{}", monster.transcript());
+
+    let received: Vec<(String, String)> = monster
+        .events("received", None)
+        .iter()
+        .map(|l| (l["binding"].to_string(), l["call_id"].to_string()))
+        .collect();
+    assert_eq!(
+        received,
+        [
+            (
+                r#""call.CHANNEL_CREATE.*""#.to_owned(),
+                r#""m1""#.to_owned()
+            ),
+            (
+                r#""call.CHANNEL_DESTROY.*""#.to_owned(),
+                r#""m1""#.to_owned()
+            ),
+        ]
+    );
+    assert!(
+        monster.events("error", None).is_empty(),
+        "{}",
+        monster.transcript()
+    );
 }
 
 #[test]

@@ -99,7 +99,7 @@ fn plain_get_serves_the_page_and_an_upgrade_on_slash_is_still_blackhole() {
         json!({"action": "subscribe", "request_id": "r1", "data": {"binding": "call.*.*"}}),
     );
     assert_eq!(reply["status"], "success", "{reply}");
-    assert_eq!(reply["data"]["subscribed"], "call.*.*");
+    assert_eq!(reply["data"]["subscribed"], json!(["call.*.*"]));
     let event: Value = recv(&mut socket);
     assert_eq!(event["action"], "event", "{event}");
     assert!(event["routing_key"].as_str().unwrap().starts_with("call."));

@@ -1352,10 +1352,12 @@ enum Seen {
     },
 }
 
-fn seq_of(payload: &Value) -> u64 {
-    payload["Test-Seq"]
+/// The event's sequence number at `key`: `Test-Seq` as published, `test_seq` in Blackhole's
+/// normalised data.
+fn seq_of(payload: &Value, key: &str) -> u64 {
+    payload[key]
         .as_u64()
-        .unwrap_or_else(|| panic!("a frame without Test-Seq: {payload}"))
+        .unwrap_or_else(|| panic!("a frame without {key}: {payload}"))
 }
 
 /// A watcher's dialect and scope, and what it saw (`watch`).
@@ -1384,12 +1386,12 @@ fn watch(mut watcher: Watcher, stop: u64) -> Result<Vec<Seen>, String> {
                 }
                 let data = &frame["data"];
                 Seen::Event {
-                    seq: seq_of(data),
+                    seq: seq_of(data, "test_seq"),
                     account: account_of(data),
                 }
             }
             Dialect::ISymphony => Seen::Event {
-                seq: seq_of(&frame),
+                seq: seq_of(&frame, "Test-Seq"),
                 account: account_of(&frame),
             },
             Dialect::Cable => {
@@ -1413,11 +1415,11 @@ fn watch(mut watcher: Watcher, stop: u64) -> Result<Vec<Seen>, String> {
                         }
                     }
                     Some("Event") => Seen::Event {
-                        seq: seq_of(&object["data"]),
+                        seq: seq_of(&object["data"], "Test-Seq"),
                         account: account_of(&object["data"]),
                     },
                     _ => Seen::Family {
-                        seq: seq_of(object),
+                        seq: seq_of(object, "Test-Seq"),
                         account: account_of(object),
                     },
                 }

@@ -88,12 +88,13 @@ fn simulate_into(socket: &mut Socket, args: &[&str]) -> (ExitStatus, String, Vec
     (status, stderr, frames)
 }
 
-/// The call id and event name of a frame's payload, in `profile`'s shape (events.md); `None`
-/// for anything else (the probe).
+/// The call id and event name of a Blackhole frame's data, in `profile`'s shape (events.md) as
+/// Blackhole normalises it (blackhole.md: `call_id`, not `Call-ID`); `None` for anything else
+/// (the probe).
 fn call_event<'a>(profile: &str, data: &'a Value) -> Option<(&'a str, &'a str)> {
     let (id, name) = match profile {
-        "kazoo" => (&data["Call-ID"], &data["Event-Name"]),
-        "freeswitch" => (&data["Unique-ID"], &data["Event-Name"]),
+        "kazoo" => (&data["call_id"], &data["event_name"]),
+        "freeswitch" => (&data["unique_id"], &data["event_name"]),
         "asterisk-ari" => (&data["channel"]["id"], &data["type"]),
         "asterisk-mqtt" => (&data["call_id"], &data["event"]),
         other => panic!("unknown profile {other}"),

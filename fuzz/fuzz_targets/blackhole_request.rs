@@ -87,10 +87,10 @@ impl Model {
             Value::String(text) => Err(format!("invalid binding {text}")),
             other => Err(format!("invalid binding {other}")),
         };
-        let (requested, as_list) = match (data.get("binding"), data.get("bindings")) {
-            (Some(binding), _) => (vec![one(binding)?], false),
+        let requested = match (data.get("binding"), data.get("bindings")) {
+            (Some(binding), _) => vec![one(binding)?],
             (None, Some(Value::Array(list))) if !list.is_empty() => {
-                (list.iter().map(one).collect::<Result<Vec<_>, _>>()?, true)
+                list.iter().map(one).collect::<Result<Vec<_>, _>>()?
             }
             (None, Some(Value::Array(_)) | None) => return Err(missing()),
             (None, Some(other)) => return Err(format!("invalid binding {other}")),
@@ -99,6 +99,9 @@ impl Model {
             .iter()
             .map(|binding| (binding.clone(), scope.to_owned()))
             .collect();
+        // Kazoo's bh_events: `subscribed` lists every binding on the socket, each once, in
+        // subscription order; `unsubscribed` the bindings this request removed.
+        let mut unsubscribed: Vec<String> = Vec::new();
         if subscribe {
             let mut added: Vec<(String, String)> = Vec::new();
             for pair in pairs {
@@ -111,6 +114,11 @@ impl Model {
             }
             self.items.extend(added);
         } else {
+            for pair in &pairs {
+                if self.items.contains(pair) && !unsubscribed.contains(&pair.0) {
+                    unsubscribed.push(pair.0.clone());
+                }
+            }
             self.items.retain(|item| !pairs.contains(item));
         }
         let mut listing: Vec<&str> = Vec::new();
@@ -119,17 +127,54 @@ impl Model {
                 listing.push(binding);
             }
         }
-        let changed = if as_list {
-            json!(requested)
+        if subscribe {
+            Ok(json!({ "subscribed": listing }))
         } else {
-            json!(requested[0])
-        };
-        let field = if subscribe {
-            "subscribed"
-        } else {
-            "unsubscribed"
-        };
-        Ok(json!({ field: changed, "subscriptions": listing }))
+            Ok(json!({ "unsubscribed": unsubscribed, "subscribed": listing }))
+        }
+    }
+}
+
+/// An event's `data` as blackhole.md says Kazoo sends it: for an object payload, Kazoo's
+/// optional default headers (but `Account-ID` and `Call-ID`) deleted at the top level, then
+/// every key of every object (inside arrays too) with `-` as `_` and the ASCII and Latin-1
+/// capitals in lower case, members whose value is null dropped; any other JSON as it was; a
+/// payload that is not JSON as a string.
+fn reference_data(json: Option<&Value>, payload: &[u8]) -> Value {
+    const PRIVATE: [&str; 14] = [
+        "Access-Group", "Defer-Response", "Destination-Server", "Geo-Location", "Log-ID",
+        "Node", "Queue-ID", "Raw-Headers", "Server-ID", "Request-From-PID", "Reply-To-PID",
+        "AMQP-Broker", "AMQP-Zone", "Deliver-To-PID",
+    ];
+    fn key(text: &str) -> String {
+        text.chars()
+            .map(|c| match c {
+                '-' => '_',
+                'A'..='Z' | 'À'..='Þ' if c != '×' => c.to_lowercase().next().unwrap_or(c),
+                other => other,
+            })
+            .collect()
+    }
+    fn value(v: &Value) -> Value {
+        match v {
+            Value::Object(map) => object(map, &[]),
+            Value::Array(items) => Value::Array(items.iter().map(value).collect()),
+            other => other.clone(),
+        }
+    }
+    fn object(map: &Map<String, Value>, skip: &[&str]) -> Value {
+        let mut out = Map::new();
+        for (k, v) in map {
+            if !v.is_null() && !skip.contains(&k.as_str()) {
+                out.insert(key(k), value(v));
+            }
+        }
+        Value::Object(out)
+    }
+    match json {
+        Some(Value::Object(map)) => object(map, &PRIVATE),
+        Some(other) => other.clone(),
+        None => Value::String(String::from_utf8_lossy(payload).into_owned()),
     }
 }
 
@@ -210,9 +255,7 @@ fuzz_target!(|data: &[u8]| {
                     })
                     .unwrap_or_else(|| key.split('.').nth(1).unwrap_or(""))
                     .to_owned();
-                let data = event.json.clone().unwrap_or_else(|| {
-                    Value::String(String::from_utf8_lossy(payload).into_owned())
-                });
+                let data = reference_data(event.json.as_ref(), payload);
                 app.deliver(event);
                 let frames = drain(&client);
                 // The first subscription that matches and may see the event, if any.

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use serde_json::{Map, Value, json};
 
 use crate::auth::{Auth, Credential};
-use crate::dialect::{Session, push_json_str};
+use crate::dialect::{Session, kazoo_json, push_json_str};
 use crate::event::Event;
 use crate::hub::{Client, Frame, Interest};
 use crate::matcher::{Binding, RoutingKey};
@@ -70,34 +70,51 @@ impl Subscriptions {
     }
 }
 
-/// Event frames rendered for the current event, one per distinct (binding, account).
+/// Event frames rendered for the current event, one per distinct (binding, account), and the
+/// event's `data` as Blackhole sends it, rendered once for all of them.
 #[derive(Debug, Default)]
 pub struct Renders {
     frames: Vec<(Subscription, Frame)>,
+    data: String,
 }
 
 impl Renders {
     pub fn clear(&mut self) {
         self.frames.clear();
+        self.data.clear();
     }
 
     fn frame(&mut self, event: &Event, subscription: &Subscription) -> Frame {
         if let Some((_, frame)) = self.frames.iter().find(|(s, _)| s == subscription) {
             return frame.clone();
         }
-        let frame = Frame::from(render_event(event, subscription));
+        if self.data.is_empty() {
+            render_data(&mut self.data, event);
+        }
+        let frame = Frame::from(render_event(event, subscription, &self.data));
         self.frames.push((subscription.clone(), frame.clone()));
         frame
     }
 }
 
-/// The event frame of blackhole.md, with the payload carried byte for byte.
-fn render_event(event: &Event, subscription: &Subscription) -> String {
+/// An event's `data`: Kazoo's public, normalised form of a JSON object payload; any other JSON
+/// as it was; a payload that is not JSON as a JSON string.
+fn render_data(out: &mut String, event: &Event) {
+    match &event.json {
+        Some(Value::Object(payload)) => kazoo_json::push_public_normalized(out, payload),
+        Some(_) => match std::str::from_utf8(&event.payload) {
+            Ok(json) => out.push_str(json),
+            Err(_) => push_json_str(out, &String::from_utf8_lossy(&event.payload)),
+        },
+        None => push_json_str(out, &String::from_utf8_lossy(&event.payload)),
+    }
+}
+
+/// The event frame of blackhole.md around the rendered `data`.
+fn render_event(event: &Event, subscription: &Subscription, data: &str) -> String {
     let binding = subscription.binding.as_str();
-    let payload = std::str::from_utf8(&event.payload).ok();
-    let mut out = String::with_capacity(
-        128 + 2 * binding.len() + event.routing_key.len() + event.payload.len(),
-    );
+    let mut out =
+        String::with_capacity(128 + 2 * binding.len() + event.routing_key.len() + data.len());
     out.push_str(r#"{"action":"event","subscribed_key":"#);
     push_json_str(&mut out, binding);
     out.push_str(r#","subscription_key":"#);
@@ -119,10 +136,7 @@ fn render_event(event: &Event, subscription: &Subscription) -> String {
     out.push_str(r#","routing_key":"#);
     push_json_str(&mut out, &event.routing_key);
     out.push_str(r#","data":"#);
-    match payload {
-        Some(json) if event.json.is_some() => out.push_str(json),
-        _ => push_json_str(&mut out, &String::from_utf8_lossy(&event.payload)),
-    }
+    out.push_str(data);
     out.push('}');
     out
 }
@@ -213,7 +227,7 @@ impl BlackholeSession {
         subscribe: bool,
     ) -> Result<Value, String> {
         let scope = scope_for(credential, data.and_then(|d| d.get("account_id")))?;
-        let (requested, as_list) = requested_bindings(data)?;
+        let requested = requested_bindings(data)?;
         let mut interest = self.client.interest.borrow_mut();
         let Interest::Blackhole(subscriptions) = &mut *interest else {
             return Err("not a Blackhole socket".to_owned());
@@ -237,22 +251,20 @@ impl BlackholeSession {
             // keep room for three more on every socket that subscribes once.
             subscriptions.items.reserve_exact(added.len());
             subscriptions.items.extend(added);
-        } else {
-            let removed: Vec<Subscription> = requested_here.collect();
-            subscriptions.items.retain(|s| !removed.contains(s));
+            // As Kazoo's bh_events: `subscribed` lists every binding now on the socket.
+            return Ok(json!({ "subscribed": subscriptions.listing() }));
         }
-        let texts: Vec<&str> = requested.iter().map(Binding::as_str).collect();
-        let changed = if as_list {
-            json!(texts)
-        } else {
-            json!(texts[0])
-        };
-        let field = if subscribe {
-            "subscribed"
-        } else {
-            "unsubscribed"
-        };
-        Ok(json!({ field: changed, "subscriptions": subscriptions.listing() }))
+        let mut unsubscribed: Vec<&str> = Vec::new();
+        for (subscription, binding) in requested_here.zip(&requested) {
+            let text = binding.as_str();
+            if subscriptions.items.contains(&subscription) {
+                subscriptions.items.retain(|s| *s != subscription);
+                if !unsubscribed.contains(&text) {
+                    unsubscribed.push(text);
+                }
+            }
+        }
+        Ok(json!({ "unsubscribed": unsubscribed, "subscribed": subscriptions.listing() }))
     }
 }
 
@@ -272,8 +284,8 @@ fn scope_for(credential: &Credential, requested: Option<&Value>) -> Result<Scope
     Scope::try_from(account).map_err(|_| "unauthorized account id".to_owned())
 }
 
-/// The bindings a request names (`binding` wins over `bindings`), and whether it sent a list.
-fn requested_bindings(data: Option<&Map<String, Value>>) -> Result<(Vec<Binding>, bool), String> {
+/// The bindings a request names (`binding` wins over `bindings`).
+fn requested_bindings(data: Option<&Map<String, Value>>) -> Result<Vec<Binding>, String> {
     let missing = || "missing required keys : binding".to_owned();
     let data = data.ok_or_else(missing)?;
     let parse = |value: &Value| match value {
@@ -281,11 +293,8 @@ fn requested_bindings(data: Option<&Map<String, Value>>) -> Result<(Vec<Binding>
         other => Err(format!("invalid binding {other}")),
     };
     match (data.get("binding"), data.get("bindings")) {
-        (Some(binding), _) => Ok((vec![parse(binding)?], false)),
-        (None, Some(Value::Array(list))) if !list.is_empty() => {
-            let bindings = list.iter().map(parse).collect::<Result<Vec<_>, _>>()?;
-            Ok((bindings, true))
-        }
+        (Some(binding), _) => Ok(vec![parse(binding)?]),
+        (None, Some(Value::Array(list))) if !list.is_empty() => list.iter().map(parse).collect(),
         (None, Some(Value::Array(_))) | (None, None) => Err(missing()),
         (None, Some(other)) => Err(format!("invalid binding {other}")),
     }

@@ -4,6 +4,7 @@
 pub mod blackhole;
 pub mod cable;
 pub mod isymphony;
+pub mod kazoo_json;
 
 /// The websocket dialects, chosen by the upgrade request's path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,24 +65,26 @@ pub trait Session {
 pub fn push_json_str(out: &mut String, text: &str) {
     use std::fmt::Write;
     out.push('"');
+    let bytes = text.as_bytes();
     let mut start = 0;
-    for (i, byte) in text.bytes().enumerate() {
-        let escape = match byte {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0..=0x1f => "",
-            _ => continue,
-        };
-        out.push_str(&text[start..i]);
-        if escape.is_empty() {
-            let _ = write!(out, "\\u{byte:04x}");
-        } else {
-            out.push_str(escape);
+    // Runs that need no escape are copied whole: most text is such a run.
+    while let Some(run) = bytes[start..]
+        .iter()
+        .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
+    {
+        let at = start + run;
+        out.push_str(&text[start..at]);
+        match bytes[at] {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            control => {
+                let _ = write!(out, "\\u{control:04x}");
+            }
         }
-        start = i + 1;
+        start = at + 1;
     }
     out.push_str(&text[start..]);
     out.push('"');

@@ -1,7 +1,8 @@
 """A new user's first session: the Python `websockets` client against `callwire --demo`.
 
 Subscribes to `call.*.*`, expects the success reply of blackhole.md, then event frames of the
-exact shape blackhole.md gives. Usage: blackhole_demo.py PORT [EVENTS]
+exact shape blackhole.md gives, their data in Kazoo's public, normalised form (`call_id`, not
+`Call-ID`). Usage: blackhole_demo.py PORT [EVENTS]
 """
 import asyncio
 import json
@@ -18,7 +19,7 @@ async def main(port: int, wanted: int) -> None:
                                   "data": {"binding": "call.*.*"}}))
         reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
         assert reply == {"action": "reply", "request_id": "r1", "status": "success",
-                         "data": {"subscribed": "call.*.*", "subscriptions": ["call.*.*"]}}, reply
+                         "data": {"subscribed": ["call.*.*"]}}, reply
         for _ in range(wanted):
             event = json.loads(await asyncio.wait_for(ws.recv(), 10))
             assert set(event) == EVENT_KEYS, sorted(event)
@@ -26,10 +27,14 @@ async def main(port: int, wanted: int) -> None:
             assert event["subscribed_key"] == "call.*.*"
             segments = event["routing_key"].split(".")
             assert len(segments) == 3 and segments[0] == "call", event["routing_key"]
-            assert event["name"] == event["data"]["Event-Name"] == segments[1], event
+            data = event["data"]
+            assert event["name"] == data["event_name"] == segments[1], event
+            # Kazoo's names only: lower case, `_` for `-`, private headers such as Node gone.
+            assert all(k == k.lower() and "-" not in k for k in data), sorted(data)
+            assert "node" not in data and "server_id" not in data, sorted(data)
             # Without --auth the socket acts for every account, so `*` is inserted.
             assert event["subscription_key"] == "call.*.*.*", event["subscription_key"]
-            assert event["data"]["Call-ID"] == segments[2]
+            assert data["call_id"] == segments[2]
         print(f"received {wanted} events of the blackhole.md shape")
 
 
