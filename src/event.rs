@@ -9,11 +9,14 @@ use bytes::Bytes;
 use serde_json::Value;
 
 /// Payload fields that name the event's account, in the contract's order of preference.
-const ACCOUNT_PATHS: [&[&str]; 4] = [
+const ACCOUNT_PATHS: [&[&str]; 5] = [
     &["Account-ID"],
     &["account_id"],
     &["Custom-Channel-Vars", "Account-ID"],
     &["custom_channel_vars", "account_id"],
+    // What Kazoo's ecallmgr sets on FreeSWITCH channels, seen in `mod_amqp` events of a Kazoo
+    // cluster.
+    &["variable_ecallmgr_Account-ID"],
 ];
 
 /// Payload fields that name the event, in order of preference (blackhole.md, `name`).
@@ -124,6 +127,16 @@ mod tests {
         assert_eq!(e.account.as_deref(), Some("c"));
         let e = event("k", r#"{"custom_channel_vars":{"account_id":"d"}}"#);
         assert_eq!(e.account.as_deref(), Some("d"));
+        let e = event(
+            "k",
+            r#"{"variable_ecallmgr_Account-ID":"e","Unique-ID":"u"}"#,
+        );
+        assert_eq!(e.account.as_deref(), Some("e"));
+        let e = event(
+            "k",
+            r#"{"variable_ecallmgr_Account-ID":"e","account_id":"b"}"#,
+        );
+        assert_eq!(e.account.as_deref(), Some("b"));
         let e = event("k", r#"{"Account-ID":7}"#);
         assert_eq!(e.account, None);
         let e = event("k", "not json");

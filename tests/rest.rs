@@ -501,7 +501,8 @@ fn classify(profile: Profile, p: &Value) -> (String, Kind) {
             let up = p["channel"]["state"] == "Up";
             let kind = match name.as_str() {
                 "StasisStart" if !up => Kind::Start,
-                "ChannelDestroyed" => Kind::End,
+                // The application sees nothing more of a channel that left it.
+                "StasisEnd" | "ChannelDestroyed" => Kind::End,
                 "ChannelHold" => Kind::Hold,
                 "ChannelUnhold" => Kind::Unhold,
                 "ChannelEnteredBridge" => Kind::Bridge,
@@ -856,7 +857,7 @@ fn a_freeswitch_call_over_mqtt_is_followed_from_create_to_hangup() {
 }
 
 #[test]
-fn an_asterisk_ari_call_is_followed_from_stasis_start_to_destroyed() {
+fn an_asterisk_ari_call_is_followed_from_stasis_start_to_stasis_end() {
     let (callwire, feed) = start_mqtt(&[]);
     check_lifecycle(&callwire, &feed, Profile::AsteriskAri);
 }
@@ -1002,6 +1003,137 @@ fn extensions_list_their_live_calls() {
         &[],
     )
     .assert_error(404, "an extension whose only call ended");
+}
+
+/// An ARI event of channel `id`, created at 10:15:30 and stamped `at` (HH:MM:SS, same day).
+fn ari_event(kind: &str, id: &str, state: &str, at: &str) -> String {
+    json!({
+        "type": kind, "timestamp": format!("2026-11-23T{at}.500+0000"),
+        "application": "callwire",
+        "channel": {"id": id, "state": state, "creationtime": "2026-11-23T10:15:30.250+0000",
+                    "caller": {"number": "2107", "name": "Front Desk"},
+                    "dialplan": {"exten": "2108"}}
+    })
+    .to_string()
+}
+
+#[test]
+fn an_ari_call_ends_at_stasis_end_and_a_later_event_brings_it_back() {
+    let (callwire, feed) = start_mqtt(&[]);
+    let id = "1795428930.4411";
+    let send = |kind: &str, state: &str, at: &str| {
+        feed.raw(
+            &format!("asterisk/ari/{kind}"),
+            ari_event(kind, id, state, at).as_bytes(),
+        )
+    };
+    // First seen mid-life, answered: its start is the channel's creation time.
+    send("ChannelStateChange", "Up", "10:16:05");
+    let call = wait_call(&callwire, id, 1);
+    assert_eq!(call["started_at"], "2026-11-23T10:15:30Z", "{call}");
+    assert_eq!(call["state"], "answered", "{call}");
+    send("StasisEnd", "Up", "10:16:10");
+    wait_gone(&callwire, id);
+    // The ChannelDestroyed that follows, and a marker call after it: once the marker shows,
+    // the destroy was applied and changed nothing.
+    send("ChannelDestroyed", "Up", "10:16:11");
+    let marker = kazoo_event("CHANNEL_CREATE", "ari-marker", ("1", ""), ("2", ""));
+    feed.raw("call/CHANNEL_CREATE/ari-marker", marker.as_bytes());
+    wait_call(&callwire, "ari-marker", 1);
+    assert_eq!(ids(&json!(calls(&callwire))), ["ari-marker"]);
+    // The channel re-enters the application: the call is back.
+    send("StasisStart", "Up", "10:16:20");
+    let call = wait_call(&callwire, id, 1);
+    assert_eq!(call["started_at"], "2026-11-23T10:15:30Z", "{call}");
+    assert_eq!(call["last_event"], "StasisStart", "{call}");
+}
+
+#[test]
+fn a_freeswitch_call_in_a_kazoo_cluster_takes_its_account_from_ecallmgr() {
+    let creds = credentials();
+    let (callwire, feed) = start_mqtt(&["--auth", creds.path()]);
+    let event = |name: &str| {
+        json!({"Event-Name": name, "Unique-ID": "fs-kz-1", "Call-Direction": "inbound",
+               "Caller-Caller-ID-Number": "2107", "Caller-Destination-Number": "2108",
+               "variable_ecallmgr_Account-ID": ACCOUNT_A,
+               "Event-Date-Timestamp": "1795428930123456"})
+        .to_string()
+    };
+    feed.raw(
+        "FreeSWITCH/fs1/CHANNEL_CREATE",
+        event("CHANNEL_CREATE").as_bytes(),
+    );
+    let auth_a = basic("acc-a", SECRET_A);
+    let auth_b = basic("acc-b", SECRET_B);
+    let listed = |auth: &str| get(&callwire, "/rest/live/calls", &[("Authorization", auth)]);
+    wait_for("the call in account A", TIMEOUT, || {
+        ids(&listed(&auth_a)) == ["fs-kz-1"]
+    });
+    let call = &listed(&auth_a)[0];
+    assert_eq!(call["account"], ACCOUNT_A, "{call}");
+    assert_eq!(call["source"], "freeswitch", "{call}");
+    assert!(ids(&listed(&auth_b)).is_empty(), "account B sees A's call");
+}
+
+#[test]
+fn one_call_id_in_two_accounts_is_two_calls() {
+    let (callwire, feed) = start_mqtt(&[]);
+    let id = "shared-id-77";
+    let event = |name: &str, account: &str| {
+        let mut event: Value =
+            serde_json::from_str(&kazoo_event(name, id, ("201", "A"), ("202", "B"))).unwrap();
+        event["Account-ID"] = json!(account);
+        event.to_string()
+    };
+    for account in [ACCOUNT_A, ACCOUNT_B] {
+        feed.raw(
+            &format!("call/CHANNEL_CREATE/{id}"),
+            event("CHANNEL_CREATE", account).as_bytes(),
+        );
+    }
+    wait_for("two calls with one id", TIMEOUT, || {
+        calls(&callwire).len() == 2
+    });
+    let accounts = |calls: &[Value]| {
+        let mut accounts: Vec<String> = calls
+            .iter()
+            .map(|call| call["account"].as_str().unwrap().to_owned())
+            .collect();
+        accounts.sort();
+        accounts
+    };
+    assert_eq!(accounts(&calls(&callwire)), [ACCOUNT_A, ACCOUNT_B]);
+    // B's answer moves B's call only.
+    feed.raw(
+        &format!("call/CHANNEL_ANSWER/{id}"),
+        event("CHANNEL_ANSWER", ACCOUNT_B).as_bytes(),
+    );
+    wait_for("B's call answered", TIMEOUT, || {
+        calls(&callwire)
+            .iter()
+            .any(|call| call["account"] == ACCOUNT_B && call["state"] == "answered")
+    });
+    let a = calls(&callwire)
+        .into_iter()
+        .find(|call| call["account"] == ACCOUNT_A)
+        .unwrap();
+    assert_eq!(
+        (a["state"].as_str(), a["events"].as_u64()),
+        (Some("ringing"), Some(1))
+    );
+    // A's end takes A's call only.
+    feed.raw(
+        &format!("call/CHANNEL_DESTROY/{id}"),
+        event("CHANNEL_DESTROY", ACCOUNT_A).as_bytes(),
+    );
+    wait_for("A's call gone", TIMEOUT, || calls(&callwire).len() == 1);
+    let left = calls(&callwire);
+    assert_eq!(accounts(&left), [ACCOUNT_B]);
+    assert_eq!(left[0]["state"], "answered");
+    assert_eq!(
+        get(&callwire, &format!("/rest/live/calls/{id}"), &[]),
+        left[0]
+    );
 }
 
 #[test]

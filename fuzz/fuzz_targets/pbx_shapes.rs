@@ -74,6 +74,7 @@ fn recognise(fields: &Map<String, Value>) -> Option<(&'static str, &str, Step)> 
         let step = match kind {
             "StasisStart" if !up => Step::Start,
             "ChannelDestroyed" => Step::End,
+            "StasisEnd" => Step::Left,
             "ChannelHold" => Step::Hold,
             "ChannelUnhold" => Step::Unhold,
             "ChannelEnteredBridge" if bridged_to_another => Step::Bridge,
@@ -131,19 +132,19 @@ impl Call {
     }
 }
 
-/// The live calls, oldest first, and the ids of the last 1024 ended or evicted.
+/// The live calls, oldest first, and the (id, account) of the last 1024 ended or evicted.
 #[derive(Default)]
 struct Model {
     calls: Vec<Call>,
-    ended: VecDeque<String>,
+    ended: VecDeque<(String, Option<String>)>,
 }
 
 impl Model {
-    fn end(&mut self, id: String) {
+    fn end(&mut self, call: &Call) {
         if self.ended.len() == 1024 {
             self.ended.pop_front();
         }
-        self.ended.push_back(id);
+        self.ended.push_back((call.id.clone(), call.account.clone()));
     }
 
     fn apply(
@@ -152,28 +153,36 @@ impl Model {
         step: Step,
         account: &Option<String>,
     ) -> Vec<(ChangeKind, String, String, u64, Option<String>)> {
-        if let Some(at) = self.calls.iter().position(|c| c.id == id) {
-            // Another account's event is not this call's, whatever its id.
-            let own = &self.calls[at].account;
-            if own.is_some() && account.is_some() && own != account {
-                return Vec::new();
-            }
+        // The newest live call of that id whose account is the event's, or unknown, or any
+        // when the event names none: one call id may be two accounts' calls.
+        let own = |c: &Call| {
+            c.id == id && (c.account.is_none() || account.is_none() || c.account == *account)
+        };
+        let ends = matches!(step, Step::End | Step::Left);
+        if let Some(at) = self.calls.iter().rposition(own) {
             self.calls[at].apply(step, account);
-            if step != Step::End {
+            if !ends {
                 return vec![self.calls[at].change(ChangeKind::Update)];
             }
             let call = self.calls.remove(at);
-            self.end(call.id.clone());
+            // StasisEnd: the channel left the application and may come back.
+            if step == Step::End {
+                self.end(&call);
+            }
             return vec![call.change(ChangeKind::Destroy)];
         }
-        let late = step != Step::Start && self.ended.iter().any(|e| e == id);
-        if step == Step::End || late {
+        let late = step != Step::Start
+            && self
+                .ended
+                .iter()
+                .any(|(ended, of)| ended == id && of == account);
+        if ends || late {
             return Vec::new();
         }
         let mut changes = Vec::new();
         if self.calls.len() >= LIMITS.max_calls {
             let oldest = self.calls.remove(0);
-            self.end(oldest.id.clone());
+            self.end(&oldest);
             changes.push(oldest.change(ChangeKind::Destroy));
         }
         let mut call = Call {
@@ -262,12 +271,19 @@ fuzz_target!(|data: &[u8]| {
                 .map(|c| c.id.as_str())
                 .collect();
             assert_eq!(listed, modelled, "calls({scope:?})");
-            for call in &model.calls {
-                let found = live.call(scope, &call.id);
-                assert_eq!(found.is_some(), visible(call.account.as_deref(), scope));
-                if let Some(found) = found {
+            for id in model.calls.iter().map(|c| &c.id) {
+                // The newest call of that id the scope may see.
+                let call = model
+                    .calls
+                    .iter()
+                    .rev()
+                    .find(|c| c.id == *id && visible(c.account.as_deref(), scope));
+                let found = live.call(scope, id);
+                assert_eq!(found.is_some(), call.is_some());
+                if let (Some(found), Some(call)) = (found, call) {
+                    assert_eq!(found.account, call.account);
                     assert_eq!(found.state.as_str(), call.state);
-                    let recent = live.call_events(scope, &call.id).map_or(0, Iterator::count);
+                    let recent = live.call_events(scope, id).map_or(0, Iterator::count);
                     assert_eq!(
                         recent as u64,
                         call.events.min(LIMITS.events_per_call as u64)

@@ -182,6 +182,7 @@ pub fn reference_account(json: Option<&Value>) -> Option<String> {
             .and_then(|v| v.get("Account-ID")),
         json.get("custom_channel_vars")
             .and_then(|v| v.get("account_id")),
+        json.get("variable_ecallmgr_Account-ID"),
     ]
     .into_iter()
     .flatten()

@@ -129,7 +129,7 @@ impl Call {
             direction: None,
             from: Party::default(),
             to: Party::default(),
-            started_at: seen.at,
+            started_at: seen.created.unwrap_or(seen.at),
             answered_at: None,
             other_leg: None,
             last_event: String::new(),
@@ -167,7 +167,7 @@ impl Call {
                 self.bridged = true;
                 self.state = CallState::Bridged;
             }
-            Step::Start | Step::Answer | Step::End | Step::Other => {}
+            Step::Start | Step::Answer | Step::End | Step::Left | Step::Other => {}
         }
         if events_per_call > 0 {
             if self.recent.len() == events_per_call {
@@ -335,6 +335,9 @@ struct Slot {
     call: Option<Call>,
     older: usize,
     newer: usize,
+    /// The next live call with the same id in another account (call ids come from callers,
+    /// so two tenants may use one).
+    same_id: usize,
 }
 
 /// The live calls, bounded and preallocated at start-up.
@@ -349,9 +352,11 @@ pub struct LiveState {
     /// Ends of the oldest-to-newest list of live calls.
     oldest: usize,
     newest: usize,
-    /// Call id to slot.
+    /// Call id to the slot of the newest live call with that id (the others follow `same_id`).
     index: HashMap<Rc<str>, usize>,
-    /// Hashes of the ids of recently ended or evicted calls, oldest first.
+    /// How many calls are live (the index counts ids, and two accounts may share one).
+    live: usize,
+    /// Hashes of the ids and accounts of recently ended or evicted calls, oldest first.
     ended: VecDeque<u64>,
     metrics: Rc<Metrics>,
 }
@@ -371,6 +376,7 @@ impl LiveState {
             // The table rehashes in place instead of growing while it is at most half full,
             // so twice the room keeps it from ever growing as calls come and go.
             index: HashMap::with_capacity(2 * max_calls + 2),
+            live: 0,
             ended: VecDeque::with_capacity(ENDS_REMEMBERED),
             metrics,
         }
@@ -383,36 +389,34 @@ impl LiveState {
         let Some(seen) = shapes::observe(event) else {
             return Changes::default();
         };
-        if let Some(&slot) = self.index.get(seen.id) {
+        let account = event.account.as_deref();
+        if let Some(slot) = self.find(seen.id, account) {
             let Some(call) = self.slots[slot].call.as_mut() else {
                 return Changes::default();
             };
-            // An event naming another account than the call's is not this call's (call ids
-            // come from callers, so another account may reuse one): it must not show in the
-            // call, change it or end it.
-            if call.account.is_some() && event.account.is_some() && call.account != event.account {
-                return Changes::default();
-            }
             call.apply(&seen, event, self.events_per_call);
-            if seen.step != Step::End {
+            if !matches!(seen.step, Step::End | Step::Left) {
                 return Changes {
                     evicted: None,
                     call: Some(call.change(ChangeKind::Update)),
                 };
             }
             let change = call.change(ChangeKind::Destroy);
-            self.remove(slot);
-            self.remember_end(seen.id);
+            let call = self.remove(slot);
+            // A call that only left the source's view may come back; one that ended may not.
+            if let (Step::End, Some(call)) = (seen.step, call) {
+                self.remember_end(&call);
+            }
             return Changes {
                 evicted: None,
                 call: Some(change),
             };
         }
-        let late = seen.step != Step::Start && self.ended_recently(seen.id);
-        if seen.step == Step::End || late {
+        let late = seen.step != Step::Start && self.ended_recently(seen.id, account);
+        if matches!(seen.step, Step::End | Step::Left) || late {
             return Changes::default();
         }
-        let evicted = if self.index.len() >= self.max_calls {
+        let evicted = if self.live >= self.max_calls {
             self.evict_oldest()
         } else {
             None
@@ -427,14 +431,34 @@ impl LiveState {
         }
     }
 
+    /// The slot of the live call `id` that an event of `account` belongs to: the one of that
+    /// account, or one whose account is not known yet, or any when the event names none.
+    fn find(&self, id: &str, account: Option<&str>) -> Option<usize> {
+        self.same_id(id).find(|&slot| {
+            let call_account = self.slots[slot]
+                .call
+                .as_ref()
+                .and_then(|c| c.account.as_deref());
+            call_account.is_none() || account.is_none() || call_account == account
+        })
+    }
+
+    /// The slots of the live calls with id `id`, newest first.
+    fn same_id<'a>(&'a self, id: &str) -> impl Iterator<Item = usize> + 'a {
+        let head = self.index.get(id).copied();
+        std::iter::successors(head, |&slot| {
+            Some(self.slots[slot].same_id).filter(|&s| s != NIL)
+        })
+    }
+
     /// How many calls are live.
     pub fn len(&self) -> usize {
-        self.index.len()
+        self.live
     }
 
     /// Whether no call is live.
     pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
+        self.live == 0
     }
 
     /// The live calls `scope` (`*` or an account) may see, oldest first.
@@ -446,10 +470,12 @@ impl LiveState {
         .filter(move |call| call.visible_to(scope))
     }
 
-    /// The live call `id`, if `scope` may see it.
+    /// The live call `id` that `scope` may see (with `*` and an id two accounts share, the
+    /// newest).
     pub fn call(&self, scope: &str, id: &str) -> Option<&Call> {
-        let call = self.slots.get(*self.index.get(id)?)?.call.as_ref()?;
-        call.visible_to(scope).then_some(call)
+        self.same_id(id)
+            .filter_map(|slot| self.slots[slot].call.as_ref())
+            .find(|call| call.visible_to(scope))
     }
 
     /// The recent events of the live call `id`, oldest first, if `scope` may see it.
@@ -504,6 +530,7 @@ impl LiveState {
             call: Some(call),
             older: self.newest,
             newer: NIL,
+            same_id: NIL,
         };
         let at = match self.free.pop() {
             Some(at) => {
@@ -520,14 +547,17 @@ impl LiveState {
             None => self.oldest = at,
         }
         self.newest = at;
-        self.index.insert(id, at);
+        if let Some(next) = self.index.insert(id, at) {
+            self.slots[at].same_id = next;
+        }
+        self.live += 1;
     }
 
     /// Takes the call out of `slot`, unlinks the slot and frees it.
     fn remove(&mut self, slot: usize) -> Option<Call> {
         let taken = self.slots.get_mut(slot)?;
         let call = taken.call.take()?;
-        let (older, newer) = (taken.older, taken.newer);
+        let (older, newer, same_id) = (taken.older, taken.newer, taken.same_id);
         match self.slots.get_mut(older) {
             Some(older) => older.newer = newer,
             None => self.oldest = newer,
@@ -536,8 +566,20 @@ impl LiveState {
             Some(newer) => newer.older = older,
             None => self.newest = older,
         }
-        self.index.remove(&call.id);
+        let before = self
+            .same_id(&call.id)
+            .find(|&s| self.slots[s].same_id == slot);
+        match before {
+            Some(before) => self.slots[before].same_id = same_id,
+            None if same_id == NIL => {
+                self.index.remove(&call.id);
+            }
+            None => {
+                self.index.insert(call.id.clone(), same_id);
+            }
+        }
         self.free.push(slot);
+        self.live -= 1;
         Some(call)
     }
 
@@ -546,21 +588,26 @@ impl LiveState {
         let call = self.remove(self.oldest)?;
         self.metrics.live_calls_evicted.inc();
         // Its later events must not bring it back and evict another in turn.
-        self.remember_end(&call.id);
+        self.remember_end(&call);
         Some(call.change(ChangeKind::Destroy))
     }
 
-    /// Remembers that call `id` is gone, forgetting the oldest end remembered if need be.
-    fn remember_end(&mut self, id: &str) {
+    /// Remembers that `call` is gone, forgetting the oldest end remembered if need be.
+    fn remember_end(&mut self, call: &Call) {
         if self.ended.len() == ENDS_REMEMBERED {
             self.ended.pop_front();
         }
-        self.ended.push_back(self.index.hasher().hash_one(id));
+        let key = self.end_key(&call.id, call.account.as_deref());
+        self.ended.push_back(key);
     }
 
-    /// Whether call `id` is among the recently ended or evicted.
-    fn ended_recently(&self, id: &str) -> bool {
-        self.ended.contains(&self.index.hasher().hash_one(id))
+    /// Whether the call `id` of `account` is among the recently ended or evicted.
+    fn ended_recently(&self, id: &str, account: Option<&str>) -> bool {
+        self.ended.contains(&self.end_key(id, account))
+    }
+
+    fn end_key(&self, id: &str, account: Option<&str>) -> u64 {
+        self.index.hasher().hash_one((id, account))
     }
 }
 
@@ -670,7 +717,9 @@ mod tests {
                 "ChannelEnteredBridge",
                 "ChannelHold",
                 "ChannelUnhold",
-                "ChannelDestroyed",
+                // An application sees nothing more of a channel that left it: the call ends at
+                // StasisEnd, and the ChannelDestroyed after it changes nothing.
+                "StasisEnd",
             ],
             // The bridges carry no bridge or hold events.
             Profile::AsteriskMqtt => ["ringing", "answered", "-", "-", "-", "hungup"],
@@ -766,6 +815,10 @@ mod tests {
                 let changes = live.apply(&Event::new(msg.routing_key, msg.payload));
                 let context = format!("{profile:?} {} {}", e.name, e.id);
                 assert_eq!(changes.evicted, None, "{context}");
+                if e.name == "ChannelDestroyed" {
+                    assert!(changes.call.is_none(), "{context}: after StasisEnd");
+                    continue;
+                }
                 let change = changes.call.expect(&context);
                 let count = counts.entry(e.id.to_owned()).or_default();
                 *count += 1;
@@ -857,6 +910,16 @@ mod tests {
         for profile in PROFILES {
             let [start_name, answer, bridge, hold, unhold, end] = names(profile);
             let messages = run(profile, 60);
+            // When each call started: an ARI call first seen mid-life reports its channel's
+            // creation time as its start.
+            let started: HashMap<String, SystemTime> = messages
+                .iter()
+                .filter_map(|(at, msg)| {
+                    let payload: Value = serde_json::from_slice(&msg.payload).unwrap();
+                    let e = expected(profile, &payload, *at);
+                    (e.name == start_name).then(|| (e.id.to_owned(), e.at))
+                })
+                .collect();
             let mut live = new_state(1_000, 8);
             let mut seen = HashSet::new();
             let mut mid_life = 0;
@@ -870,7 +933,10 @@ mod tests {
                     continue;
                 }
                 let Some(change) = changes.call else {
-                    assert_eq!(e.name, end, "{context}: only an end changes nothing");
+                    assert!(
+                        e.name == end || e.name == "ChannelDestroyed",
+                        "{context}: only an end changes nothing"
+                    );
                     continue;
                 };
                 assert_eq!(change.kind, ChangeKind::Create, "{context}");
@@ -879,7 +945,11 @@ mod tests {
                 }
                 mid_life += 1;
                 let call = live.call("*", e.id).unwrap();
-                assert_eq!(call.started_at, e.at, "{context}");
+                let started_at = match profile {
+                    Profile::AsteriskAri => started[e.id],
+                    _ => e.at,
+                };
+                assert_eq!(call.started_at, started_at, "{context}");
                 assert_eq!(call.events, 1, "{context}");
                 let (state, answered_at) = if e.name == answer {
                     (CallState::Answered, Some(e.at))
@@ -965,6 +1035,75 @@ mod tests {
         // A start is a start, even of an id seen before.
         let again = live.apply(&fs("CHANNEL_CREATE")).call.unwrap();
         assert_eq!(again.kind, ChangeKind::Create);
+    }
+
+    #[test]
+    fn ari_stasis_end_ends_the_call_and_a_later_event_brings_it_back() {
+        let mut live = new_state(8, 4);
+        let ari = |kind: &str, state: &str| {
+            event(
+                &json!({"type": kind, "timestamp": "2026-11-23T10:15:40.000+0000",
+                          "channel": {"id": "c1", "state": state,
+                                      "creationtime": "2026-11-23T10:15:30.250+0000"}}),
+            )
+        };
+        // First seen mid-life: its start is the channel's creation, not this event's time.
+        let created = live.apply(&ari("ChannelStateChange", "Up")).call.unwrap();
+        assert_eq!(created.kind, ChangeKind::Create);
+        assert_eq!(created.call["started_at"], "2026-11-23T10:15:30Z");
+        let left = live.apply(&ari("StasisEnd", "Up")).call.unwrap();
+        assert_eq!(left.kind, ChangeKind::Destroy);
+        assert!(live.is_empty());
+        // The ChannelDestroyed that follows is the end of a call already gone.
+        assert_eq!(
+            live.apply(&ari("ChannelDestroyed", "Up")),
+            Changes::default()
+        );
+        assert!(live.is_empty());
+        // The channel re-enters the application: the call is back.
+        let back = live.apply(&ari("StasisStart", "Up")).call.unwrap();
+        assert_eq!(back.kind, ChangeKind::Create);
+        assert_eq!(live.call("*", "c1").unwrap().state, CallState::Answered);
+    }
+
+    #[test]
+    fn one_call_id_in_two_accounts_is_two_calls() {
+        let mut live = new_state(8, 4);
+        let fixed = capacities(&live);
+        for account in ["a", "b", "c"] {
+            let change = live.apply(&kazoo("CHANNEL_CREATE", "same", Some(account), 0));
+            assert_eq!(change.call.unwrap().kind, ChangeKind::Create, "{account}");
+        }
+        assert_eq!(live.len(), 3);
+        for account in ["a", "b", "c"] {
+            assert_eq!(
+                live.call(account, "same").unwrap().account.as_deref(),
+                Some(account)
+            );
+        }
+        // Each account's events go to its own call only.
+        live.apply(&kazoo("CHANNEL_ANSWER", "same", Some("b"), 1));
+        assert_eq!(live.call("b", "same").unwrap().state, CallState::Answered);
+        assert_eq!(live.call("a", "same").unwrap().state, CallState::Ringing);
+        assert_eq!(live.call("c", "same").unwrap().events, 1);
+        // Ending the middle one of the chain, then the newest, leaves the others reachable.
+        let end = live.apply(&kazoo("CHANNEL_DESTROY", "same", Some("b"), 2));
+        assert_eq!(end.call.unwrap().account.as_deref(), Some("b"));
+        assert!(live.call("b", "same").is_none());
+        live.apply(&kazoo("CHANNEL_DESTROY", "same", Some("c"), 3));
+        assert_eq!(live.len(), 1);
+        assert_eq!(
+            live.call("*", "same").unwrap().account.as_deref(),
+            Some("a")
+        );
+        // A late event of b's ended call does not bring it back; a's call is untouched.
+        assert_eq!(
+            live.apply(&kazoo("CHANNEL_ANSWER", "same", Some("b"), 4)),
+            Changes::default()
+        );
+        live.apply(&kazoo("CHANNEL_DESTROY", "same", Some("a"), 5));
+        assert!(live.is_empty() && live.index.is_empty());
+        assert_flat(&live, fixed, "after the chain emptied");
     }
 
     /// Asserts that no structure has grown since `fixed = capacities(live)` was taken.

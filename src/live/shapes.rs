@@ -57,6 +57,10 @@ pub enum Step {
     Bridge,
     /// The call ends.
     End,
+    /// The call leaves what this source shows (ARI's `StasisEnd`: an application sees nothing
+    /// more of a channel that left it). It ends here, but a later event of the same id, if the
+    /// channel comes back, starts it again.
+    Left,
     /// Any other event of the call: it changes no state, only what the call reports.
     Other,
 }
@@ -91,6 +95,8 @@ pub struct Observation<'a> {
     pub other_leg: Option<&'a str>,
     /// The event's own timestamp when it has a usable one, else when callwire received it.
     pub at: SystemTime,
+    /// When the call itself began, where the event says (ARI's `channel.creationtime`).
+    pub created: Option<SystemTime>,
 }
 
 /// Recognises `event` as one of the four shapes, or `None` when it fits none (it still flows
@@ -150,6 +156,7 @@ fn kazoo(fields: &Map<String, Value>, received_at: SystemTime) -> Option<Observa
         direction: text(fields, &["Call-Direction", "call_direction"]),
         other_leg: text(fields, &["Other-Leg-Call-ID", "other_leg_call_id"]),
         at: at.unwrap_or(received_at),
+        created: None,
     })
 }
 
@@ -187,6 +194,7 @@ fn freeswitch(fields: &Map<String, Value>, received_at: SystemTime) -> Option<Ob
         at: text(fields, &["Event-Date-Timestamp"])
             .and_then(unix_micros)
             .unwrap_or(received_at),
+        created: None,
     })
 }
 
@@ -210,6 +218,7 @@ fn ari(fields: &Map<String, Value>, received_at: SystemTime) -> Option<Observati
         // A channel that enters the application already up was answered before we saw it.
         "StasisStart" if !up => Step::Start,
         "ChannelDestroyed" => Step::End,
+        "StasisEnd" => Step::Left,
         "ChannelHold" => Step::Hold,
         "ChannelUnhold" => Step::Unhold,
         "ChannelEnteredBridge" if other_leg.is_some() => Step::Bridge,
@@ -235,6 +244,7 @@ fn ari(fields: &Map<String, Value>, received_at: SystemTime) -> Option<Observati
         at: text(fields, &["timestamp"])
             .and_then(iso8601)
             .unwrap_or(received_at),
+        created: text(channel, &["creationtime"]).and_then(iso8601),
     })
 }
 
@@ -266,6 +276,7 @@ fn ami_mqtt(fields: &Map<String, Value>, received_at: SystemTime) -> Option<Obse
         at: text(fields, &["timestamp"])
             .and_then(iso8601)
             .unwrap_or(received_at),
+        created: None,
     })
 }
 
