@@ -4,6 +4,9 @@
 //! (`hub`) matches each event against every client's interest and queues one shared frame per
 //! client; each dialect (`dialect`) owns its wire format; `server` accepts connections and
 //! routes them by path to HTTP (`http`) or a websocket (`ws`). See docs/ARCHITECTURE.md.
+//!
+//! The wire formats and rules the code follows are in docs/protocols/: a comment that cites
+//! `blackhole.md`, `events.md`, `live-api.md`, ... means that folder's file.
 
 #[macro_use]
 pub mod logging;
