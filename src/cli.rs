@@ -53,7 +53,7 @@ pub struct Args {
     pub demo: bool,
 
     /// calls per second the demo PBX starts (default 0.5)
-    #[argh(option, default = "0.5")]
+    #[argh(option, default = "crate::source::demo::DEFAULT_CALLS_PER_SEC")]
     pub demo_rate: f64,
 
     /// credentials file (JSON); without it only loopback addresses are served
