@@ -368,3 +368,57 @@ fn resident_bytes() -> u64 {
         .unwrap_or(0);
     kb * 1024
 }
+
+/// A request parsed from its request line (`GET / HTTP/1.1`) and header lines (for tests).
+#[cfg(test)]
+pub fn test_request(request_line: &str, lines: &[(&str, &str)]) -> Request {
+    let mut text = format!("{request_line}\r\n");
+    for (name, value) in lines {
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    text.push_str("\r\n");
+    let mut bytes = text.as_bytes();
+    smol::block_on(read_head(&mut bytes)).expect("a whole head")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(lines: &[(&str, &str)]) -> Request {
+        test_request("POST /x HTTP/1.1", lines)
+    }
+
+    #[test]
+    fn one_content_length_however_it_is_sent() {
+        assert_eq!(head(&[]).content_length(), Ok(None));
+        let same = head(&[("Content-Length", "7"), ("content-length", "7, 7")]);
+        assert_eq!(same.content_length(), Ok(Some(7)));
+        for lengths in [
+            &[("Content-Length", "0"), ("Content-Length", "5")][..],
+            &[("Content-Length", "0, 5")],
+            &[("Content-Length", "18446744073709551616")],
+            &[("Content-Length", "+5")],
+            &[("Content-Length", "")],
+            &[("Content-Length", "5,")],
+        ] {
+            assert!(head(lengths).content_length().is_err(), "{lengths:?}");
+        }
+    }
+
+    #[test]
+    fn header_lists_span_lines_and_single_headers_do_not() {
+        let request = head(&[
+            ("Sec-WebSocket-Protocol", "a, b"),
+            ("sec-websocket-protocol", "actioncable-v1-json"),
+            ("Host", "one"),
+            ("Host", "two"),
+        ]);
+        assert!(request.header_has("sec-websocket-protocol", "actioncable-v1-json"));
+        assert!(request.header_has("Sec-WebSocket-Protocol", "b"));
+        assert!(!request.header_has("sec-websocket-protocol", "c"));
+        assert_eq!(request.single_header("host"), Err(Repeated));
+        assert_eq!(request.single_header("origin"), Ok(None));
+        assert_eq!(request.version, 1);
+    }
+}

@@ -241,7 +241,8 @@ fn split_authority(authority: &str) -> Option<(String, Option<u16>)> {
         if !host.bytes().all(valid) {
             return None;
         }
-        (host, port)
+        // `localhost.` is `localhost`: one trailing dot only marks the name as absolute.
+        (host.strip_suffix('.').unwrap_or(host), port)
     };
     let port = match port {
         Some(port) => Some(port.parse::<u16>().ok()?),
@@ -283,13 +284,7 @@ mod tests {
     }
 
     fn request(headers: &[(&str, &str)]) -> Request {
-        let mut text = String::from("GET / HTTP/1.1\r\n");
-        for (name, value) in headers {
-            text.push_str(&format!("{name}: {value}\r\n"));
-        }
-        text.push_str("\r\n");
-        let mut bytes = text.as_bytes();
-        smol::block_on(crate::http::read_head(&mut bytes)).unwrap()
+        crate::http::test_request("GET / HTTP/1.1", headers)
     }
 
     #[test]
@@ -298,12 +293,14 @@ mod tests {
         for host in [
             "localhost",
             "localhost:58080",
+            "localhost.:58080",
             "LOCALHOST",
             "app.localhost:1",
             "127.0.0.1:58080",
             "127.3.2.1",
             "[::1]:58080",
             "gateway.lan:58080",
+            "gateway.lan.",
         ] {
             assert_eq!(open.check(&request(&[("Host", host)])), Ok(()), "{host}");
         }
@@ -316,6 +313,7 @@ mod tests {
             "[::2]",
             "gateway.lan.evil",
             "a b",
+            "localhost..",
         ] {
             assert_eq!(
                 open.check(&request(&[("Host", host)])),
@@ -369,13 +367,14 @@ mod tests {
     fn posts_with_a_form_or_text_body_type_are_refused() {
         let o = origins(false, &[], &[]);
         let post = |content_type: Option<&str>| {
-            let mut text = String::from("POST /rest/live/calls/x/hangup HTTP/1.1\r\n");
-            if let Some(value) = content_type {
-                text.push_str(&format!("Content-Type: {value}\r\n"));
-            }
-            text.push_str("\r\n");
-            let mut bytes = text.as_bytes();
-            o.check(&smol::block_on(crate::http::read_head(&mut bytes)).unwrap())
+            let lines: Vec<(&str, &str)> = content_type
+                .map(|c| ("Content-Type", c))
+                .into_iter()
+                .collect();
+            o.check(&crate::http::test_request(
+                "POST /rest/live/calls/x/hangup HTTP/1.1",
+                &lines,
+            ))
         };
         assert_eq!(post(None), Ok(()));
         assert_eq!(post(Some("application/json")), Ok(()));
