@@ -170,8 +170,9 @@ pub struct Connection<S> {
     /// `--max-unauthenticated`.
     seat: Seat,
     /// When an unauthenticated socket is closed (`--auth-timeout`); `None` once it has
-    /// authenticated, or when it never had to.
-    auth_deadline: Option<Timer>,
+    /// authenticated, or when it never had to. Boxed: most sockets never have one, and an
+    /// unboxed `Timer` would cost every socket 56 bytes.
+    auth_deadline: Option<Box<Timer>>,
 }
 
 impl<S: Session> Connection<S> {
@@ -185,7 +186,7 @@ impl<S: Session> Connection<S> {
         let limits = app.hub.limits();
         let auth_deadline = seat
             .is_unauthenticated()
-            .then(|| Timer::after(limits.auth_timeout));
+            .then(|| Box::new(Timer::after(limits.auth_timeout)));
         let replies: Vec<Frame> = session.greeting().into_iter().collect();
         Connection {
             ws,
@@ -284,7 +285,7 @@ impl<S: Session> Connection<S> {
             }
             self.app.metrics.limit_hits(Limit::MaxClients).inc();
             (None, CloseCode::Again, "too many clients")
-        } else if Pin::new(deadline).poll(cx).is_ready() {
+        } else if Pin::new(&mut **deadline).poll(cx).is_ready() {
             self.app.metrics.limit_hits(Limit::AuthTimeout).inc();
             let refusal = self.session.auth_refusal();
             (refusal, CloseCode::Policy, "authentication timeout")
