@@ -46,14 +46,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A name no other test (or earlier run) uses: for topics, exchanges and queues.
+/// A name no other test (or earlier run) uses: for topics, exchanges, queues and log files.
+/// The count tells apart two tests of one process that ask in the same clock tick.
 pub fn unique(prefix: &str) -> String {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let count = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_nanos();
     format!(
-        "{prefix}{}x{}",
+        "{prefix}{}x{}x{count}",
         std::process::id(),
         nanos % 1_000_000_000_000
     )
