@@ -29,7 +29,8 @@ impl Counter {
 pub enum DropReason {
     /// A client's outbound queue was full; the frame was not queued for it.
     QueueFull,
-    /// A client stayed behind and was disconnected.
+    /// A frame for a client closed as too slow: queued when it was closed, or routed to it
+    /// before its connection ended.
     SlowClient,
     /// A broker message was larger than `--max-message-size`.
     TooLarge,
@@ -74,10 +75,12 @@ pub enum Limit {
     Filters,
     /// `--ping-interval`: an idle socket stopped answering pings.
     IdleTimeout,
+    /// `--stall-timeout`: a socket was closed as too slow.
+    StallTimeout,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 8] = [
+    pub const ALL: [Limit; 9] = [
         Limit::MaxClients,
         Limit::PerIp,
         Limit::HandshakeTimeout,
@@ -86,6 +89,7 @@ impl Limit {
         Limit::Bindings,
         Limit::Filters,
         Limit::IdleTimeout,
+        Limit::StallTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -98,6 +102,7 @@ impl Limit {
             Limit::Bindings => "max_bindings",
             Limit::Filters => "max_filters",
             Limit::IdleTimeout => "idle_timeout",
+            Limit::StallTimeout => "stall_timeout",
         }
     }
 }

@@ -29,7 +29,7 @@ use crate::event::{self, Event};
 use crate::logging::{RateLimit, held_back};
 use crate::metrics::{DropReason, Metrics};
 use crate::rng::Rng;
-use crate::source::{Backoff, Deliver, SourceStatus};
+use crate::source::{Backoff, Deliver, SourceStatus, room};
 
 /// The port of `mqtt://host` with no port.
 pub const DEFAULT_PORT: u16 = 1883;
@@ -58,6 +58,9 @@ const COPY_BELOW: usize = 16 * 1024;
 /// The longest packet other than PUBLISH a broker may send us (a SUBACK is 2 + one byte per
 /// filter).
 const NON_PUBLISH_MAX: usize = 64 * 1024;
+/// Packets taken from the read buffer before the source lets other tasks run: what the
+/// connections write in one round under load.
+const TAKE_PER_TURN: usize = 64;
 /// MQTT's largest remaining length.
 const MQTT_MAX_REMAINING: usize = 268_435_455;
 
@@ -624,9 +627,7 @@ impl Driver {
         let mut last_sent = Instant::now();
         let mut ping_sent = last_sent;
         loop {
-            while let Some(inbound) = inbox.next(self.opts.max_message_size)? {
-                self.incoming(state, inbound, &mut out)?;
-            }
+            let next = self.take_turn(state, inbox, &mut out)?;
             inbox.compact();
 
             while can_send(state) {
@@ -675,14 +676,32 @@ impl Driver {
                 }
                 Wake::Request(requests.recv().await.ok())
             };
-            let read = inbox.fill(async |dst: &mut [u8]| stream.read(dst).await);
-            let read = async { Wake::Read(read.await) };
+            // The socket is read only once every packet already buffered is taken: what the
+            // hub has no room for stays in the broker (TCP backpressure).
+            let deliver = &*self.deliver;
+            let read = async {
+                match next {
+                    Next::Read => {
+                        let read = inbox.fill(async |dst: &mut [u8]| stream.read(dst).await);
+                        Wake::Read(read.await)
+                    }
+                    Next::Room => {
+                        room(deliver).await;
+                        Wake::Take
+                    }
+                    Next::Turn => {
+                        future::yield_now().await;
+                        Wake::Take
+                    }
+                }
+            };
             let wake = future::race(read, future::race(request, tick)).await;
 
             match wake {
                 Wake::Read(Ok(0)) => return Err("the broker closed the connection".into()),
                 Wake::Read(Ok(_)) => {}
                 Wake::Read(Err(e)) => return Err(e.to_string()),
+                Wake::Take => {}
                 Wake::Request(Some(queued)) => self.outgoing(state, queued, &mut out)?,
                 Wake::Request(None) => self.requests_open = false,
                 Wake::KeepAlive => {
@@ -711,6 +730,26 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Takes the packets already buffered while the hub has room, at most [`TAKE_PER_TURN`];
+    /// says what the loop should wait for next.
+    fn take_turn(
+        &mut self,
+        state: &mut MqttState,
+        inbox: &mut Inbox,
+        out: &mut BytesMut,
+    ) -> Result<Next, String> {
+        for _ in 0..TAKE_PER_TURN {
+            if !self.deliver.has_room() {
+                return Ok(Next::Room);
+            }
+            match inbox.next(self.opts.max_message_size)? {
+                Some(inbound) => self.incoming(state, inbound, out)?,
+                None => return Ok(Next::Read),
+            }
+        }
+        Ok(Next::Turn)
     }
 
     /// One packet (or skipped oversized message) from the broker.
@@ -780,7 +819,7 @@ impl Driver {
             } else {
                 payload
             };
-            (self.deliver)(Event::new(key, payload));
+            self.deliver.deliver(Event::new(key, payload));
         }
         Ok(())
     }
@@ -815,8 +854,21 @@ impl Driver {
 
 enum Wake {
     Read(io::Result<usize>),
+    /// There may be room, or another turn, for the packets already buffered.
+    Take,
     Request(Option<Queued>),
     KeepAlive,
+}
+
+/// What the connected loop waits for before it takes packets again.
+#[derive(Clone, Copy)]
+enum Next {
+    /// Every buffered packet is taken: read the socket.
+    Read,
+    /// The hub has no room: wait for it, leaving the rest in the socket and the broker.
+    Room,
+    /// A turn's worth was taken: let the connections write it first.
+    Turn,
 }
 
 /// Whether the state can take another publish without losing one to a packet id collision.
