@@ -537,9 +537,8 @@ fn amqp_backlog_reaches_a_reader_whole_while_a_non_reader_is_closed_in_time() {
     let queue = queue_name(&callwire);
     let ready = queue_count(&queue, "messages_ready").unwrap_or(0);
     eprintln!("waiting in callwire's queue behind the stall: {ready}");
-    let closed = callwire.metric("callwire_limit_hits_total{limit=\"stall_timeout\"}");
     assert!(
-        closed == 1 || ready as usize >= BACKLOG,
+        ready as usize >= BACKLOG,
         "only {ready} messages waited in the queue"
     );
     callwire.wait_stall_close(
