@@ -663,8 +663,12 @@ impl Driver {
             };
             let wants_requests = self.requests_open && can_send(state);
             let requests = &self.requests;
+            // While the hub holds the source, the broker's answer to a ping may be behind the
+            // publishes left unread: the ping is judged a keep-alive period after reading
+            // resumes.
+            let answer_unread = state.await_pingresp && matches!(next, Next::Room);
             let tick = async {
-                if keep_alive.is_zero() {
+                if keep_alive.is_zero() || answer_unread {
                     future::pending::<()>().await;
                 }
                 Timer::at(ping_at).await;
@@ -701,7 +705,11 @@ impl Driver {
                 Wake::Read(Ok(0)) => return Err("the broker closed the connection".into()),
                 Wake::Read(Ok(_)) => {}
                 Wake::Read(Err(e)) => return Err(e.to_string()),
-                Wake::Take => {}
+                Wake::Take => {
+                    if answer_unread {
+                        ping_sent = Instant::now();
+                    }
+                }
                 Wake::Request(Some(queued)) => self.outgoing(state, queued, &mut out)?,
                 Wake::Request(None) => self.requests_open = false,
                 Wake::KeepAlive => {
@@ -1157,7 +1165,7 @@ impl Inbox {
 mod tests {
     use super::*;
     use crate::source::SourceKind;
-    use std::cell::RefCell;
+    use std::cell::{Cell, RefCell};
     use std::process::{Child, Command, Stdio};
 
     fn parse(url: &str) -> MqttOptions {
@@ -1630,6 +1638,89 @@ mod tests {
             !threads.iter().any(|t| t.starts_with("tokio")),
             "{threads:?}"
         );
+    }
+
+    /// A sink whose room the test opens and closes.
+    #[derive(Default)]
+    struct Gate {
+        closed: Cell<bool>,
+        source: RefCell<Option<std::task::Waker>>,
+        seen: RefCell<Vec<Event>>,
+    }
+
+    impl Gate {
+        fn set_closed(&self, closed: bool) {
+            self.closed.set(closed);
+            if let Some(source) = self.source.take() {
+                source.wake();
+            }
+        }
+    }
+
+    impl crate::source::Sink for Gate {
+        fn deliver(&self, event: Event) {
+            assert!(!self.closed.get(), "an event was handed on without room");
+            self.seen.borrow_mut().push(event);
+        }
+
+        fn has_room(&self) -> bool {
+            !self.closed.get()
+        }
+
+        fn poll_room(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+            if self.has_room() {
+                return std::task::Poll::Ready(());
+            }
+            *self.source.borrow_mut() = Some(cx.waker().clone());
+            std::task::Poll::Pending
+        }
+    }
+
+    #[test]
+    fn mqtt_held_back_past_several_keep_alives_keeps_its_link_and_takes_what_waited() {
+        let root = format!("callwire-test/{}", unique());
+        let mut opts = parse("mqtt://127.0.0.1:1883");
+        opts.topics = vec![format!("{root}/#")];
+        opts.strip_prefix = Some(format!("{root}/"));
+        opts.keep_alive = Duration::from_secs(1);
+        let status = Rc::new(SourceStatus::new(SourceKind::Mqtt));
+        let gate = Rc::new(Gate::default());
+        let (publisher, driver) = start(
+            opts,
+            status.clone(),
+            Rc::new(Metrics::default()),
+            gate.clone(),
+        );
+        let ex = smol::LocalExecutor::new();
+        ex.spawn(driver).detach();
+        let got = |payload: &[u8]| gate.seen.borrow().iter().any(|e| &e.payload[..] == payload);
+        smol::block_on(ex.run(async {
+            wait_for("connected", || status.connected()).await;
+            let topic = format!("{root}/held");
+            publisher
+                .publish(&topic, Bytes::from_static(b"probe"))
+                .unwrap();
+            wait_for("probe", || got(b"probe")).await;
+            gate.set_closed(true);
+            for payload in [&b"one"[..], b"two", b"three"] {
+                publisher
+                    .publish(&topic, Bytes::from_static(payload))
+                    .unwrap();
+            }
+            // Three keep-alive periods with the answers to our pings behind unread publishes.
+            Timer::after(Duration::from_millis(3500)).await;
+            assert!(
+                status.connected() && status.reconnects() == 0,
+                "the link was dropped"
+            );
+            assert!(!got(b"one"), "taken while held");
+            gate.set_closed(false);
+            wait_for("what waited", || {
+                got(b"one") && got(b"two") && got(b"three")
+            })
+            .await;
+            assert_eq!(status.reconnects(), 0);
+        }));
     }
 
     #[test]
