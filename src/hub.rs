@@ -241,9 +241,14 @@ impl Client {
         Some(frame)
     }
 
-    /// Since when the oldest queued frame has waited, if one does.
+    /// Since when the oldest queued frame has waited, if one does and the client is still
+    /// open (a closing client's goodbye has its own deadline).
     fn waiting_since(&self) -> Option<Instant> {
-        self.outbox.borrow().frames.front().map(|&(_, at)| at)
+        let outbox = self.outbox.borrow();
+        match outbox.close {
+            Some(_) => None,
+            None => outbox.frames.front().map(|&(_, at)| at),
+        }
     }
 
     /// Asks the connection to close; the first reason given stands. A closed client takes no
@@ -660,6 +665,11 @@ mod tests {
         assert!(!hub.has_room(), "the other still holds it");
         revoked.close(CloseReason::Revoked);
         assert!(hub.has_room());
+        assert_eq!(
+            revoked.waiting_since(),
+            None,
+            "its goodbye is not judged a stall"
+        );
         assert_eq!(revoked.pop().as_deref(), Some("a"), "kept for its goodbye");
         assert!(hub.has_room());
     }
