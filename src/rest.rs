@@ -186,7 +186,7 @@ impl LiveApi<'_> {
                 Ok(extension
                     .calls
                     .iter()
-                    .filter_map(|id| live.call(scope, id))
+                    .map(|call| call.0)
                     .collect::<Vec<_>>())
             }),
             _ => Response::error(404, &format!("no such resource {}", request.path)),

@@ -1103,6 +1103,13 @@ fn one_call_id_in_two_accounts_is_two_calls() {
         accounts
     };
     assert_eq!(accounts(&calls(&callwire)), [ACCOUNT_A, ACCOUNT_B]);
+    // The extension in both lists each call, and its calls are the two calls, not one twice.
+    assert_eq!(
+        get(&callwire, "/rest/live/extensions/201", &[])["calls"],
+        json!([id, id])
+    );
+    let own = get(&callwire, "/rest/live/extensions/201/calls", &[]);
+    assert_eq!(accounts(own.as_array().unwrap()), [ACCOUNT_A, ACCOUNT_B]);
     // B's answer moves B's call only.
     feed.raw(
         &format!("call/CHANNEL_ANSWER/{id}"),

@@ -293,8 +293,11 @@ fuzz_target!(|data: &[u8]| {
             for extension in live.extensions(scope) {
                 assert!(!extension.number.is_empty());
                 assert!(!extension.calls.is_empty());
-                for id in &extension.calls {
-                    let call = live.call(scope, id).expect("an extension's call is live");
+                for call in &extension.calls {
+                    // The call itself: with two accounts' calls of one id, an id would not do.
+                    let call = call.0;
+                    assert!(visible(call.account.as_deref(), scope));
+                    assert!(live.calls(scope).any(|live| std::ptr::eq(live, call)));
                     assert!(
                         [&call.from, &call.to]
                             .iter()

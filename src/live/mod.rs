@@ -312,8 +312,8 @@ pub struct Extension<'a> {
     pub number: &'a str,
     /// Its name, from the oldest live call that gives one.
     pub name: Option<&'a str>,
-    /// The ids of its live calls, oldest first.
-    pub calls: Vec<&'a str>,
+    /// Its live calls, oldest first (listed by id).
+    pub calls: Vec<CallRef<'a>>,
 }
 
 impl<'a> Extension<'a> {
@@ -323,9 +323,28 @@ impl<'a> Extension<'a> {
             self.name = party.name.as_deref();
         }
         // A call from a number to itself lists once.
-        if self.calls.last() != Some(&&*call.id) {
-            self.calls.push(&call.id);
+        if self.calls.last() != Some(&CallRef(call)) {
+            self.calls.push(CallRef(call));
         }
+    }
+}
+
+/// One of an extension's live calls: the call itself, not its id, since two accounts may use
+/// one id. Listed as its id; equal only to the same call.
+#[derive(Clone, Copy, Debug)]
+pub struct CallRef<'a>(pub &'a Call);
+
+impl PartialEq for CallRef<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self.0, other.0)
+    }
+}
+
+impl Eq for CallRef<'_> {}
+
+impl Serialize for CallRef<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0.id)
     }
 }
 
@@ -1266,7 +1285,7 @@ mod tests {
             live.extensions(scope)
                 .into_iter()
                 .map(|ext| {
-                    let calls = ext.calls.iter().map(|id| id.to_string()).collect();
+                    let calls = ext.calls.iter().map(|call| call.0.id.to_string()).collect();
                     (ext.number.to_owned(), calls)
                 })
                 .collect()
@@ -1296,8 +1315,13 @@ mod tests {
         assert!(listing("c").is_empty());
 
         let ext = live.extension("*", "202").unwrap();
-        assert_eq!((ext.name, ext.calls), (Some("Bea"), vec!["a1", "b1"]));
-        assert_eq!(live.extension("a", "202").unwrap().calls, ["a1"]);
+        let ids: Vec<&str> = ext.calls.iter().map(|call| &*call.0.id).collect();
+        assert_eq!((ext.name, ids), (Some("Bea"), vec!["a1", "b1"]));
+        let a_calls = live.extension("a", "202").unwrap().calls;
+        assert_eq!(
+            a_calls.iter().map(|call| &*call.0.id).collect::<Vec<_>>(),
+            ["a1"]
+        );
         assert_eq!(
             serde_json::to_value(live.extension("a", "202").unwrap()).unwrap(),
             json!({"number": "202", "name": null, "calls": ["a1"]})
