@@ -9,6 +9,7 @@ use std::rc::Rc;
 
 use crate::auth::Auth;
 use crate::event::Event;
+use crate::history::History;
 use crate::hub::Hub;
 use crate::live::LiveState;
 use crate::metrics::Metrics;
@@ -21,16 +22,20 @@ pub struct App {
     pub source: Rc<SourceStatus>,
     pub metrics: Rc<Metrics>,
     pub live: RefCell<LiveState>,
+    /// Positions and recent events; shared with the Blackhole sessions, which replay from it.
+    pub history: Rc<RefCell<History>>,
     pub catalogue: Catalogue,
     pub commands: Commands,
 }
 
 impl App {
-    /// Takes one event through the bridge: counts it, notes its routing-key family, applies
-    /// it to the live calls and fans out what that changed (ActionCable's `calls`), then fans
-    /// the event out to the clients that want it.
-    pub fn deliver(&self, event: Event) {
+    /// Takes one event through the bridge: counts it, gives it its position and keeps it in
+    /// the history, notes its routing-key family, applies it to the live calls and fans out
+    /// what that changed (ActionCable's `calls`), then fans the event out to the clients that
+    /// want it.
+    pub fn deliver(&self, mut event: Event) {
         self.metrics.events_in.inc();
+        self.history.borrow_mut().record(&mut event);
         if event.json.is_none() {
             self.metrics.events_not_json.inc();
         }

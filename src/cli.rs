@@ -125,6 +125,14 @@ pub struct Args {
     #[argh(option, default = "50")]
     pub flush_interval: u64,
 
+    /// bytes of recent events kept so that clients can resume after a drop (default 4194304)
+    #[argh(option, default = "4 * 1024 * 1024")]
+    pub history_bytes: usize,
+
+    /// seconds an event stays in the history of recent events (default 300)
+    #[argh(option, default = "300")]
+    pub history_ttl: u64,
+
     /// log level: error, warn, info or debug (default info)
     #[argh(option, default = "String::from(\"info\")")]
     pub log_level: String,
@@ -266,6 +274,10 @@ impl Args {
                 0..=1000 => Duration::from_millis(self.flush_interval),
                 ms => return Err(format!("--flush-interval: expected 0 to 1000 ms, got {ms}")),
             },
+            history_bytes: positive("--history-bytes", self.history_bytes)?,
+            history_ttl: Duration::from_secs(
+                positive("--history-ttl", self.history_ttl as usize)? as u64
+            ),
         };
         let source = if self.demo {
             if self.mqtt.is_some() || self.amqp.is_some() {

@@ -19,6 +19,8 @@ pub struct Request {
     pub method: String,
     /// The path without its query string.
     pub path: String,
+    /// What followed the path's `?`, if anything.
+    pub query: Option<String>,
     headers: Vec<(String, String)>,
     /// Bytes read past the head: a pipelined body, or websocket frames after an upgrade.
     pub rest: Vec<u8>,
@@ -73,10 +75,14 @@ pub async fn read_head<S: futures_lite::AsyncRead + Unpin>(
         match parsed.parse(&buf) {
             Ok(httparse::Status::Complete(len)) => {
                 let target = parsed.path.unwrap_or("/");
-                let path = target.split('?').next().unwrap_or("/").to_owned();
+                let (path, query) = match target.split_once('?') {
+                    Some((path, query)) => (path, Some(query.to_owned())),
+                    None => (target, None),
+                };
                 let request = Request {
                     method: parsed.method.unwrap_or("").to_owned(),
-                    path,
+                    path: path.to_owned(),
+                    query,
                     headers: parsed
                         .headers
                         .iter()
@@ -286,6 +292,19 @@ pub fn metrics(app: &App) -> Response {
         "counter",
         "Live calls dropped to stay within --max-calls.",
         &[(String::new(), metrics.live_calls_evicted.get())],
+    );
+    let history = app.history.borrow();
+    family(
+        "callwire_history_bytes",
+        "gauge",
+        "Bytes the history of recent events holds (bounded by --history-bytes).",
+        &[(String::new(), history.bytes() as u64)],
+    );
+    family(
+        "callwire_history_events",
+        "gauge",
+        "Events the history holds for clients that resume.",
+        &[(String::new(), history.len() as u64)],
     );
     family(
         "callwire_process_resident_memory_bytes",

@@ -34,6 +34,10 @@ pub struct Limits {
     pub request_burst: u32,
     /// Least time between two rounds of writes to the clients (the hub's flush).
     pub flush_interval: Duration,
+    /// Bytes the history of recent events may hold (delivery.md).
+    pub history_bytes: usize,
+    /// Age past which an event leaves the history.
+    pub history_ttl: Duration,
 }
 
 /// A token bucket: up to `burst` requests at once, refilled at `rate` per second.

@@ -10,6 +10,7 @@ use callwire::app::App;
 use callwire::auth::Auth;
 use callwire::cli::{self, Config, Run, SourceConfig};
 use callwire::dialect::cable;
+use callwire::history::History;
 use callwire::hub::Hub;
 use callwire::live::LiveState;
 use callwire::metrics::Metrics;
@@ -118,6 +119,7 @@ async fn run(
                 limits.events_per_call,
                 metrics.clone(),
             )),
+            history: Rc::new(RefCell::new(History::new(&limits))),
             catalogue: Catalogue::default(),
             commands,
         }

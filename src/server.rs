@@ -156,6 +156,7 @@ pub fn route_http(request: &Request, app: &App) -> Response {
         (_, path) if path.starts_with("/rest/live/") => LiveApi {
             auth: &app.auth,
             live: &app.live,
+            history: &app.history,
             commands: &app.commands,
         }
         .route(request),
@@ -268,7 +269,8 @@ async fn upgrade(
     let app = app.clone();
     match dialect {
         Dialect::Blackhole => {
-            let session = BlackholeSession::new(client.clone(), app.auth.clone());
+            let session =
+                BlackholeSession::new(client.clone(), app.auth.clone(), app.history.clone());
             spawn_connection(executor, Connection::new(ws, client, session, app), slot);
         }
         Dialect::ISymphony => {

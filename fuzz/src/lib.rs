@@ -11,6 +11,7 @@ use bytes::Bytes;
 use callwire::app::App;
 use callwire::auth::Auth;
 use callwire::event::Event;
+use callwire::history::History;
 use callwire::hub::{Client, Frame, Hub};
 use callwire::limits::Limits;
 use callwire::live::LiveState;
@@ -35,6 +36,9 @@ pub const LIMITS: Limits = Limits {
     request_rate: 1000.0,
     request_burst: 1000,
     flush_interval: Duration::ZERO,
+    // Larger than any input's events can fill, so the model may assume nothing is dropped.
+    history_bytes: 16 * 1024 * 1024,
+    history_ttl: Duration::from_secs(300),
 };
 
 /// The credentials of the `@auth` inputs: (name, secret, account).
@@ -90,6 +94,8 @@ pub fn app(auth: Rc<Auth>) -> App {
             metrics.clone(),
         )),
         metrics,
+        // A known epoch, so that an input can resume from a position in it.
+        history: Rc::new(RefCell::new(History::with_epoch("fuzz".into(), &LIMITS))),
         catalogue: Catalogue::default(),
         commands: Commands::None,
     }
