@@ -8,6 +8,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use crate::auth::Auth;
+use crate::dialect::cable::SavedSessions;
 use crate::event::Event;
 use crate::history::History;
 use crate::hub::Hub;
@@ -24,6 +25,8 @@ pub struct App {
     pub live: RefCell<LiveState>,
     /// Positions and recent events; shared with the Blackhole sessions, which replay from it.
     pub history: Rc<RefCell<History>>,
+    /// The subscriptions of ended ActionCable sessions, for AnyCable's session restore.
+    pub cable_sessions: Rc<SavedSessions>,
     pub catalogue: Catalogue,
     pub commands: Commands,
 }
@@ -41,7 +44,8 @@ impl App {
         }
         self.catalogue.note(&event.routing_key);
         let changes = self.live.borrow_mut().apply(&event);
-        for change in changes {
+        for mut change in changes {
+            change.position.clone_from(&event.position);
             self.hub.publish_change(&change);
         }
         self.hub.publish(&event);

@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
@@ -38,6 +38,8 @@ pub struct Entry {
     pub payload: Box<[u8]>,
     /// When it entered the history, for `--history-ttl`.
     at: Instant,
+    /// The same on the wall clock, for a resume from a time (AnyCable's `since`).
+    received_at: SystemTime,
 }
 
 impl Entry {
@@ -105,6 +107,10 @@ pub struct History {
     bytes: usize,
     max_bytes: usize,
     ttl: Duration,
+    /// When this history began, and when the newest entry it dropped had entered: a resume
+    /// from a time before either cannot be whole.
+    started_at: SystemTime,
+    dropped_through: Option<SystemTime>,
 }
 
 impl History {
@@ -122,6 +128,8 @@ impl History {
             bytes: 0,
             max_bytes: limits.history_bytes,
             ttl: limits.history_ttl,
+            started_at: SystemTime::now(),
+            dropped_through: None,
         }
     }
 
@@ -167,6 +175,7 @@ impl History {
             account: event.account.as_deref().map(Box::from),
             payload: Box::from(&event.payload[..]),
             at: now,
+            received_at: event.received_at,
         };
         let cost = entry.cost();
         self.expire(now);
@@ -174,6 +183,7 @@ impl History {
             // Everything before it is now older than an event the history lost.
             self.entries.clear();
             self.bytes = 0;
+            self.dropped_through = Some(event.received_at);
             return;
         }
         while self.bytes + cost > self.max_bytes {
@@ -197,6 +207,27 @@ impl History {
     fn pop_oldest(&mut self) {
         if let Some(entry) = self.entries.pop_front() {
             self.bytes -= entry.cost();
+            self.dropped_through = Some(entry.received_at);
+        }
+    }
+
+    /// Whether every event that entered at or after `since` is still held, and where they
+    /// start: lost when this history began in a second before `since`'s (clients give whole
+    /// seconds), or dropped an event from then on.
+    pub fn resume_from_time(&self, since: SystemTime) -> Resume {
+        let began = self
+            .started_at
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let began_second = UNIX_EPOCH + Duration::from_secs(began.as_secs());
+        let lost = since < began_second || self.dropped_through.is_some_and(|t| t >= since);
+        if lost {
+            return Resume::Lost;
+        }
+        Resume::Recovered {
+            from: self
+                .entries
+                .partition_point(|entry| entry.received_at < since),
         }
     }
 
@@ -316,6 +347,53 @@ mod tests {
         assert!(history.is_empty());
         assert_eq!(history.resume("e1", 0), Resume::Lost);
         assert_eq!(history.resume("e1", 1), Resume::Recovered { from: 0 });
+    }
+
+    #[test]
+    fn a_resume_from_a_time_is_whole_only_when_nothing_since_was_dropped() {
+        let payload = "p".repeat(100);
+        let bound = (2 * (100 + 3 + ENTRY_SLOT)).to_string();
+        let mut history = history(&["--history-bytes", &bound]);
+        let before = history.started_at - Duration::from_secs(1);
+        let same_second = UNIX_EPOCH
+            + Duration::from_secs(
+                history
+                    .started_at
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs(),
+            );
+        assert_eq!(
+            history.resume_from_time(same_second),
+            Resume::Recovered { from: 0 }
+        );
+        assert_eq!(
+            history.resume_from_time(before),
+            Resume::Lost,
+            "before it began"
+        );
+        let begun = SystemTime::now();
+        record(&mut history, "k.k", &payload);
+        record(&mut history, "k.k", &payload);
+        assert_eq!(
+            history.resume_from_time(begun),
+            Resume::Recovered { from: 0 }
+        );
+        let later = SystemTime::now() + Duration::from_secs(5);
+        assert_eq!(
+            history.resume_from_time(later),
+            Resume::Recovered { from: 2 }
+        );
+        record(&mut history, "k.k", &payload);
+        assert_eq!(
+            history.resume_from_time(begun),
+            Resume::Lost,
+            "offset 1 was dropped"
+        );
+        assert_eq!(
+            history.resume_from_time(later),
+            Resume::Recovered { from: 2 }
+        );
     }
 
     #[test]

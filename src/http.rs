@@ -35,6 +35,14 @@ impl Request {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The first value of a query parameter, as sent (still percent-encoded).
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query.as_deref()?.split('&').find_map(|pair| {
+            pair.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix('='))
+        })
+    }
+
     /// Whether a comma-separated header holds a token (case-insensitive).
     pub fn header_has(&self, name: &str, token: &str) -> bool {
         self.header(name)

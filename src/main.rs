@@ -120,6 +120,10 @@ async fn run(
                 metrics.clone(),
             )),
             history: Rc::new(RefCell::new(History::new(&limits))),
+            cable_sessions: Rc::new(cable::SavedSessions::new(
+                limits.max_clients,
+                limits.history_ttl,
+            )),
             catalogue: Catalogue::default(),
             commands,
         }

@@ -214,13 +214,7 @@ fn payload_json(payload: &[u8]) -> Value {
 /// false`, and the current position as `next`.
 fn events_since(history: &mut History, request: &Request, scope: &str) -> Result<Value, String> {
     let since = request
-        .query
-        .as_deref()
-        .and_then(|query| {
-            query
-                .split('&')
-                .find_map(|pair| pair.strip_prefix("since="))
-        })
+        .query_param("since")
         .and_then(percent_decode)
         .ok_or("since=<epoch>:<offset> is required")?;
     let (epoch, offset) = since

@@ -216,6 +216,21 @@ async fn upgrade(
         return;
     };
     let limits = app.hub.limits();
+    // AnyCable's extended protocol when the client offers it (delivery.md), else the plain one.
+    let cable_protocol = [cable::SUBPROTOCOL_EXTENDED, cable::SUBPROTOCOL]
+        .into_iter()
+        .find(|protocol| request.header_has("sec-websocket-protocol", protocol));
+    let extended = cable_protocol == Some(cable::SUBPROTOCOL_EXTENDED);
+    // The session it asks to restore: AnyCable's client presents its id in the URL; others
+    // may in a header.
+    let restore = extended
+        .then(|| {
+            request
+                .header("x-anycable-restore-sid")
+                .or_else(|| request.query_param("sid"))
+        })
+        .flatten()
+        .map(str::to_owned);
     // iSymphony proves who it is on the upgrade itself; Blackhole later, with a token;
     // ActionCable per subscription, with its key.
     let (credential, interest) = match dialect {
@@ -233,6 +248,10 @@ async fn upgrade(
                 return;
             }
         },
+        Dialect::Cable if extended => (
+            None,
+            Interest::Cable(cable::Subscriptions::extended(limits.max_bindings)),
+        ),
         Dialect::Cable => (
             None,
             Interest::Cable(cable::Subscriptions::new(limits.max_bindings)),
@@ -248,10 +267,8 @@ async fn upgrade(
     // Blackhole answers without a subprotocol even when one is offered (blackhole.md).
     // ActionCable answers `actioncable-v1-json` when it is offered (the official client needs
     // it), and no subprotocol otherwise, as Rails does (docs/ARCHITECTURE.md, "Choices").
-    let protocol = match dialect {
-        Dialect::Cable if request.header_has("sec-websocket-protocol", cable::SUBPROTOCOL) => {
-            format!("Sec-WebSocket-Protocol: {}\r\n", cable::SUBPROTOCOL)
-        }
+    let protocol = match (dialect, cable_protocol) {
+        (Dialect::Cable, Some(protocol)) => format!("Sec-WebSocket-Protocol: {protocol}\r\n"),
         _ => String::new(),
     };
     let accepted = format!(
@@ -278,7 +295,17 @@ async fn upgrade(
             spawn_connection(executor, Connection::new(ws, client, session, app), slot);
         }
         Dialect::Cable => {
-            let session = CableSession::new(client.clone(), app.auth.clone());
+            let session = if extended {
+                CableSession::extended(
+                    client.clone(),
+                    app.auth.clone(),
+                    app.history.clone(),
+                    app.cable_sessions.clone(),
+                    restore.as_deref(),
+                )
+            } else {
+                CableSession::new(client.clone(), app.auth.clone())
+            };
             spawn_connection(executor, Connection::new(ws, client, session, app), slot);
         }
     }

@@ -1,6 +1,7 @@
 //! Resuming after a network drop (delivery.md): Blackhole clients behind a TCP proxy that the
-//! test cuts for 3 s while `callwire simulate` publishes, then resubscribe with `since`; and
-//! `GET /rest/live/events?since=`. The truth they are checked against is what an uncut client
+//! test cuts for 3 s while `callwire simulate` publishes, then resubscribe with `since`;
+//! `GET /rest/live/events?since=`; and the real `@anycable/core` client (tests/clients,
+//! `anycable_ext.mjs`) restoring its session and asking for its history. The truth they are checked against is what an uncut client
 //! received, and what `simulate` counted as published.
 
 mod common;
@@ -18,6 +19,7 @@ use tungstenite::Message;
 use tungstenite::stream::MaybeTlsStream;
 
 use common::proxy::Proxy;
+use common::script::Script;
 use common::{Callwire, PrivateMosquitto, TempFile, blackhole_data, mosquitto_pub, wait_for};
 
 const SEED: u64 = 19;
@@ -54,6 +56,26 @@ fn bridge(broker: &PrivateMosquitto, creds: &TempFile, extra: &[&str]) -> Callwi
     callwire
 }
 
+/// A private broker, the credentials, a callwire on them with `extra` flags, and a proxy in
+/// front of it that the test can cut.
+fn proxied_bridge(extra: &[&str]) -> (PrivateMosquitto, TempFile, Callwire, Proxy) {
+    let broker = PrivateMosquitto::start();
+    let creds = credentials();
+    let callwire = bridge(&broker, &creds, extra);
+    let proxy = Proxy::start(callwire.port, true);
+    (broker, creds, callwire, proxy)
+}
+
+/// Publishes a probe event now and then until `arrived` says the clients have it (the
+/// broker may apply callwire's subscription a moment after the connection).
+fn probe_until(broker: &PrivateMosquitto, mut arrived: impl FnMut() -> bool) {
+    wait_for("the probe", Duration::from_secs(10), || {
+        mosquitto_pub(broker.port, "pbx/probe", r#"{"probe":true}"#);
+        thread::sleep(Duration::from_millis(100));
+        arrived()
+    });
+}
+
 /// Runs `callwire simulate` against the broker: kazoo, 20 calls/s, for `seconds`.
 fn spawn_simulate(broker: &PrivateMosquitto, seconds: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_callwire"))
@@ -83,7 +105,7 @@ fn published(simulate: Child) -> u64 {
 }
 
 /// What one Blackhole client saw: every reply, every event frame, how often it connected.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Seen {
     replies: Vec<Value>,
     events: Vec<Value>,
@@ -230,10 +252,7 @@ fn rest_events(callwire: &Callwire, secret: &str, since: &str) -> (bool, Vec<Val
 
 #[test]
 fn blackhole_clients_cut_for_3_s_resume_with_every_matching_event_once_in_order() {
-    let broker = PrivateMosquitto::start();
-    let creds = credentials();
-    let callwire = bridge(&broker, &creds, &[]);
-    let proxy = Proxy::start(callwire.port, true);
+    let (broker, _creds, callwire, proxy) = proxied_bridge(&[]);
 
     // The truth: a client that is never cut, on every event.
     let control = Client::start(callwire.port, MANAGER, "#");
@@ -383,17 +402,10 @@ fn blackhole_clients_cut_for_3_s_resume_with_every_matching_event_once_in_order(
 
 #[test]
 fn a_gap_larger_than_the_history_is_told_recovered_false_and_replays_nothing() {
-    let broker = PrivateMosquitto::start();
-    let creds = credentials();
     // Room for about two simulated events.
-    let callwire = bridge(&broker, &creds, &["--history-bytes", "4096"]);
-    let proxy = Proxy::start(callwire.port, true);
+    let (broker, _creds, callwire, proxy) = proxied_bridge(&["--history-bytes", "4096"]);
     let client = Client::start(proxy.port, MANAGER, "#");
-    wait_for("the client's probe", Duration::from_secs(10), || {
-        mosquitto_pub(broker.port, "pbx/probe", r#"{"probe":true}"#);
-        thread::sleep(Duration::from_millis(100));
-        client.events() > 0
-    });
+    probe_until(&broker, || client.events() > 0);
     let simulate = spawn_simulate(&broker, "5");
     thread::sleep(Duration::from_millis(1500));
     proxy.cut();
@@ -455,4 +467,267 @@ fn a_gap_larger_than_the_history_is_told_recovered_false_and_replays_nothing() {
         answer["next"],
         json!(format!("{epoch_probe}:{}", after.last().unwrap()))
     );
+}
+
+/// The real `@anycable/core` client on `/cable` through `proxy`, subscribed to the `events`
+/// model.
+fn anycable_client(proxy: &Proxy) -> Script {
+    let url = format!("ws://127.0.0.1:{}/cable", proxy.port);
+    let params = json!({"key": MANAGER, "events": "events"}).to_string();
+    let mut client = Script::node("anycable_ext.mjs", &[&url, &params]);
+    client.wait_line("the subscription", Duration::from_secs(10), |l| {
+        l["event"] == "channel" && l["state"] == "connect"
+    });
+    client
+}
+
+/// The offsets of the messages an `anycable_ext.mjs` client printed, from their positions.
+fn message_offsets(client: &Script) -> Vec<u64> {
+    client
+        .events("message", None)
+        .iter()
+        .map(|m| m["meta"]["offset"].as_u64().unwrap())
+        .collect()
+}
+
+/// Cuts `proxy` for 3 s while `simulate` publishes (starting 1.5 s into a 6 s run), then
+/// waits for the client to reconnect and for `simulate` to end; returns what it published.
+fn cut_while_simulating(broker: &PrivateMosquitto, proxy: &Proxy, client: &mut Script) -> u64 {
+    let simulate = spawn_simulate(broker, "6");
+    thread::sleep(Duration::from_millis(1500));
+    proxy.cut();
+    client.wait_line(
+        "the cable to notice the cut",
+        Duration::from_secs(10),
+        |l| l["event"] == "disconnect",
+    );
+    thread::sleep(Duration::from_secs(3));
+    proxy.resume();
+    client.wait_line("the cable to reconnect", Duration::from_secs(15), |l| {
+        l["event"] == "connect" && l["reconnect"] == true
+    });
+    published(simulate)
+}
+
+#[test]
+fn an_anycable_client_cut_for_3_s_is_restored_and_gets_every_broadcast_once_in_order() {
+    let (broker, _creds, callwire, proxy) = proxied_bridge(&[]);
+    let control = Client::start(callwire.port, MANAGER, "#");
+    let mut client = anycable_client(&proxy);
+    probe_until(&broker, || {
+        client.pump();
+        control.events() > 0 && !client.events("message", None).is_empty()
+    });
+
+    let published = cut_while_simulating(&broker, &proxy, &mut client);
+    let calls = |seen: &Seen| seen.events.iter().filter(|e| !is_probe(e)).count() as u64;
+    wait_for(
+        "the control client to get every event",
+        Duration::from_secs(20),
+        || calls(&control.seen.lock().unwrap()) >= published,
+    );
+    let last = control.seen.lock().unwrap().events.last().unwrap()["offset"].clone();
+    wait_for("the cable to catch up", Duration::from_secs(20), || {
+        client.pump();
+        client
+            .events("message", None)
+            .last()
+            .map(|m| &m["meta"]["offset"])
+            == Some(&last)
+    });
+    client.command("exit");
+    assert!(client.finish().success());
+    let truth = control.finish().events;
+    assert_eq!(
+        calls(&Seen {
+            events: truth.clone(),
+            ..Seen::default()
+        }),
+        published
+    );
+
+    // Every broadcast once, in order: the offsets are the uncut client's from the cable's
+    // first message on, and each message is the event at its offset.
+    let offsets = message_offsets(&client);
+    let first = offsets[0];
+    let expected: Vec<&Value> = truth
+        .iter()
+        .filter(|e| e["offset"].as_u64().unwrap() >= first)
+        .collect();
+    assert_eq!(
+        offsets,
+        expected
+            .iter()
+            .map(|e| e["offset"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    let messages = client.events("message", None);
+    for (message, event) in messages.iter().zip(&expected) {
+        assert_eq!(
+            message["data"]["object"]["routing_key"],
+            event["routing_key"]
+        );
+        assert_eq!(message["meta"]["epoch"], event["epoch"]);
+        let payload = serde_json::to_vec(&message["data"]["object"]["data"]).unwrap();
+        assert_eq!(blackhole_data(&payload), event["data"]);
+    }
+    // Restored, not subscribed again, and the history confirmed.
+    let connects = client.events("connect", None);
+    assert_eq!(connects.len(), 2, "{}", client.transcript());
+    assert_eq!(connects[1]["restored"], true, "{}", client.transcript());
+    let welcomes: Vec<&Value> = client
+        .events("frame", None)
+        .into_iter()
+        .filter(|f| f["data"]["type"] == "welcome")
+        .collect();
+    assert_eq!(welcomes[1]["data"]["restored"], true);
+    assert!(
+        welcomes[1]["data"]["sid"] != welcomes[0]["data"]["sid"],
+        "a new session id"
+    );
+    let subscribes = client
+        .events("frame", None)
+        .into_iter()
+        .filter(|f| f["data"]["type"] == "confirm_subscription")
+        .count();
+    assert_eq!(subscribes, 1, "restored without subscribing again");
+    let infos: Vec<&Value> = client.events("info", None);
+    assert!(
+        infos.iter().any(|i| i["type"] == "history_received"),
+        "{}",
+        client.transcript()
+    );
+    assert!(!infos.iter().any(|i| i["type"] == "history_not_found"));
+    // The history's answer: the messages between the restoring welcome and confirm_history.
+    let is_frame =
+        |line: &Value, kind: &str| line["event"] == "frame" && line["data"]["type"] == kind;
+    let restored_at = client
+        .seen
+        .iter()
+        .rposition(|l| is_frame(l, "welcome"))
+        .unwrap();
+    let confirmed_at = client
+        .seen
+        .iter()
+        .rposition(|l| is_frame(l, "confirm_history"))
+        .unwrap();
+    let replayed = client.seen[restored_at..confirmed_at]
+        .iter()
+        .filter(|l| l["event"] == "message")
+        .count();
+    assert!(
+        replayed > 20,
+        "the cut lost events that the history gave back: {replayed}"
+    );
+    eprintln!(
+        "anycable: simulate published {published}; {} messages, offsets {first}..={}, \
+         restored, {replayed} from the history",
+        offsets.len(),
+        offsets.last().unwrap()
+    );
+}
+
+#[test]
+fn an_anycable_client_whose_gap_outgrew_the_history_gets_reject_history() {
+    let (broker, _creds, _callwire, proxy) = proxied_bridge(&["--history-bytes", "4096"]);
+    let mut client = anycable_client(&proxy);
+    probe_until(&broker, || {
+        client.pump();
+        !client.events("message", None).is_empty()
+    });
+    cut_while_simulating(&broker, &proxy, &mut client);
+    client.wait_line("reject_history", Duration::from_secs(10), |l| {
+        l["event"] == "info" && l["type"] == "history_not_found"
+    });
+    thread::sleep(Duration::from_secs(1));
+    client.command("exit");
+    assert!(client.finish().success());
+    let rejected = client
+        .events("frame", None)
+        .into_iter()
+        .filter(|f| f["data"]["type"] == "reject_history")
+        .count();
+    assert_eq!(rejected, 1, "{}", client.transcript());
+    // Nothing replayed: the messages after the gap are live, consecutive, past it.
+    let offsets = message_offsets(&client);
+    let gap = offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(gap > 10, "the gap was real: {offsets:?}");
+    let mut sorted = offsets.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(offsets, sorted, "in order, each once");
+}
+
+/// Opens `/cable` offering AnyCable's extended protocol, with `headers`; returns the socket
+/// and its welcome.
+fn extended_cable(
+    callwire: &Callwire,
+    headers: &[(&'static str, &str)],
+) -> (common::Socket, Value) {
+    use tungstenite::client::IntoClientRequest;
+    let url = format!("ws://127.0.0.1:{}/cable", callwire.port);
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "actioncable-v1-ext-json".parse().unwrap(),
+    );
+    for (name, value) in headers {
+        request.headers_mut().insert(*name, value.parse().unwrap());
+    }
+    let (mut socket, response) = tungstenite::connect(request).expect("websocket upgrade");
+    assert_eq!(
+        response.headers()["sec-websocket-protocol"],
+        "actioncable-v1-ext-json"
+    );
+    common::set_read_timeout(&socket, Duration::from_secs(5));
+    let welcome = common::recv(&mut socket);
+    (socket, welcome)
+}
+
+#[test]
+fn a_session_id_in_the_restore_header_restores_the_subscriptions_once() {
+    let creds = credentials();
+    let callwire = Callwire::start(&["--demo", "--demo-rate", "20", "--auth", creds.path()]);
+    let identifier =
+        json!({"channel": "ApiChannel", "key": MANAGER, "events": "events"}).to_string();
+    let (mut socket, welcome) = extended_cable(&callwire, &[]);
+    let sid = welcome["sid"].as_str().unwrap().to_owned();
+    common::send(
+        &mut socket,
+        json!({"command": "subscribe", "identifier": identifier}),
+    );
+    assert_eq!(common::recv(&mut socket)["type"], "confirm_subscription");
+    drop(socket);
+    // The server saves the session when it sees the connection end.
+    let header = [("X-AnyCable-Restore-Sid", sid.as_str())];
+    let mut restored = None;
+    wait_for("a restored welcome", Duration::from_secs(5), || {
+        let (socket, welcome) = extended_cable(&callwire, &header);
+        let done = welcome["restored"] == true;
+        restored = done.then_some((socket, welcome));
+        done
+    });
+    let (mut socket, welcome) = restored.unwrap();
+    assert_eq!(welcome["restored_ids"], json!([identifier]));
+    // Its history request: an answer, then live events; no second confirm_subscription.
+    common::send(
+        &mut socket,
+        json!({"command": "history", "identifier": identifier, "history": {"since": 0}}),
+    );
+    let mut kinds = Vec::new();
+    while kinds.len() < 3 {
+        let frame = common::recv(&mut socket);
+        if frame["type"] != "ping" {
+            kinds.push(frame["type"].as_str().unwrap_or("message").to_owned());
+        }
+    }
+    assert_eq!(
+        kinds[0], "reject_history",
+        "before callwire began: cannot be whole"
+    );
+    assert_eq!(kinds[1..], ["message", "message"]);
+    // Spent: presenting it again restores nothing.
+    let (_, again) = extended_cable(&callwire, &header);
+    assert_eq!(again.get("restored"), None);
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use callwire::app::App;
 use callwire::auth::Auth;
+use callwire::dialect::cable::SavedSessions;
 use callwire::event::Event;
 use callwire::history::History;
 use callwire::hub::{Client, Frame, Hub};
@@ -96,6 +97,7 @@ pub fn app(auth: Rc<Auth>) -> App {
         metrics,
         // A known epoch, so that an input can resume from a position in it.
         history: Rc::new(RefCell::new(History::with_epoch("fuzz".into(), &LIMITS))),
+        cable_sessions: Rc::new(SavedSessions::new(LIMITS.max_clients, LIMITS.history_ttl)),
         catalogue: Catalogue::default(),
         commands: Commands::None,
     }
