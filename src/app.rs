@@ -14,7 +14,9 @@ use crate::history::History;
 use crate::hub::Hub;
 use crate::live::LiveState;
 use crate::metrics::Metrics;
+use crate::origins::Origins;
 use crate::rest::Catalogue;
+use crate::seats::Seats;
 use crate::source::{Commands, SourceStatus};
 
 pub struct App {
@@ -29,6 +31,10 @@ pub struct App {
     pub cable_sessions: Rc<SavedSessions>,
     pub catalogue: Catalogue,
     pub commands: Commands,
+    /// The `Host` and `Origin` checks every request passes first.
+    pub origins: Origins,
+    /// `--max-clients` and `--max-unauthenticated`, held by each websocket.
+    pub seats: Seats,
 }
 
 impl App {
@@ -42,7 +48,8 @@ impl App {
         if event.json.is_none() {
             self.metrics.events_not_json.inc();
         }
-        self.catalogue.note(&event.routing_key);
+        self.catalogue
+            .note(&event.routing_key, event.account.as_deref());
         let changes = self.live.borrow_mut().apply(&event);
         for mut change in changes {
             change.position.clone_from(&event.position);

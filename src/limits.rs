@@ -38,6 +38,18 @@ pub struct Limits {
     pub history_bytes: usize,
     /// Age past which an event leaves the history.
     pub history_ttl: Duration,
+    /// Time a websocket has to authenticate, with `--auth`.
+    pub auth_timeout: Duration,
+    /// Websockets at once still to authenticate, beside `max_clients`.
+    pub max_unauthenticated: usize,
+}
+
+impl Limits {
+    /// The hub's slots: every authenticated client, and every socket still to authenticate
+    /// (the seats module keeps each kind within its bound).
+    pub fn hub_slots(&self) -> usize {
+        self.max_clients + self.max_unauthenticated
+    }
 }
 
 /// A token bucket: up to `burst` requests at once, refilled at `rate` per second.

@@ -74,10 +74,14 @@ pub enum Limit {
     Filters,
     /// `--ping-interval`: an idle socket stopped answering pings.
     IdleTimeout,
+    /// `--auth-timeout`: a socket did not authenticate in time and was closed with 1008.
+    AuthTimeout,
+    /// `--max-unauthenticated`: the upgrade was answered 503.
+    Unauthenticated,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 8] = [
+    pub const ALL: [Limit; 10] = [
         Limit::MaxClients,
         Limit::PerIp,
         Limit::HandshakeTimeout,
@@ -86,6 +90,8 @@ impl Limit {
         Limit::Bindings,
         Limit::Filters,
         Limit::IdleTimeout,
+        Limit::AuthTimeout,
+        Limit::Unauthenticated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -98,6 +104,31 @@ impl Limit {
             Limit::Bindings => "max_bindings",
             Limit::Filters => "max_filters",
             Limit::IdleTimeout => "idle_timeout",
+            Limit::AuthTimeout => "auth_timeout",
+            Limit::Unauthenticated => "max_unauthenticated",
+        }
+    }
+}
+
+/// Why a request was refused with 403 (contract: README.md, "Browsers and other origins").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forbidden {
+    /// Without `--auth`, a `Host` that is neither loopback nor `--allowed-host` (DNS rebinding).
+    Host,
+    /// An `Origin` that is neither the gateway's own nor `--allowed-origin`.
+    Origin,
+    /// A hangup sent as a CORS simple request (a form or text body type).
+    SimpleRequest,
+}
+
+impl Forbidden {
+    pub const ALL: [Forbidden; 3] = [Forbidden::Host, Forbidden::Origin, Forbidden::SimpleRequest];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Forbidden::Host => "host",
+            Forbidden::Origin => "origin",
+            Forbidden::SimpleRequest => "simple_request",
         }
     }
 }
@@ -114,6 +145,7 @@ pub struct Metrics {
     deliveries: [Counter; Dialect::ALL.len()],
     dropped: [Counter; DropReason::ALL.len()],
     limit_hits: [Counter; Limit::ALL.len()],
+    forbidden: [Counter; Forbidden::ALL.len()],
 }
 
 impl Metrics {
@@ -128,5 +160,10 @@ impl Metrics {
 
     pub fn dropped(&self, reason: DropReason) -> &Counter {
         &self.dropped[reason as usize]
+    }
+
+    /// Requests refused with 403, by reason.
+    pub fn forbidden(&self, reason: Forbidden) -> &Counter {
+        &self.forbidden[reason as usize]
     }
 }

@@ -17,7 +17,9 @@ use callwire::hub::{Client, Frame, Hub};
 use callwire::limits::Limits;
 use callwire::live::LiveState;
 use callwire::metrics::Metrics;
+use callwire::origins::Origins;
 use callwire::rest::Catalogue;
+use callwire::seats::Seats;
 use callwire::source::{Commands, SourceKind, SourceStatus};
 use serde_json::Value;
 
@@ -37,6 +39,8 @@ pub const LIMITS: Limits = Limits {
     request_rate: 1000.0,
     request_burst: 1000,
     flush_interval: Duration::ZERO,
+    auth_timeout: Duration::from_secs(10),
+    max_unauthenticated: 4,
     // Larger than any input's events can fill, so the model may assume nothing is dropped.
     history_bytes: 16 * 1024 * 1024,
     history_ttl: Duration::from_secs(300),
@@ -85,6 +89,7 @@ pub fn auth(required: bool) -> Rc<Auth> {
 pub fn app(auth: Rc<Auth>) -> App {
     quiet();
     let metrics = Rc::new(Metrics::default());
+    let auth_required = auth.required();
     App {
         hub: Hub::new(LIMITS, metrics.clone()),
         auth,
@@ -100,6 +105,13 @@ pub fn app(auth: Rc<Auth>) -> App {
         cable_sessions: Rc::new(SavedSessions::new(LIMITS.max_clients, LIMITS.history_ttl)),
         catalogue: Catalogue::default(),
         commands: Commands::None,
+        origins: Origins::new(
+            "127.0.0.1:58080".parse().expect("an address"),
+            auth_required,
+            Vec::new(),
+            Vec::new(),
+        ),
+        seats: Seats::new(&LIMITS),
     }
 }
 

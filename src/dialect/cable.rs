@@ -642,6 +642,8 @@ pub struct CableSession {
     auth: Rc<Auth>,
     /// `None` on a plain `actioncable-v1-json` socket (boxed: most sockets are plain).
     extended: Option<Box<Extended>>,
+    /// A subscription was confirmed: the socket proved a key (any, without `--auth`).
+    authenticated: bool,
 }
 
 impl CableSession {
@@ -650,6 +652,7 @@ impl CableSession {
             client,
             auth,
             extended: None,
+            authenticated: false,
         }
     }
 
@@ -681,6 +684,8 @@ impl CableSession {
         CableSession {
             client,
             auth,
+            // Restored subscriptions' keys were checked again: the socket has proved one.
+            authenticated: restored.is_some(),
             extended: Some(Box::new(Extended {
                 history,
                 saved,
@@ -730,6 +735,7 @@ impl CableSession {
                             selector,
                             live_from: Some(next),
                         });
+                        self.authenticated = true;
                         replies.push(reply_frame(identifier, "confirm_subscription"));
                         // AnyCable's client asks for what it missed with the subscribe.
                         if let (Some(extended), Some(request)) =
@@ -932,6 +938,14 @@ impl Session for CableSession {
             welcome["restored_ids"] = serde_json::json!(ids);
         }
         Some(Frame::from(welcome.to_string()))
+    }
+
+    fn authenticated(&self) -> bool {
+        self.authenticated
+    }
+
+    fn auth_refusal(&mut self) -> Option<Frame> {
+        Some(Frame::from_static(UNAUTHORIZED))
     }
 
     fn farewell(&self, reason: CloseReason) -> Option<Frame> {

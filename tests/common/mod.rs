@@ -49,14 +49,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A name no other test (or earlier run) uses: for topics, exchanges and queues.
+/// A name no other test (or earlier run) uses: for topics, exchanges, queues and log files.
+/// The count tells apart two tests of one process that ask in the same clock tick.
 pub fn unique(prefix: &str) -> String {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let count = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_nanos();
     format!(
-        "{prefix}{}x{}",
+        "{prefix}{}x{}x{count}",
         std::process::id(),
         nanos % 1_000_000_000_000
     )
@@ -300,6 +303,53 @@ pub fn mosquitto_pub(port: u16, topic: &str, payload: &str) {
         .status()
         .expect("mosquitto_pub runs");
     assert!(status.success(), "mosquitto_pub failed");
+}
+
+/// `mosquitto_sub` on one topic of the Mosquitto at `port`, subscribed (its SUBACK seen) by
+/// the time `start` returns, so nothing published afterwards can slip past it.
+pub struct Subscriber {
+    child: Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Subscriber {
+    /// Subscribes at QoS 1 to `topic`, with `limits` such as `-C 1` (stop after one message)
+    /// or `-W 3` (stop after 3 s).
+    pub fn start(port: u16, topic: &str, limits: &[&str]) -> Subscriber {
+        use std::io::BufRead;
+        let mut child = Command::new("stdbuf")
+            .args([
+                "-oL",
+                "mosquitto_sub",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .args(["-q", "1", "-d", "-t", topic, "-F", "payload:%p"])
+            .args(limits)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("mosquitto_sub runs");
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        lines
+            .by_ref()
+            .map(Result::unwrap)
+            .find(|line| line.contains("received SUBACK"))
+            .expect("mosquitto_sub subscribed");
+        Subscriber { child, lines }
+    }
+
+    /// Every payload received until the subscriber stopped (at its limit), and how it ended.
+    pub fn payloads(mut self) -> (Vec<String>, std::process::ExitStatus) {
+        let payloads = self
+            .lines
+            .by_ref()
+            .map_while(Result::ok)
+            .filter_map(|line| line.strip_prefix("payload:").map(str::to_owned))
+            .collect();
+        (payloads, self.child.wait().unwrap())
+    }
 }
 
 /// A Mosquitto of the test's own on a free port, killed when dropped.
