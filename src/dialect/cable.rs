@@ -244,17 +244,12 @@ struct Subscription {
     /// The first offset it gets live; `None` while a restored subscription waits for the
     /// client's `history` request, which replays what it missed and then makes it live.
     live_from: Option<u64>,
+    /// Names its streams (extended protocol), `stream_tag` of the identifier: hashed once.
+    tag: u32,
 }
 
-impl Subscription {
-    /// Names its streams (extended protocol): a hash of the identifier, the same on every
-    /// connection, so that the client's positions outlive a reconnect.
-    fn stream_tag(&self) -> u32 {
-        stream_tag(&self.identifier)
-    }
-}
-
-/// FNV-1a of an identifier: the tag of its subscription's streams.
+/// FNV-1a of an identifier: the tag of its subscription's streams, the same on every
+/// connection, so that a client's positions outlive a reconnect.
 fn stream_tag(identifier: &str) -> u32 {
     identifier.bytes().fold(0x811c_9dc5, |hash, byte| {
         (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
@@ -354,7 +349,7 @@ impl Subscriptions {
             identifier: &subscription.identifier,
             stream: position
                 .filter(|_| self.extended)
-                .map(|position| (subscription.stream_tag(), position)),
+                .map(|position| (subscription.tag, position)),
             family,
         }
     }
@@ -734,6 +729,7 @@ impl CableSession {
                             credential,
                             selector,
                             live_from: Some(next),
+                            tag: stream_tag(identifier),
                         });
                         self.authenticated = true;
                         replies.push(reply_frame(identifier, "confirm_subscription"));
@@ -830,7 +826,7 @@ fn replay(
     out: &mut Vec<Frame>,
 ) -> Option<()> {
     let request = request?.as_object()?;
-    let tag = subscription.stream_tag();
+    let tag = subscription.tag;
     let positions = stream_positions(request, tag, history.epoch())?;
     let resume = match (positions.values().min(), positions.values().max()) {
         (Some(&least), Some(&most)) => {
@@ -1225,6 +1221,7 @@ mod tests {
                 credential,
                 selector,
                 live_from: Some(0),
+                tag: stream_tag(identifier),
             });
         }
         subscriptions
