@@ -348,7 +348,7 @@ pub fn metrics(app: &App) -> Response {
     family(
         "callwire_history_bytes",
         "gauge",
-        "Bytes the history of recent events holds (bounded by --history-bytes).",
+        "Bytes the history of recent events holds: its entries (at most --history-bytes) and their slots.",
         &[(String::new(), history.bytes() as u64)],
     );
     family(

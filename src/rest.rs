@@ -161,7 +161,8 @@ impl LiveApi<'_> {
             if method != "GET" {
                 return Response::method_not_allowed("GET");
             }
-            return match events_since(&mut self.history.borrow_mut(), request, scope) {
+            let since = request.query_param("since");
+            return match events_since(&mut self.history.borrow_mut(), since, scope) {
                 Ok(answer) => Response::json(200, &answer),
                 Err(message) => Response::error(400, &message),
             };
@@ -249,9 +250,8 @@ fn payload_json(payload: &[u8]) -> Value {
 /// position that `scope` may see, oldest first, bounded per answer; `next` is the position to
 /// ask from next. A position the history cannot resume from gets no events, `recovered:
 /// false`, and the current position as `next`.
-fn events_since(history: &mut History, request: &Request, scope: &str) -> Result<Value, String> {
-    let since = request
-        .query_param("since")
+fn events_since(history: &mut History, since: Option<&str>, scope: &str) -> Result<Value, String> {
+    let since = since
         .and_then(percent_decode)
         .ok_or("since=<epoch>:<offset> is required")?;
     let (epoch, offset) = since
@@ -350,6 +350,75 @@ mod tests {
             "/rest/live/calls/%+1",
         ] {
             assert!(segments(malformed).is_none(), "{malformed}");
+        }
+    }
+
+    /// Records an event of `account` with `size` bytes of padding.
+    fn record(history: &mut History, account: &str, size: usize) {
+        let payload = format!(
+            r#"{{"Account-ID":"{account}","pad":"{}"}}"#,
+            "x".repeat(size)
+        );
+        let mut event = crate::event::Event::new("k.k".to_owned(), payload.into_bytes().into());
+        history.record(&mut event);
+    }
+
+    #[test]
+    fn events_since_are_scoped_and_paged_by_count_and_bytes() {
+        let limits = crate::cli::limits_from(&[]);
+        let mut history = History::with_epoch("e1".into(), &limits);
+        for n in 0..1200 {
+            record(&mut history, if n % 2 == 0 { "a" } else { "b" }, 10);
+        }
+        let page = |history: &mut History, since: &str, scope: &str| {
+            events_since(history, Some(since), scope).unwrap()
+        };
+        let offsets = |answer: &Value| -> Vec<u64> {
+            let events = answer["events"].as_array().unwrap();
+            events
+                .iter()
+                .map(|e| e["offset"].as_u64().unwrap())
+                .collect()
+        };
+        // Every account: 500, 500, then 200, each from where the last stopped.
+        let first = page(&mut history, "e1:0", "*");
+        assert_eq!(offsets(&first), (1..=500).collect::<Vec<_>>());
+        assert_eq!(
+            (&first["more"], &first["next"]),
+            (&json!(true), &json!("e1:500"))
+        );
+        let second = page(&mut history, "e1:500", "*");
+        assert_eq!(offsets(&second), (501..=1000).collect::<Vec<_>>());
+        let last = page(&mut history, "e1:1000", "*");
+        assert_eq!(offsets(&last).len(), 200);
+        assert_eq!(
+            (&last["more"], &last["next"]),
+            (&json!(false), &json!("e1:1200"))
+        );
+        assert_eq!(last["events"][0]["data"]["Account-ID"], "a");
+        // One account: only its events, and `next` past the others' too.
+        let a = page(&mut history, "e1:1000", "a");
+        assert_eq!(offsets(&a), (1001..=1200).step_by(2).collect::<Vec<_>>());
+        assert_eq!(a["next"], "e1:1200");
+        // The byte bound: large payloads stop a page early, but never before its first.
+        for _ in 0..3 {
+            record(&mut history, "a", 300 * 1024);
+        }
+        let big = page(&mut history, "e1:1200", "a");
+        assert_eq!(offsets(&big), [1201]);
+        assert_eq!(
+            (&big["more"], &big["next"]),
+            (&json!(true), &json!("e1:1201"))
+        );
+        // Lost or malformed.
+        let lost = page(&mut history, "e0:5", "*");
+        assert_eq!(lost["recovered"], false);
+        assert_eq!(
+            (&lost["events"], &lost["next"]),
+            (&json!([]), &json!("e1:1203"))
+        );
+        for bad in [None, Some("e1"), Some("e1:x"), Some("")] {
+            assert!(events_since(&mut history, bad, "*").is_err(), "{bad:?}");
         }
     }
 
