@@ -368,6 +368,9 @@ fn blackhole_clients_cut_for_3_s_resume_with_every_matching_event_once_in_order(
         );
         if *secret != OTHER {
             assert!(expected.len() > 10, "{who}: {} events", expected.len());
+        }
+        // Events of every name flowed during the cut; one name alone may have had none then.
+        if *secret != OTHER && (*binding == "#" || *binding == "call.*.*") {
             assert!(
                 seen.replayed > 0,
                 "{who}: the cut lost events that the replay gave back"
