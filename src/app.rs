@@ -9,7 +9,9 @@ use std::rc::{Rc, Weak};
 use std::task::{Context, Poll};
 
 use crate::auth::Auth;
+use crate::dialect::cable::SavedSessions;
 use crate::event::Event;
+use crate::history::History;
 use crate::hub::Hub;
 use crate::live::LiveState;
 use crate::metrics::Metrics;
@@ -24,6 +26,10 @@ pub struct App {
     pub source: Rc<SourceStatus>,
     pub metrics: Rc<Metrics>,
     pub live: RefCell<LiveState>,
+    /// Positions and recent events; shared with the Blackhole sessions, which replay from it.
+    pub history: Rc<RefCell<History>>,
+    /// The subscriptions of ended ActionCable sessions, for AnyCable's session restore.
+    pub cable_sessions: Rc<SavedSessions>,
     pub catalogue: Catalogue,
     pub commands: Commands,
     /// The `Host` and `Origin` checks every request passes first.
@@ -33,18 +39,21 @@ pub struct App {
 }
 
 impl App {
-    /// Takes one event through the bridge: counts it, notes its routing-key family, applies
-    /// it to the live calls and fans out what that changed (ActionCable's `calls`), then fans
-    /// the event out to the clients that want it.
-    pub fn deliver(&self, event: Event) {
+    /// Takes one event through the bridge: counts it, gives it its position and keeps it in
+    /// the history, notes its routing-key family, applies it to the live calls and fans out
+    /// what that changed (ActionCable's `calls`), then fans the event out to the clients that
+    /// want it.
+    pub fn deliver(&self, mut event: Event) {
         self.metrics.events_in.inc();
+        self.history.borrow_mut().record(&mut event);
         if event.json.is_none() {
             self.metrics.events_not_json.inc();
         }
         self.catalogue
             .note(&event.routing_key, event.account.as_deref());
         let changes = self.live.borrow_mut().apply(&event);
-        for change in changes {
+        for mut change in changes {
+            change.position.clone_from(&event.position);
             self.hub.publish_change(&change);
         }
         self.hub.publish(&event);

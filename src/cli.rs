@@ -139,6 +139,14 @@ pub struct Args {
     #[argh(option, default = "40")]
     pub request_burst: u32,
 
+    /// bytes of recent events kept so that clients can resume after a drop (default 4194304)
+    #[argh(option, default = "4 * 1024 * 1024")]
+    pub history_bytes: usize,
+
+    /// seconds an event stays in the history of recent events (default 300)
+    #[argh(option, default = "300")]
+    pub history_ttl: u64,
+
     /// log level: error, warn, info or debug (default info)
     #[argh(option, default = "String::from(\"info\")")]
     pub log_level: String,
@@ -289,6 +297,10 @@ impl Args {
                 self.auth_timeout as usize,
             )? as u64),
             max_unauthenticated: positive("--max-unauthenticated", self.max_unauthenticated)?,
+            history_bytes: positive("--history-bytes", self.history_bytes)?,
+            history_ttl: Duration::from_secs(
+                positive("--history-ttl", self.history_ttl as usize)? as u64
+            ),
         };
         let allowed_origins = (self.allowed_origin.iter())
             .map(|origin| origins::parse_allowed_origin(origin))

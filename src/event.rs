@@ -8,6 +8,8 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use serde_json::Value;
 
+use crate::history::Position;
+
 /// Payload fields that name the event's account, in the contract's order of preference.
 const ACCOUNT_PATHS: [&[&str]; 5] = [
     &["Account-ID"],
@@ -35,6 +37,8 @@ pub struct Event {
     pub account: Option<String>,
     /// When callwire took it from the broker.
     pub received_at: SystemTime,
+    /// Its place in the history, given when it enters the bridge (`App::deliver`).
+    pub position: Option<Position>,
 }
 
 impl Event {
@@ -48,6 +52,7 @@ impl Event {
             json,
             account,
             received_at: SystemTime::now(),
+            position: None,
         }
     }
 
@@ -65,8 +70,13 @@ impl Event {
     /// Whether a subscriber scoped to `scope` may see this event: `*` sees every event, an
     /// account sees only its own, and an event with no account is seen only by `*`.
     pub fn visible_to(&self, scope: &str) -> bool {
-        scope == "*" || self.account.as_deref() == Some(scope)
+        visible(self.account.as_deref(), scope)
     }
+}
+
+/// Whether a subscriber scoped to `scope` may see an event of `account` (`Event::visible_to`).
+pub fn visible(account: Option<&str>, scope: &str) -> bool {
+    scope == "*" || account == Some(scope)
 }
 
 /// The first non-empty string at one of the account paths.

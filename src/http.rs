@@ -19,6 +19,8 @@ pub struct Request {
     pub method: String,
     /// The path without its query string.
     pub path: String,
+    /// What followed the path's `?`, if anything.
+    pub query: Option<String>,
     /// The minor HTTP version: 1 for HTTP/1.1, 0 for HTTP/1.0.
     pub version: u8,
     headers: Vec<(String, String)>,
@@ -33,6 +35,14 @@ impl Request {
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
+    }
+
+    /// The first value of a query parameter, as sent (still percent-encoded).
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query.as_deref()?.split('&').find_map(|pair| {
+            pair.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix('='))
+        })
     }
 
     /// Every line of a header (case-insensitive name), in the order sent.
@@ -124,10 +134,14 @@ pub async fn read_head<S: futures_lite::AsyncRead + Unpin>(
         match parsed.parse(&buf) {
             Ok(httparse::Status::Complete(len)) => {
                 let target = parsed.path.unwrap_or("/");
-                let path = target.split('?').next().unwrap_or("/").to_owned();
+                let (path, query) = match target.split_once('?') {
+                    Some((path, query)) => (path, Some(query.to_owned())),
+                    None => (target, None),
+                };
                 let request = Request {
                     method: parsed.method.unwrap_or("").to_owned(),
-                    path,
+                    path: path.to_owned(),
+                    query,
                     version: parsed.version.unwrap_or(0),
                     headers: parsed
                         .headers
@@ -329,6 +343,19 @@ pub fn metrics(app: &App) -> Response {
         "counter",
         "Live calls dropped to stay within --max-calls.",
         &[(String::new(), metrics.live_calls_evicted.get())],
+    );
+    let history = app.history.borrow();
+    family(
+        "callwire_history_bytes",
+        "gauge",
+        "Bytes the history of recent events holds: its entries (at most --history-bytes) and their slots.",
+        &[(String::new(), history.bytes() as u64)],
+    );
+    family(
+        "callwire_history_events",
+        "gauge",
+        "Events the history holds for clients that resume.",
+        &[(String::new(), history.len() as u64)],
     );
     family(
         "callwire_process_resident_memory_bytes",

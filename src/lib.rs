@@ -17,6 +17,7 @@ pub mod cli;
 pub mod clock;
 pub mod dialect;
 pub mod event;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod limits;

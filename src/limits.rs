@@ -32,6 +32,10 @@ pub struct Limits {
     pub request_rate: f64,
     /// Requests one socket may send in a burst.
     pub request_burst: u32,
+    /// Bytes the history of recent events may hold (delivery.md).
+    pub history_bytes: usize,
+    /// Age past which an event leaves the history.
+    pub history_ttl: Duration,
     /// Time a websocket has to authenticate, with `--auth`.
     pub auth_timeout: Duration,
     /// Websockets at once still to authenticate, beside `max_clients`.

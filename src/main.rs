@@ -10,6 +10,7 @@ use callwire::app::{App, ToApp};
 use callwire::auth::Auth;
 use callwire::cli::{self, Config, Run, SourceConfig};
 use callwire::dialect::cable;
+use callwire::history::History;
 use callwire::hub::Hub;
 use callwire::live::LiveState;
 use callwire::metrics::Metrics;
@@ -126,6 +127,11 @@ async fn run(
                 limits.max_calls,
                 limits.events_per_call,
                 metrics.clone(),
+            )),
+            history: Rc::new(RefCell::new(History::new(&limits))),
+            cable_sessions: Rc::new(cable::SavedSessions::new(
+                limits.max_clients,
+                limits.history_ttl,
             )),
             catalogue: Catalogue::default(),
             commands,

@@ -1,5 +1,6 @@
 //! The REST live API (contract: live-api.md): root, instance, sub-resource and action paths
-//! over the live calls and extensions, and the `/v2/websockets` binding catalogue.
+//! over the live calls and extensions, the recent events after a position (delivery.md,
+//! `/rest/live/events?since=`), and the `/v2/websockets` binding catalogue.
 //!
 //! Every answer is scoped to the caller's credential; the routing is a pure function of the
 //! request and the state, so it is easy to test and to fuzz.
@@ -11,6 +12,7 @@ use serde_json::{Value, json};
 
 use crate::auth::Auth;
 use crate::clock;
+use crate::history::{History, Resume};
 use crate::http::{Request, Response};
 use crate::live::{self, LiveState};
 use crate::source::Commands;
@@ -27,6 +29,11 @@ const CALL_EVENTS: [&str; 9] = [
     "PARK_PARKED",
     "PARK_RETRIEVED",
 ];
+
+/// Most events one `/rest/live/events` answer holds; `more` says there are others.
+const EVENTS_PER_RESPONSE: usize = 500;
+/// Most payload bytes one `/rest/live/events` answer holds (but always at least one event).
+const EVENT_BYTES_PER_RESPONSE: usize = 512 * 1024;
 
 /// Most routing-key families the catalogue remembers.
 const CATALOGUE_LIMIT: usize = 256;
@@ -134,6 +141,7 @@ fn unauthorized() -> Response {
 pub struct LiveApi<'a> {
     pub auth: &'a Auth,
     pub live: &'a RefCell<LiveState>,
+    pub history: &'a RefCell<History>,
     pub commands: &'a Commands,
 }
 
@@ -149,6 +157,16 @@ impl LiveApi<'_> {
         let scope = credential.account.as_str();
         let method = request.method.as_str();
         let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+        if segments == ["events"] {
+            if method != "GET" {
+                return Response::method_not_allowed("GET");
+            }
+            let since = request.query_param("since");
+            return match events_since(&mut self.history.borrow_mut(), since, scope) {
+                Ok(answer) => Response::json(200, &answer),
+                Err(message) => Response::error(400, &message),
+            };
+        }
         let live = self.live.borrow();
         match segments.as_slice() {
             ["calls"] => read(method, || Ok(live.calls(scope).collect::<Vec<_>>())),
@@ -218,9 +236,66 @@ fn body_too_large(request: &Request) -> bool {
 
 /// One recent event as the `events` sub-resource shows it: the payload as JSON when it is.
 fn event_json(routing_key: &str, received_at: std::time::SystemTime, payload: &[u8]) -> Value {
-    let data = serde_json::from_slice::<Value>(payload)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into_owned()));
+    let data = payload_json(payload);
     json!({"routing_key": routing_key, "received_at": clock::rfc3339(received_at), "data": data})
+}
+
+/// A payload as JSON when it is, else as a JSON string.
+fn payload_json(payload: &[u8]) -> Value {
+    serde_json::from_slice::<Value>(payload)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into_owned()))
+}
+
+/// `GET /rest/live/events?since=<epoch>:<offset>` (delivery.md): the events after that
+/// position that `scope` may see, oldest first, bounded per answer; `next` is the position to
+/// ask from next. A position the history cannot resume from gets no events, `recovered:
+/// false`, and the current position as `next`.
+fn events_since(history: &mut History, since: Option<&str>, scope: &str) -> Result<Value, String> {
+    let since = since
+        .and_then(percent_decode)
+        .ok_or("since=<epoch>:<offset> is required")?;
+    let (epoch, offset) = since
+        .rsplit_once(':')
+        .and_then(|(epoch, offset)| Some((epoch, offset.parse::<u64>().ok()?)))
+        .ok_or_else(|| format!("since: expected <epoch>:<offset>, got {since}"))?;
+    history.expire(std::time::Instant::now());
+    let epoch_now = history.epoch().to_string();
+    let mut next = history.last_offset();
+    let mut events = Vec::new();
+    let mut more = false;
+    let recovered = match history.resume(epoch, offset) {
+        Resume::Lost => false,
+        Resume::Recovered { from } => {
+            let mut bytes = 0;
+            for entry in history.entries_from(from) {
+                if !entry.visible_to(scope) {
+                    continue;
+                }
+                bytes += entry.payload.len();
+                if !events.is_empty()
+                    && (events.len() == EVENTS_PER_RESPONSE || bytes > EVENT_BYTES_PER_RESPONSE)
+                {
+                    // Everything before this entry was answered or not the caller's.
+                    next = entry.offset - 1;
+                    more = true;
+                    break;
+                }
+                events.push(json!({
+                    "offset": entry.offset,
+                    "routing_key": &*entry.routing_key,
+                    "data": payload_json(&entry.payload),
+                }));
+            }
+            true
+        }
+    };
+    Ok(json!({
+        "epoch": epoch_now,
+        "recovered": recovered,
+        "events": events,
+        "next": format!("{epoch_now}:{next}"),
+        "more": more,
+    }))
 }
 
 /// The percent-decoded segments after `/rest/live/`; `None` for a malformed path (an empty
@@ -275,6 +350,75 @@ mod tests {
             "/rest/live/calls/%+1",
         ] {
             assert!(segments(malformed).is_none(), "{malformed}");
+        }
+    }
+
+    /// Records an event of `account` with `size` bytes of padding.
+    fn record(history: &mut History, account: &str, size: usize) {
+        let payload = format!(
+            r#"{{"Account-ID":"{account}","pad":"{}"}}"#,
+            "x".repeat(size)
+        );
+        let mut event = crate::event::Event::new("k.k".to_owned(), payload.into_bytes().into());
+        history.record(&mut event);
+    }
+
+    #[test]
+    fn events_since_are_scoped_and_paged_by_count_and_bytes() {
+        let limits = crate::cli::limits_from(&[]);
+        let mut history = History::with_epoch("e1".into(), &limits);
+        for n in 0..1200 {
+            record(&mut history, if n % 2 == 0 { "a" } else { "b" }, 10);
+        }
+        let page = |history: &mut History, since: &str, scope: &str| {
+            events_since(history, Some(since), scope).unwrap()
+        };
+        let offsets = |answer: &Value| -> Vec<u64> {
+            let events = answer["events"].as_array().unwrap();
+            events
+                .iter()
+                .map(|e| e["offset"].as_u64().unwrap())
+                .collect()
+        };
+        // Every account: 500, 500, then 200, each from where the last stopped.
+        let first = page(&mut history, "e1:0", "*");
+        assert_eq!(offsets(&first), (1..=500).collect::<Vec<_>>());
+        assert_eq!(
+            (&first["more"], &first["next"]),
+            (&json!(true), &json!("e1:500"))
+        );
+        let second = page(&mut history, "e1:500", "*");
+        assert_eq!(offsets(&second), (501..=1000).collect::<Vec<_>>());
+        let last = page(&mut history, "e1:1000", "*");
+        assert_eq!(offsets(&last).len(), 200);
+        assert_eq!(
+            (&last["more"], &last["next"]),
+            (&json!(false), &json!("e1:1200"))
+        );
+        assert_eq!(last["events"][0]["data"]["Account-ID"], "a");
+        // One account: only its events, and `next` past the others' too.
+        let a = page(&mut history, "e1:1000", "a");
+        assert_eq!(offsets(&a), (1001..=1200).step_by(2).collect::<Vec<_>>());
+        assert_eq!(a["next"], "e1:1200");
+        // The byte bound: large payloads stop a page early, but never before its first.
+        for _ in 0..3 {
+            record(&mut history, "a", 300 * 1024);
+        }
+        let big = page(&mut history, "e1:1200", "a");
+        assert_eq!(offsets(&big), [1201]);
+        assert_eq!(
+            (&big["more"], &big["next"]),
+            (&json!(true), &json!("e1:1201"))
+        );
+        // Lost or malformed.
+        let lost = page(&mut history, "e0:5", "*");
+        assert_eq!(lost["recovered"], false);
+        assert_eq!(
+            (&lost["events"], &lost["next"]),
+            (&json!([]), &json!("e1:1203"))
+        );
+        for bad in [None, Some("e1"), Some("e1:x"), Some("")] {
+            assert!(events_since(&mut history, bad, "*").is_err(), "{bad:?}");
         }
     }
 

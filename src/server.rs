@@ -169,6 +169,7 @@ pub fn route_http(request: &Request, app: &App) -> Response {
         (_, path) if path.starts_with("/rest/live/") => LiveApi {
             auth: &app.auth,
             live: &app.live,
+            history: &app.history,
             commands: &app.commands,
         }
         .route(request),
@@ -225,6 +226,21 @@ async fn upgrade(
         }
     };
     let limits = app.hub.limits();
+    // AnyCable's extended protocol when the client offers it (delivery.md), else the plain one.
+    let cable_protocol = [cable::SUBPROTOCOL_EXTENDED, cable::SUBPROTOCOL]
+        .into_iter()
+        .find(|protocol| request.header_has("sec-websocket-protocol", protocol));
+    let extended = cable_protocol == Some(cable::SUBPROTOCOL_EXTENDED);
+    // The session it asks to restore: AnyCable's client presents its id in the URL; others
+    // may in a header.
+    let restore = extended
+        .then(|| {
+            request
+                .header("x-anycable-restore-sid")
+                .or_else(|| request.query_param("sid"))
+        })
+        .flatten()
+        .map(str::to_owned);
     // iSymphony proves who it is on the upgrade itself; Blackhole later, with a token;
     // ActionCable per subscription, with its key.
     let (credential, interest) = match dialect {
@@ -242,6 +258,10 @@ async fn upgrade(
                 return;
             }
         },
+        Dialect::Cable if extended => (
+            None,
+            Interest::Cable(cable::Subscriptions::extended(limits.max_bindings)),
+        ),
         Dialect::Cable => (
             None,
             Interest::Cable(cable::Subscriptions::new(limits.max_bindings)),
@@ -277,10 +297,8 @@ async fn upgrade(
     // Blackhole answers without a subprotocol even when one is offered (blackhole.md).
     // ActionCable answers `actioncable-v1-json` when it is offered (the official client needs
     // it), and no subprotocol otherwise, as Rails does (docs/ARCHITECTURE.md, "Choices").
-    let protocol = match dialect {
-        Dialect::Cable if request.header_has("sec-websocket-protocol", cable::SUBPROTOCOL) => {
-            format!("Sec-WebSocket-Protocol: {}\r\n", cable::SUBPROTOCOL)
-        }
+    let protocol = match (dialect, cable_protocol) {
+        (Dialect::Cable, Some(protocol)) => format!("Sec-WebSocket-Protocol: {protocol}\r\n"),
         _ => String::new(),
     };
     let accepted = format!(
@@ -298,7 +316,8 @@ async fn upgrade(
     let app = app.clone();
     match dialect {
         Dialect::Blackhole => {
-            let session = BlackholeSession::new(client.clone(), app.auth.clone());
+            let session =
+                BlackholeSession::new(client.clone(), app.auth.clone(), app.history.clone());
             spawn_connection(
                 executor,
                 Connection::new(ws, client, session, app, seat),
@@ -314,7 +333,17 @@ async fn upgrade(
             );
         }
         Dialect::Cable => {
-            let session = CableSession::new(client.clone(), app.auth.clone());
+            let session = if extended {
+                CableSession::extended(
+                    client.clone(),
+                    app.auth.clone(),
+                    app.history.clone(),
+                    app.cable_sessions.clone(),
+                    restore.as_deref(),
+                )
+            } else {
+                CableSession::new(client.clone(), app.auth.clone())
+            };
             spawn_connection(
                 executor,
                 Connection::new(ws, client, session, app, seat),

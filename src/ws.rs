@@ -167,7 +167,7 @@ pub struct Connection<S> {
     client: Rc<Client>,
     session: S,
     app: Rc<App>,
-    /// The session's replies not yet written.
+    /// The session's replies not yet written, the next one last.
     replies: Vec<Frame>,
     /// The ping interval while serving; the deadline once closing.
     timer: Timer,
@@ -278,6 +278,9 @@ impl<S: Session> Connection<S> {
         } else if let Some(data) = data {
             self.session.on_binary(data, &mut self.replies);
         }
+        // Written from the back (`pop`): one request's replies (a Blackhole replay among them)
+        // may be thousands of frames, and taking each from the front would move all the rest.
+        self.replies.reverse();
     }
 
     /// Until the socket has authenticated: moves it to a client's seat once it has (closing it
@@ -345,7 +348,7 @@ impl<S: Session> Connection<S> {
         let (replies, client) = (&mut self.replies, &self.client);
         let next = || {
             let frame = match replies.is_empty() {
-                false => Some(replies.remove(0)),
+                false => replies.pop(),
                 true => client.pop(),
             };
             frame.map(Message::Text)

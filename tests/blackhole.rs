@@ -1170,14 +1170,27 @@ fn event_frames_carry_kazoos_data_or_the_payload_as_it_was() {
     for (topic, payload, _, _) in &cases {
         publish(&prefix, topic, payload);
     }
+    let mut last_offset = None;
     for (topic, payload, name, data) in &cases {
         let (text, frame) = next_event(&mut socket);
+        // delivery.md: one epoch, and each event one offset after the one before.
+        let offset = frame["offset"].as_u64().expect("an offset");
+        if let Some(last) = last_offset {
+            assert_eq!(offset, last + 1, "{text}");
+        }
+        last_offset = Some(offset);
+        assert!(
+            frame["epoch"].as_str().is_some_and(|e| !e.is_empty()),
+            "{text}"
+        );
         assert_eq!(
             keys_of(&frame),
             [
                 "action",
                 "data",
+                "epoch",
                 "name",
+                "offset",
                 "routing_key",
                 "subscribed_key",
                 "subscription_key"

@@ -4,6 +4,7 @@
 
 mod counting_alloc;
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -12,6 +13,7 @@ use callwire::cli;
 use callwire::dialect::blackhole::{BlackholeSession, Subscriptions};
 use callwire::dialect::{Dialect, Session};
 use callwire::event::Event;
+use callwire::history::History;
 use callwire::hub::{Client, Hub, Interest};
 use callwire::metrics::Metrics;
 use counting_alloc::allocations_during;
@@ -23,11 +25,12 @@ fn subscribed(count: usize) -> (Hub, Vec<Rc<Client>>) {
     };
     let hub = Hub::new(config.limits, Rc::new(Metrics::default()));
     let auth = Rc::new(Auth::open());
+    let history = Rc::new(RefCell::new(History::new(&config.limits)));
     let clients = (0..count)
         .map(|_| {
             let interest = Interest::Blackhole(Subscriptions::new(1));
             let client = hub.register(Dialect::Blackhole, None, interest).unwrap();
-            let mut session = BlackholeSession::new(client.clone(), auth.clone());
+            let mut session = BlackholeSession::new(client.clone(), auth.clone(), history.clone());
             let mut replies = Vec::new();
             session.on_text(
                 r#"{"action":"subscribe","data":{"binding":"call.#"}}"#,

@@ -730,15 +730,17 @@ fn settle(callwire: &Callwire, baseline: Option<usize>) -> usize {
 fn a_minute_of_churn_leaves_memory_and_descriptors_where_they_were() {
     let _heavy = heavy();
     let mut rng = Rng::seeded("churn");
-    // The live state is bounded by `--max-calls`: a bound the demo fills within the warm-up
-    // (20 calls a second) keeps its growth out of the comparison, so what is compared is what
-    // the churn leaves behind.
+    // The live state is bounded by `--max-calls`, and the history of recent events by
+    // `--history-bytes`: bounds the demo fills within the warm-up (20 calls a second) keep their
+    // growth out of the comparison, so what is compared is what the churn leaves behind.
     let mut callwire = Callwire::start(&[
         "--demo",
         "--demo-rate",
         "20",
         "--max-calls",
         "100",
+        "--history-bytes",
+        "65536",
         "--max-clients",
         "4096",
         "--max-per-ip",

@@ -303,7 +303,7 @@ fn an_abstract_notify_socket_works_too() {
 
 /// The metric families the contract names (live-api.md, "Health and metrics"), each with
 /// its type and the label it is broken down by.
-const FAMILIES: [(&str, &str, &str); 8] = [
+const FAMILIES: [(&str, &str, &str); 10] = [
     ("callwire_events_in_total", "counter", "source"),
     ("callwire_deliveries_total", "counter", "dialect"),
     ("callwire_events_dropped_total", "counter", "reason"),
@@ -312,6 +312,8 @@ const FAMILIES: [(&str, &str, &str); 8] = [
     ("callwire_source_reconnects_total", "counter", "source"),
     ("callwire_live_calls", "gauge", ""),
     ("callwire_process_resident_memory_bytes", "gauge", ""),
+    ("callwire_history_bytes", "gauge", ""),
+    ("callwire_history_events", "gauge", ""),
 ];
 
 /// A sample's value, by its exact name and labels.
@@ -385,6 +387,9 @@ fn a_live_scrape_passes_promtool_check_metrics() {
         1.0
     );
     assert!(sample(scrape, "callwire_process_resident_memory_bytes") > 1_000_000.0);
+    // Five events came through, so the history holds them, and their bytes.
+    assert!(sample(scrape, "callwire_history_events") >= 5.0);
+    assert!(sample(scrape, "callwire_history_bytes") > 5.0 * 100.0);
 
     let mut promtool = Command::new("promtool");
     promtool

@@ -1,7 +1,8 @@
 //! The Blackhole dialect as production runs it: a `BlackholeSession` on a client registered in
 //! the hub of an `App`, fed the input's lines as requests (`Script`), with events delivered
-//! through `App::deliver` in between. A model written from blackhole.md predicts every reply
-//! and every event frame, and the two must agree.
+//! through `App::deliver` in between. A model written from blackhole.md and delivery.md
+//! predicts every reply, every event frame and every replay of a `since`, and the two must
+//! agree.
 
 #![no_main]
 
@@ -22,8 +23,42 @@ struct Model {
     required: bool,
     /// The account of the credential the socket proved.
     account: Option<String>,
-    /// (binding, scope), in subscription order.
-    items: Vec<(String, String)>,
+    /// (binding, scope, the first offset it delivered from), in subscription order.
+    items: Vec<(String, String, u64)>,
+    /// The bridge's epoch, and every event delivered so far (offset `i + 1` at index `i`):
+    /// the fuzz limits' history never drops one.
+    epoch: String,
+    events: Vec<Delivered>,
+    /// The frames the last subscribe replays, in order.
+    replay: Vec<Value>,
+}
+
+/// One event as the model remembers it.
+struct Delivered {
+    key: String,
+    account: Option<String>,
+    name: String,
+    data: Value,
+}
+
+impl Delivered {
+    /// Whether `(binding, scope)` takes it: visible, routable, matching.
+    fn taken_by(&self, binding: &str, scope: &str) -> bool {
+        self.key.split('.').count() <= MAX_KEY_SEGMENTS
+            && visible(self.account.as_deref(), scope)
+            && reference_matches(binding, &self.key)
+    }
+
+    /// Its frame under `(binding, scope)` (blackhole.md, delivery.md).
+    fn frame(&self, binding: &str, scope: &str, epoch: &str, offset: u64) -> Value {
+        let subscription_key = match binding.split_once('.') {
+            Some((first, rest)) => format!("{first}.{scope}.{rest}"),
+            None => format!("{binding}.{scope}"),
+        };
+        json!({"action": "event", "subscribed_key": binding,
+               "subscription_key": subscription_key, "name": self.name,
+               "routing_key": self.key, "epoch": epoch, "offset": offset, "data": self.data})
+    }
 }
 
 fn valid_binding(text: &str) -> bool {
@@ -95,6 +130,22 @@ impl Model {
             (None, Some(Value::Array(_)) | None) => return Err(missing()),
             (None, Some(other)) => return Err(format!("invalid binding {other}")),
         };
+        let since = match data.get("since") {
+            Some(since) if subscribe => {
+                match (
+                    since.get("epoch").and_then(Value::as_str),
+                    since.get("offset").and_then(Value::as_u64),
+                ) {
+                    (Some(epoch), Some(offset)) => Some((epoch.to_owned(), offset)),
+                    _ => {
+                        return Err(format!(
+                            "invalid since {since}: expected {{\"epoch\": string, \"offset\": integer}}"
+                        ));
+                    }
+                }
+            }
+            _ => None,
+        };
         let pairs: Vec<(String, String)> = requested
             .iter()
             .map(|binding| (binding.clone(), scope.to_owned()))
@@ -102,33 +153,77 @@ impl Model {
         // Kazoo's bh_events: `subscribed` lists every binding on the socket, each once, in
         // subscription order; `unsubscribed` the bindings this request removed.
         let mut unsubscribed: Vec<String> = Vec::new();
+        let holds = |items: &[(String, String, u64)], pair: &(String, String)| {
+            items.iter().any(|(b, s, _)| *b == pair.0 && *s == pair.1)
+        };
+        let last = self.events.len() as u64;
+        let mut recovered = None;
         if subscribe {
-            let mut added: Vec<(String, String)> = Vec::new();
+            let mut wanted: Vec<(String, String)> = Vec::new();
             for pair in pairs {
-                if !self.items.contains(&pair) && !added.contains(&pair) {
-                    added.push(pair);
+                if !wanted.contains(&pair) {
+                    wanted.push(pair);
                 }
             }
-            if self.items.len() + added.len() > LIMITS.max_bindings {
+            let added = wanted.iter().filter(|p| !holds(&self.items, p)).count();
+            if self.items.len() + added > LIMITS.max_bindings {
                 return Err(format!("too many bindings (limit {})", LIMITS.max_bindings));
             }
-            self.items.extend(added);
+            // delivery.md: every event after the position, each once, that a new binding takes
+            // and no binding the socket held has already delivered.
+            let mut covers_from = last + 1;
+            if let Some((epoch, offset)) = &since {
+                let ok = *epoch == self.epoch && *offset <= last;
+                if ok {
+                    for (index, event) in self.events.iter().enumerate().skip(*offset as usize) {
+                        let at = index as u64 + 1;
+                        let delivered = self
+                            .items
+                            .iter()
+                            .any(|(b, s, from)| *from <= at && event.taken_by(b, s));
+                        let taker = wanted.iter().find(|(b, s)| event.taken_by(b, s));
+                        if let (false, Some((binding, scope))) = (delivered, taker) {
+                            self.replay
+                                .push(event.frame(binding, scope, &self.epoch, at));
+                        }
+                    }
+                    covers_from = offset + 1;
+                }
+                recovered = Some(ok);
+            }
+            for (binding, scope) in wanted {
+                match self
+                    .items
+                    .iter_mut()
+                    .find(|(b, s, _)| *b == binding && *s == scope)
+                {
+                    Some(item) => item.2 = item.2.min(covers_from),
+                    None => self.items.push((binding, scope, covers_from)),
+                }
+            }
         } else {
             for pair in &pairs {
-                if self.items.contains(pair) && !unsubscribed.contains(&pair.0) {
+                if holds(&self.items, pair) && !unsubscribed.contains(&pair.0) {
                     unsubscribed.push(pair.0.clone());
                 }
             }
-            self.items.retain(|item| !pairs.contains(item));
+            self.items
+                .retain(|(b, s, _)| !pairs.iter().any(|p| p.0 == *b && p.1 == *s));
         }
         let mut listing: Vec<&str> = Vec::new();
-        for (binding, _) in &self.items {
+        for (binding, _, _) in &self.items {
             if !listing.contains(&binding.as_str()) {
                 listing.push(binding);
             }
         }
         if subscribe {
-            Ok(json!({ "subscribed": listing }))
+            let mut reply = json!({ "subscribed": listing });
+            if let Some(recovered) = recovered {
+                reply["recovered"] = json!(recovered);
+                reply["epoch"] = json!(self.epoch);
+                reply["offset"] = json!(last);
+            }
+            Ok(reply)
         } else {
             Ok(json!({ "unsubscribed": unsubscribed, "subscribed": listing }))
         }
@@ -209,27 +304,34 @@ fuzz_target!(|data: &[u8]| {
         .hub
         .register(Dialect::Blackhole, None, interest)
         .expect("a free slot");
-    let mut session = BlackholeSession::new(client.clone(), app.auth.clone());
+    let mut session = BlackholeSession::new(client.clone(), app.auth.clone(), app.history.clone());
     let mut model = Model {
         required: script.auth,
         account: None,
         items: Vec::new(),
+        epoch: app.history.borrow().epoch().to_string(),
+        events: Vec::new(),
+        replay: Vec::new(),
     };
     let mut replies = Vec::new();
     for step in script.steps {
         match step {
             Step::Text(text) => {
                 session.on_text(text, &mut replies);
-                assert_eq!(replies.len(), 1, "one reply per request");
                 match serde_json::from_str::<Value>(text) {
                     Ok(Value::Object(request)) => {
                         let id = request
                             .get("request_id")
                             .filter(|id| id.is_string() || id.is_number());
+                        model.replay.clear();
                         check_reply(&replies[0], id, model.request(&request));
                     }
                     _ => check_reply(&replies[0], None, Err("invalid JSON".to_owned())),
                 }
+                // The reply first, then the replay.
+                let replayed: Vec<Value> = replies[1..].iter().map(|frame| json(frame)).collect();
+                assert_eq!(replayed, model.replay, "{text}");
+                model.replay.clear();
             }
             Step::Binary(bytes) => {
                 session.on_binary(bytes, &mut replies);
@@ -258,25 +360,25 @@ fuzz_target!(|data: &[u8]| {
                 let data = reference_data(event.json.as_ref(), payload);
                 app.deliver(event);
                 let frames = drain(&client);
+                let delivered = Delivered {
+                    key: key.to_owned(),
+                    account,
+                    name,
+                    data,
+                };
+                model.events.push(delivered);
+                let (delivered, offset) =
+                    (&model.events[model.events.len() - 1], model.events.len());
                 // The first subscription that matches and may see the event, if any.
-                let routable = key.split('.').count() <= MAX_KEY_SEGMENTS;
-                let expected = model.items.iter().find(|(binding, scope)| {
-                    routable
-                        && visible(account.as_deref(), scope)
-                        && reference_matches(binding, key)
-                });
+                let expected = model
+                    .items
+                    .iter()
+                    .find(|(binding, scope, _)| delivered.taken_by(binding, scope));
                 assert_eq!(frames.len(), usize::from(expected.is_some()), "{key:?}");
-                if let (Some((binding, scope)), Some(frame)) = (expected, frames.first()) {
-                    let subscription_key = match binding.split_once('.') {
-                        Some((first, rest)) => format!("{first}.{scope}.{rest}"),
-                        None => format!("{binding}.{scope}"),
-                    };
-                    let sent = json(frame);
+                if let (Some((binding, scope, _)), Some(frame)) = (expected, frames.first()) {
                     assert_eq!(
-                        sent,
-                        json!({"action": "event", "subscribed_key": binding,
-                               "subscription_key": subscription_key, "name": name,
-                               "routing_key": key, "data": data}),
+                        json(frame),
+                        delivered.frame(binding, scope, &model.epoch, offset as u64),
                         "{frame}"
                     );
                 }

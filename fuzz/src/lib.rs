@@ -10,7 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use callwire::app::App;
 use callwire::auth::Auth;
+use callwire::dialect::cable::SavedSessions;
 use callwire::event::Event;
+use callwire::history::History;
 use callwire::hub::{Client, Frame, Hub};
 use callwire::limits::Limits;
 use callwire::live::LiveState;
@@ -38,6 +40,9 @@ pub const LIMITS: Limits = Limits {
     request_burst: 1000,
     auth_timeout: Duration::from_secs(10),
     max_unauthenticated: 4,
+    // Larger than any input's events can fill, so the model may assume nothing is dropped.
+    history_bytes: 16 * 1024 * 1024,
+    history_ttl: Duration::from_secs(300),
 };
 
 /// The credentials of the `@auth` inputs: (name, secret, account).
@@ -94,6 +99,9 @@ pub fn app(auth: Rc<Auth>) -> App {
             metrics.clone(),
         )),
         metrics,
+        // A known epoch, so that an input can resume from a position in it.
+        history: Rc::new(RefCell::new(History::with_epoch("fuzz".into(), &LIMITS))),
+        cable_sessions: Rc::new(SavedSessions::new(LIMITS.max_clients, LIMITS.history_ttl)),
         catalogue: Catalogue::default(),
         commands: Commands::None,
         origins: Origins::new(

@@ -1,6 +1,8 @@
 //! The Kazoo Blackhole dialect (contract: blackhole.md): binding subscriptions, their replies
-//! and errors, account rules, and the event frame.
+//! and errors, account rules, the event frame, and resuming from a position (delivery.md:
+//! `since`, `recovered`).
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use serde_json::{Map, Value, json};
@@ -8,6 +10,7 @@ use serde_json::{Map, Value, json};
 use crate::auth::{Auth, Credential};
 use crate::dialect::{Session, kazoo_json, push_json_str};
 use crate::event::Event;
+use crate::history::{History, Resume};
 use crate::hub::{Client, Frame, Interest};
 use crate::matcher::{Binding, RoutingKey};
 use crate::metrics::Limit;
@@ -25,10 +28,26 @@ struct Subscription {
     scope: Scope,
 }
 
+/// A subscription on a socket, and the first offset from which it has delivered every event
+/// it matches (live or replayed): a replay skips what the socket's subscriptions already
+/// delivered.
+#[derive(Debug)]
+struct Held {
+    subscription: Subscription,
+    covers_from: u64,
+}
+
+impl Held {
+    fn takes(&self, account: Option<&str>, key: &RoutingKey<'_>) -> bool {
+        crate::event::visible(account, &self.subscription.scope)
+            && self.subscription.binding.matches(key)
+    }
+}
+
 /// A socket's bindings, in subscription order, at most `--max-bindings` of them.
 #[derive(Debug)]
 pub struct Subscriptions {
-    items: Vec<Subscription>,
+    items: Vec<Held>,
     limit: usize,
 }
 
@@ -50,18 +69,24 @@ impl Subscriptions {
         key: &RoutingKey<'_>,
         renders: &mut Renders,
     ) -> Option<Frame> {
-        let subscription = self
+        let held = self
             .items
             .iter()
-            .find(|s| event.visible_to(&s.scope) && s.binding.matches(key))?;
-        Some(renders.frame(event, subscription))
+            .find(|held| held.takes(event.account.as_deref(), key))?;
+        Some(renders.frame(event, &held.subscription))
+    }
+
+    fn holds(&self, subscription: &Subscription) -> bool {
+        self.items
+            .iter()
+            .any(|held| held.subscription == *subscription)
     }
 
     /// Every binding on the socket, each once, in subscription order.
     fn listing(&self) -> Vec<&str> {
         let mut listed: Vec<&str> = Vec::with_capacity(self.items.len());
-        for subscription in &self.items {
-            let text = subscription.binding.as_str();
+        for held in &self.items {
+            let text = held.subscription.binding.as_str();
             if !listed.contains(&text) {
                 listed.push(text);
             }
@@ -135,6 +160,13 @@ fn render_event(event: &Event, subscription: &Subscription, data: &str) -> Strin
     push_json_str(&mut out, event.name());
     out.push_str(r#","routing_key":"#);
     push_json_str(&mut out, &event.routing_key);
+    if let Some(position) = &event.position {
+        use std::fmt::Write;
+        out.push_str(r#","epoch":"#);
+        push_json_str(&mut out, &position.epoch);
+        let _ = write!(out, r#","offset":{}"#, position.offset);
+    }
+    // `data` last: it is the payload's bytes when they are JSON but not an object.
     out.push_str(r#","data":"#);
     out.push_str(data);
     out.push('}');
@@ -149,6 +181,7 @@ const TOKEN_REQUIRED: &str = "authentication token required";
 pub struct BlackholeSession {
     client: Rc<Client>,
     auth: Rc<Auth>,
+    history: Rc<RefCell<History>>,
     /// Set by the first request with a valid token (or at once without `--auth`).
     credential: Option<Rc<Credential>>,
     /// The socket's friendly name and metadata, kept as the client sent them (boxed: most
@@ -159,10 +192,15 @@ pub struct BlackholeSession {
 }
 
 impl BlackholeSession {
-    pub fn new(client: Rc<Client>, auth: Rc<Auth>) -> BlackholeSession {
+    pub fn new(
+        client: Rc<Client>,
+        auth: Rc<Auth>,
+        history: Rc<RefCell<History>>,
+    ) -> BlackholeSession {
         BlackholeSession {
             client,
             auth,
+            history,
             credential: None,
             name: None,
             metadata: None,
@@ -183,7 +221,12 @@ impl BlackholeSession {
         Frame::from(reply.to_string())
     }
 
-    fn handle(&mut self, request: &Map<String, Value>) -> Result<Value, String> {
+    /// Handles one request; a subscribe that resumes puts the events it replays in `replay`.
+    fn handle(
+        &mut self,
+        request: &Map<String, Value>,
+        replay: &mut Vec<Frame>,
+    ) -> Result<Value, String> {
         let credential = self.authenticate(request)?;
         let data = request.get("data").and_then(Value::as_object);
         for (field, slot) in [("name", &mut self.name), ("metadata", &mut self.metadata)] {
@@ -198,8 +241,8 @@ impl BlackholeSession {
             None => Ok(json!({})),
             Some(Value::String(action)) => match action.as_str() {
                 "ping" => Ok(json!({"response": "pong"})),
-                "subscribe" => self.subscribe(&credential, data, true),
-                "unsubscribe" => self.subscribe(&credential, data, false),
+                "subscribe" => self.subscribe(&credential, data, Some(replay)),
+                "unsubscribe" => self.subscribe(&credential, data, None),
                 other => Err(format!("unknown action {other}")),
             },
             Some(other) => Err(format!("unknown action {other}")),
@@ -224,14 +267,19 @@ impl BlackholeSession {
         Ok(credential)
     }
 
+    /// Subscribes (`replay` is where a resume's events go) or unsubscribes (`None`).
     fn subscribe(
         &mut self,
         credential: &Credential,
         data: Option<&Map<String, Value>>,
-        subscribe: bool,
+        replay: Option<&mut Vec<Frame>>,
     ) -> Result<Value, String> {
         let scope = scope_for(credential, data.and_then(|d| d.get("account_id")))?;
         let requested = requested_bindings(data)?;
+        let since = match &replay {
+            Some(_) => since(data)?,
+            None => None,
+        };
         let mut interest = self.client.interest.borrow_mut();
         let Interest::Blackhole(subscriptions) = &mut *interest else {
             return Err("not a Blackhole socket".to_owned());
@@ -240,29 +288,67 @@ impl BlackholeSession {
             binding: binding.clone(),
             scope: scope.clone(),
         });
-        if subscribe {
-            let mut added: Vec<Subscription> = Vec::new();
+        if let Some(replay) = replay {
+            let mut wanted: Vec<Subscription> = Vec::new();
             for subscription in requested_here {
-                if !subscriptions.items.contains(&subscription) && !added.contains(&subscription) {
-                    added.push(subscription);
+                if !wanted.contains(&subscription) {
+                    wanted.push(subscription);
                 }
             }
-            if subscriptions.items.len() + added.len() > subscriptions.limit {
+            let added = wanted.iter().filter(|s| !subscriptions.holds(s)).count();
+            if subscriptions.items.len() + added > subscriptions.limit {
                 self.client.metrics.limit_hits(Limit::Bindings).inc();
                 return Err(format!("too many bindings (limit {})", subscriptions.limit));
             }
+            let mut history = self.history.borrow_mut();
+            history.expire(std::time::Instant::now());
+            // The first offset the new subscriptions cover: the next event, or the one after
+            // the client's position when the history still holds everything after it.
+            let mut covers_from = history.last_offset() + 1;
+            let recovered =
+                since
+                    .as_ref()
+                    .map(|(epoch, offset)| match history.resume(epoch, *offset) {
+                        Resume::Recovered { from } => {
+                            render_replay(&history, from, subscriptions, &wanted, replay);
+                            covers_from = offset + 1;
+                            true
+                        }
+                        Resume::Lost => false,
+                    });
             // Exactly: a `Binding` is a few hundred bytes inline, and `Vec`'s doubling would
             // keep room for three more on every socket that subscribes once.
-            subscriptions.items.reserve_exact(added.len());
-            subscriptions.items.extend(added);
+            subscriptions.items.reserve_exact(added);
+            for subscription in wanted {
+                match subscriptions
+                    .items
+                    .iter_mut()
+                    .find(|held| held.subscription == subscription)
+                {
+                    Some(held) => held.covers_from = held.covers_from.min(covers_from),
+                    None => subscriptions.items.push(Held {
+                        subscription,
+                        covers_from,
+                    }),
+                }
+            }
             // As Kazoo's bh_events: `subscribed` lists every binding now on the socket.
-            return Ok(json!({ "subscribed": subscriptions.listing() }));
+            let mut reply = json!({ "subscribed": subscriptions.listing() });
+            if let Some(recovered) = recovered {
+                // delivery.md: where the live events go on from, to resume from next time.
+                reply["recovered"] = json!(recovered);
+                reply["epoch"] = json!(&**history.epoch());
+                reply["offset"] = json!(history.last_offset());
+            }
+            return Ok(reply);
         }
         let mut unsubscribed: Vec<&str> = Vec::new();
         for (subscription, binding) in requested_here.zip(&requested) {
             let text = binding.as_str();
-            if subscriptions.items.contains(&subscription) {
-                subscriptions.items.retain(|s| *s != subscription);
+            if subscriptions.holds(&subscription) {
+                subscriptions
+                    .items
+                    .retain(|held| held.subscription != subscription);
                 if !unsubscribed.contains(&text) {
                     unsubscribed.push(text);
                 }
@@ -286,6 +372,55 @@ fn scope_for(credential: &Credential, requested: Option<&Value>) -> Result<Scope
         Some(_) => return Err("unauthorized account id".to_owned()),
     };
     Scope::try_from(account).map_err(|_| "unauthorized account id".to_owned())
+}
+
+/// Renders, in order, the history's events from index `from` that one of `wanted` takes and
+/// that none of the socket's subscriptions already delivered: the rules and the frame of a
+/// live event, each event once, under the first of `wanted` that takes it.
+fn render_replay(
+    history: &History,
+    from: usize,
+    subscriptions: &Subscriptions,
+    wanted: &[Subscription],
+    replay: &mut Vec<Frame>,
+) {
+    let mut renders = Renders::default();
+    for entry in history.entries_from(from) {
+        let Some(key) = RoutingKey::split(&entry.routing_key) else {
+            continue;
+        };
+        let account = entry.account.as_deref();
+        let delivered = subscriptions
+            .items
+            .iter()
+            .any(|held| held.covers_from <= entry.offset && held.takes(account, &key));
+        if delivered {
+            continue;
+        }
+        let Some(subscription) = wanted
+            .iter()
+            .find(|s| crate::event::visible(account, &s.scope) && s.binding.matches(&key))
+        else {
+            continue;
+        };
+        renders.clear();
+        replay.push(renders.frame(&entry.to_event(history.epoch()), subscription));
+    }
+}
+
+/// A subscribe's `since` (delivery.md): `{"epoch": "<epoch>", "offset": <offset>}`.
+fn since(data: Option<&Map<String, Value>>) -> Result<Option<(String, u64)>, String> {
+    let Some(since) = data.and_then(|d| d.get("since")) else {
+        return Ok(None);
+    };
+    let epoch = since.get("epoch").and_then(Value::as_str);
+    let offset = since.get("offset").and_then(Value::as_u64);
+    match (epoch, offset) {
+        (Some(epoch), Some(offset)) => Ok(Some((epoch.to_owned(), offset))),
+        _ => Err(format!(
+            "invalid since {since}: expected {{\"epoch\": string, \"offset\": integer}}"
+        )),
+    }
 }
 
 /// The bindings a request names (`binding` wins over `bindings`).
@@ -312,8 +447,13 @@ impl Session for BlackholeSession {
                     Some(id @ (Value::String(_) | Value::Number(_))) => Some(id.clone()),
                     _ => None,
                 };
-                let result = self.handle(&request);
-                self.reply(request_id, result)
+                let mut replay = Vec::new();
+                let result = self.handle(&request, &mut replay);
+                replies.push(self.reply(request_id, result));
+                // The reply first, then what it replays: later events are queued by the hub,
+                // and the connection writes replies before queued frames.
+                replies.append(&mut replay);
+                return;
             }
             _ => self.reply(None, Err("invalid JSON".to_owned())),
         };
@@ -351,6 +491,97 @@ mod tests {
     use crate::hub::Hub;
     use crate::metrics::Metrics;
 
+    /// Sends one request; returns the reply and the frames that followed it, parsed.
+    fn ask(session: &mut BlackholeSession, request: Value) -> (Value, Vec<Value>) {
+        let mut replies = Vec::new();
+        session.on_text(&request.to_string(), &mut replies);
+        let mut frames = replies
+            .iter()
+            .map(|frame| serde_json::from_str::<Value>(frame).unwrap());
+        let reply = frames.next().unwrap();
+        (reply, frames.collect())
+    }
+
+    fn offsets(frames: &[Value]) -> Vec<u64> {
+        frames
+            .iter()
+            .map(|f| f["offset"].as_u64().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_subscribe_since_replays_what_its_bindings_and_account_take_each_once() {
+        let hub = Hub::new(cli::limits_from(&[]), Rc::new(Metrics::default()));
+        let history = Rc::new(RefCell::new(History::new(hub.limits())));
+        let interest = Interest::Blackhole(Subscriptions::new(8));
+        let client = hub.register(Dialect::Blackhole, None, interest).unwrap();
+        let mut session =
+            BlackholeSession::new(client.clone(), Rc::new(Auth::open()), history.clone());
+        let publish = |key: &str, account: &str| {
+            let payload = format!(r#"{{"Account-ID":"{account}","Event-Name":"E"}}"#);
+            let mut event = Event::new(key.to_owned(), payload.into_bytes().into());
+            history.borrow_mut().record(&mut event);
+            hub.publish(&event);
+        };
+        publish("call.CREATE.1", "a");
+        publish("call.CREATE.2", "b");
+        publish("other.x", "a");
+        publish("call.DESTROY.1", "a");
+        let epoch = history.borrow().epoch().to_string();
+
+        let (reply, replayed) = ask(
+            &mut session,
+            json!({"action": "subscribe", "data": {"binding": "call.#", "account_id": "a",
+                   "since": {"epoch": epoch, "offset": 0}}}),
+        );
+        assert_eq!(
+            reply["data"],
+            json!({"subscribed": ["call.#"], "recovered": true, "epoch": epoch, "offset": 4})
+        );
+        assert_eq!(offsets(&replayed), [1, 4], "account b's event is not a's");
+        assert_eq!(replayed[1]["routing_key"], "call.DESTROY.1");
+        assert_eq!(replayed[1]["epoch"], json!(epoch));
+        assert_eq!(replayed[1]["subscribed_key"], "call.#");
+
+        // `#` takes every event of a, but `call.#` already delivered 1 and 4.
+        let (reply, replayed) = ask(
+            &mut session,
+            json!({"action": "subscribe", "data": {"binding": "#", "account_id": "a",
+                   "since": {"epoch": epoch, "offset": 0}}}),
+        );
+        assert_eq!(reply["data"]["subscribed"], json!(["call.#", "#"]));
+        assert_eq!(offsets(&replayed), [3]);
+
+        // Live from here: once, under the first binding that takes it.
+        publish("call.HANGUP.1", "a");
+        let live: Vec<Value> = std::iter::from_fn(|| client.pop())
+            .map(|frame| serde_json::from_str(&frame).unwrap())
+            .collect();
+        assert_eq!(offsets(&live), [5]);
+        assert_eq!(live[0]["subscribed_key"], "call.#");
+
+        for (since, why) in [
+            (json!({"epoch": "other", "offset": 0}), "another epoch"),
+            (
+                json!({"epoch": epoch, "offset": 6}),
+                "an offset not yet given",
+            ),
+        ] {
+            let (reply, replayed) = ask(
+                &mut session,
+                json!({"action": "subscribe", "data": {"binding": "x.y", "since": since}}),
+            );
+            assert_eq!(reply["data"]["recovered"], false, "{why}");
+            assert_eq!(reply["data"]["offset"], 5, "{why}");
+            assert!(replayed.is_empty(), "{why}");
+        }
+        let (reply, _) = ask(
+            &mut session,
+            json!({"action": "subscribe", "data": {"binding": "x.y", "since": {"offset": 1}}}),
+        );
+        assert_eq!(reply["status"], "error", "{reply}");
+    }
+
     #[test]
     fn numeric_request_ids_come_back_as_the_number_sent() {
         // Found by fuzz/blackhole_request: serde_json's default float parsing may be a unit in
@@ -360,7 +591,8 @@ mod tests {
         let hub = Hub::new(cli::limits_from(&[]), Rc::new(Metrics::default()));
         let interest = Interest::Blackhole(Subscriptions::new(1));
         let client = hub.register(Dialect::Blackhole, None, interest).unwrap();
-        let mut session = BlackholeSession::new(client, Rc::new(Auth::open()));
+        let history = Rc::new(RefCell::new(History::new(hub.limits())));
+        let mut session = BlackholeSession::new(client, Rc::new(Auth::open()), history);
         for id in [
             "1.3077777777777777e+33",
             "1307777777777777777777777777777777",

@@ -11,23 +11,32 @@
 //! segment plus `s`). Per event or call change each message body is rendered once, and each
 //! frame once per distinct identifier (`Renders`), so clients with the same identifier share
 //! the same bytes.
+//!
+//! A client that offers `actioncable-v1-ext-json` speaks AnyCable's extended protocol
+//! (delivery.md): its broadcasts carry a stream, the epoch and the offset; its `history`
+//! requests are answered from the history; its welcome carries a session id, and a reconnect
+//! that presents that id gets its subscriptions back (`SavedSessions`).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::app::App;
 use crate::auth::{Auth, Credential};
 use crate::dialect::{Dialect, Session, push_json_str};
 use crate::event::Event;
+use crate::history::{History, Position, Resume};
 use crate::hub::{Client, CloseReason, Frame, Interest};
 use crate::live::{CallChange, ChangeKind};
 use crate::metrics::Limit;
 
 /// The subprotocol the official client needs in the upgrade's answer.
 pub const SUBPROTOCOL: &str = "actioncable-v1-json";
+/// AnyCable's extended protocol, as `@anycable/core` asks for it.
+pub const SUBPROTOCOL_EXTENDED: &str = "actioncable-v1-ext-json";
 
 /// How often every ActionCable socket gets a ping (the client gives up after about 6 s).
 pub const PING_INTERVAL: Duration = Duration::from_secs(3);
@@ -232,6 +241,19 @@ struct Subscription {
     identifier: Rc<str>,
     credential: Rc<Credential>,
     selector: Selector,
+    /// The first offset it gets live; `None` while a restored subscription waits for the
+    /// client's `history` request, which replays what it missed and then makes it live.
+    live_from: Option<u64>,
+    /// Names its streams (extended protocol), `stream_tag` of the identifier: hashed once.
+    tag: u32,
+}
+
+/// FNV-1a of an identifier: the tag of its subscription's streams, the same on every
+/// connection, so that a client's positions outlive a reconnect.
+fn stream_tag(identifier: &str) -> u32 {
+    identifier.bytes().fold(0x811c_9dc5, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    })
 }
 
 impl Subscriptions {
@@ -248,6 +270,8 @@ impl Subscriptions {
 pub struct Subscriptions {
     items: Vec<Subscription>,
     limit: usize,
+    /// The socket speaks AnyCable's extended protocol: frames carry positions.
+    extended: bool,
 }
 
 impl Subscriptions {
@@ -255,43 +279,78 @@ impl Subscriptions {
         Subscriptions {
             items: Vec::new(),
             limit,
+            extended: false,
+        }
+    }
+
+    /// The subscriptions of a socket that speaks AnyCable's extended protocol.
+    pub fn extended(limit: usize) -> Subscriptions {
+        Subscriptions {
+            extended: true,
+            ..Subscriptions::new(limit)
         }
     }
 
     /// The frames this socket gets for an event: per subscription whose account may see it,
     /// one for the `events` model and one for the event's family model, as selected.
     pub fn route(&self, event: &Event, renders: &mut Renders, out: &mut Vec<Frame>) {
-        if self.items.is_empty() {
+        for subscription in self.items.iter().filter(|s| s.live_from.is_some()) {
+            self.route_to(subscription, event, |_| true, renders, out);
+        }
+    }
+
+    /// The frames of one subscription for an event, for the models `unseen` lets through.
+    fn route_to(
+        &self,
+        subscription: &Subscription,
+        event: &Event,
+        unseen: impl Fn(Body) -> bool,
+        renders: &mut Renders,
+        out: &mut Vec<Frame>,
+    ) {
+        if !event.visible_to(&subscription.credential.account) {
             return;
         }
+        let selector = &subscription.selector;
         let family = family_of(&event.routing_key);
-        for subscription in &self.items {
-            if !event.visible_to(&subscription.credential.account) {
-                continue;
-            }
-            let selector = &subscription.selector;
-            if selector.wants(EVENTS_MODEL, ChangeKind::Create) {
-                let identifier = &subscription.identifier;
-                out.push(renders.frame(identifier, Body::Event, || event_body(event)));
-            }
-            if let Some(family) = family
-                && selector.wants_family(family, ChangeKind::Update)
-            {
-                let identifier = &subscription.identifier;
-                out.push(renders.frame(identifier, Body::Family, || family_body(event, family)));
-            }
+        let at = self.at(subscription, event.position.as_ref(), family.unwrap_or(""));
+        if selector.wants(EVENTS_MODEL, ChangeKind::Create) && unseen(Body::Event) {
+            out.push(renders.frame(at, Body::Event, || event_body(event)));
+        }
+        if let Some(family) = family
+            && selector.wants_family(family, ChangeKind::Update)
+            && unseen(Body::Family)
+        {
+            out.push(renders.frame(at, Body::Family, || family_body(event, family)));
         }
     }
 
     /// The frames this socket gets for a change of a live call (the `calls` model).
     pub fn route_change(&self, change: &CallChange, renders: &mut Renders, out: &mut Vec<Frame>) {
-        for subscription in &self.items {
+        for subscription in self.items.iter().filter(|s| s.live_from.is_some()) {
             if change.visible_to(&subscription.credential.account)
                 && subscription.selector.wants(CALLS_MODEL, change.kind)
             {
-                let identifier = &subscription.identifier;
-                out.push(renders.frame(identifier, Body::Call, || call_body(change)));
+                let at = self.at(subscription, change.position.as_ref(), "");
+                out.push(renders.frame(at, Body::Call, || call_body(change)));
             }
+        }
+    }
+
+    /// Where a frame of `subscription` goes: its identifier, and on an extended socket the
+    /// position it carries.
+    fn at<'a>(
+        &self,
+        subscription: &'a Subscription,
+        position: Option<&'a Position>,
+        family: &'a str,
+    ) -> Addressed<'a> {
+        Addressed {
+            identifier: &subscription.identifier,
+            stream: position
+                .filter(|_| self.extended)
+                .map(|position| (subscription.tag, position)),
+            family,
         }
     }
 
@@ -301,19 +360,55 @@ impl Subscriptions {
 }
 
 /// The message bodies one event or call change can have.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Body {
     Call,
     Event,
     Family,
 }
 
+impl Body {
+    /// The stream its frames carry on an extended socket (delivery.md): the model's name, and
+    /// the subscription's tag.
+    fn stream(self, family: &str, tag: u32) -> String {
+        match self {
+            Body::Call => format!("{CALLS_MODEL}/{tag:08x}"),
+            Body::Event => format!("{EVENTS_MODEL}/{tag:08x}"),
+            Body::Family => format!("{family}s/{tag:08x}"),
+        }
+    }
+
+    /// Which body a stream of a subscription tagged `tag` carries.
+    fn of_stream(stream: &str, tag: u32) -> Option<Body> {
+        let (model, stream_tag) = stream.rsplit_once('/')?;
+        if u32::from_str_radix(stream_tag, 16) != Ok(tag) {
+            return None;
+        }
+        Some(match model {
+            CALLS_MODEL => Body::Call,
+            EVENTS_MODEL => Body::Event,
+            _ => Body::Family,
+        })
+    }
+}
+
+/// Where a frame goes: its subscription's identifier and, on an extended socket, the
+/// subscription's stream tag and the position the frame carries.
+#[derive(Clone, Copy)]
+struct Addressed<'a> {
+    identifier: &'a Rc<str>,
+    stream: Option<(u32, &'a Position)>,
+    /// The event's family, which names a family frame's stream (else empty).
+    family: &'a str,
+}
+
 /// What has been rendered for the event (or call change) being fanned out: each body once,
-/// and each frame once per identifier. Cleared per event; its storage is kept.
+/// and each frame once per identifier and protocol. Cleared per event; its storage is kept.
 #[derive(Debug, Default)]
 pub struct Renders {
     bodies: [Option<String>; 3],
-    frames: HashMap<Rc<str>, [Option<Frame>; 3]>,
+    /// Per identifier: the frames of each body, plain then extended.
+    frames: HashMap<Rc<str>, [Option<Frame>; 6]>,
 }
 
 impl Renders {
@@ -322,34 +417,41 @@ impl Renders {
         self.frames.clear();
     }
 
-    fn frame(
-        &mut self,
-        identifier: &Rc<str>,
-        body: Body,
-        render: impl FnOnce() -> String,
-    ) -> Frame {
-        let slot = body as usize;
+    fn frame(&mut self, at: Addressed<'_>, body: Body, render: impl FnOnce() -> String) -> Frame {
+        let slot = body as usize + if at.stream.is_some() { 3 } else { 0 };
         if let Some(frame) = self
             .frames
-            .get(&**identifier)
+            .get(&**at.identifier)
             .and_then(|frames| frames[slot].as_ref())
         {
             return frame.clone();
         }
-        let body = self.bodies[slot].get_or_insert_with(render);
-        let frame = Frame::from(message_frame(identifier, body));
-        self.frames.entry(identifier.clone()).or_default()[slot] = Some(frame.clone());
+        let text = self.bodies[body as usize].get_or_insert_with(render);
+        let stream = at
+            .stream
+            .map(|(tag, position)| (body.stream(at.family, tag), position));
+        let frame = Frame::from(message_frame(at.identifier, text, stream));
+        self.frames.entry(at.identifier.clone()).or_default()[slot] = Some(frame.clone());
         frame
     }
 }
 
-/// `{"identifier":"<identifier>","message":<body>}`.
-fn message_frame(identifier: &str, body: &str) -> String {
+/// `{"identifier":"<identifier>","message":<body>}`, and on an extended socket the stream,
+/// epoch and offset after it.
+fn message_frame(identifier: &str, body: &str, stream: Option<(String, &Position)>) -> String {
     let mut out = String::with_capacity(32 + identifier.len() + identifier.len() / 2 + body.len());
     out.push_str(r#"{"identifier":"#);
     push_json_str(&mut out, identifier);
     out.push_str(r#","message":"#);
     out.push_str(body);
+    if let Some((stream, position)) = stream {
+        use std::fmt::Write;
+        out.push_str(r#","stream_id":"#);
+        push_json_str(&mut out, &stream);
+        out.push_str(r#","epoch":"#);
+        push_json_str(&mut out, &position.epoch);
+        let _ = write!(out, r#","offset":{}"#, position.offset);
+    }
     out.push('}');
     out
 }
@@ -430,10 +532,111 @@ pub async fn send_pings(app: Rc<App>) {
     }
 }
 
+/// The subscriptions of extended sockets that ended, kept for `--history-ttl` so that a
+/// reconnect presenting the session id gets them back, at most `--max-clients` sessions (the
+/// oldest goes first). A session id is spent when it is presented.
+#[derive(Debug)]
+pub struct SavedSessions {
+    saved: RefCell<std::collections::VecDeque<Saved>>,
+    max: usize,
+    ttl: Duration,
+}
+
+#[derive(Debug)]
+struct Saved {
+    sid: Box<str>,
+    at: Instant,
+    subscriptions: Vec<Subscription>,
+}
+
+impl SavedSessions {
+    pub fn new(max: usize, ttl: Duration) -> SavedSessions {
+        SavedSessions {
+            saved: RefCell::new(std::collections::VecDeque::new()),
+            max,
+            ttl,
+        }
+    }
+
+    /// Sessions kept now.
+    pub fn len(&self) -> usize {
+        self.saved.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn expire(&self) {
+        let mut saved = self.saved.borrow_mut();
+        while saved.front().is_some_and(|s| s.at.elapsed() > self.ttl) {
+            saved.pop_front();
+        }
+    }
+
+    fn save(&self, sid: Box<str>, subscriptions: Vec<Subscription>) {
+        self.expire();
+        let mut saved = self.saved.borrow_mut();
+        if saved.len() == self.max {
+            saved.pop_front();
+        }
+        saved.push_back(Saved {
+            sid,
+            at: Instant::now(),
+            subscriptions,
+        });
+    }
+
+    /// The subscriptions saved under `sid` whose keys `auth` still holds, if any. A session id
+    /// stands for its keys, so it is compared in constant time, against every saved one.
+    fn take(&self, sid: &str, auth: &Auth) -> Option<Vec<Subscription>> {
+        self.expire();
+        let mut saved = self.saved.borrow_mut();
+        let found = saved.iter().fold(None, |found, s| {
+            let same = crate::auth::constant_time_eq(s.sid.as_bytes(), sid.as_bytes());
+            if same { Some(s.sid.clone()) } else { found }
+        })?;
+        let index = saved.iter().position(|s| s.sid == found)?;
+        let mut subscriptions = saved.remove(index)?.subscriptions;
+        subscriptions.retain(|s| auth.holds(&s.credential));
+        (!subscriptions.is_empty()).then_some(subscriptions)
+    }
+}
+
+/// A new session id: 128 bits from the kernel's generator (it restores a session's keys, so
+/// it must not be guessable), as 32 hex digits.
+fn session_id() -> Box<str> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if read.is_err() {
+        // No /dev/urandom: ids that restore nothing rather than guessable ones.
+        return "".into();
+    }
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        .into()
+}
+
+/// What a socket that speaks AnyCable's extended protocol keeps beside its subscriptions.
+struct Extended {
+    history: Rc<RefCell<History>>,
+    saved: Rc<SavedSessions>,
+    /// This connection's session id (told in the welcome; its subscriptions are saved under
+    /// it when the connection ends).
+    sid: Box<str>,
+    /// The identifiers restored from the session the upgrade presented, for the welcome.
+    restored: Option<Vec<Rc<str>>>,
+}
+
 /// One ActionCable socket's command handling.
 pub struct CableSession {
     client: Rc<Client>,
     auth: Rc<Auth>,
+    /// `None` on a plain `actioncable-v1-json` socket (boxed: most sockets are plain).
+    extended: Option<Box<Extended>>,
     /// A subscription was confirmed: the socket proved a key (any, without `--auth`).
     authenticated: bool,
 }
@@ -443,27 +646,68 @@ impl CableSession {
         CableSession {
             client,
             auth,
+            extended: None,
             authenticated: false,
         }
     }
 
-    /// The reply to one command, if it has one. Anything that is not a subscribe or an
-    /// unsubscribe with a string identifier is ignored, as Rails does.
-    fn handle(&mut self, text: &str) -> Option<Frame> {
+    /// A socket that speaks AnyCable's extended protocol; `restore` is the session id its
+    /// upgrade presented. The restored subscriptions wait for the client's `history` request
+    /// before they go live, so that what they missed comes first, in order.
+    pub fn extended(
+        client: Rc<Client>,
+        auth: Rc<Auth>,
+        history: Rc<RefCell<History>>,
+        saved: Rc<SavedSessions>,
+        restore: Option<&str>,
+    ) -> CableSession {
+        let restored = restore
+            .filter(|sid| !sid.is_empty())
+            .and_then(|sid| saved.take(sid, &auth))
+            .map(|restored| {
+                let mut interest = client.interest.borrow_mut();
+                let Interest::Cable(subscriptions) = &mut *interest else {
+                    return Vec::new();
+                };
+                let ids = restored.iter().map(|s| s.identifier.clone()).collect();
+                subscriptions.items = restored;
+                for subscription in &mut subscriptions.items {
+                    subscription.live_from = None;
+                }
+                ids
+            });
+        CableSession {
+            client,
+            auth,
+            // Restored subscriptions' keys were checked again: the socket has proved one.
+            authenticated: restored.is_some(),
+            extended: Some(Box::new(Extended {
+                history,
+                saved,
+                sid: session_id(),
+                restored,
+            })),
+        }
+    }
+
+    /// Handles one command; whatever it answers goes into `replies`. Anything that is not a
+    /// subscribe or an unsubscribe (or, extended, a history request) with a string identifier
+    /// is ignored, as Rails does.
+    fn handle(&mut self, text: &str, replies: &mut Vec<Frame>) {
         let Ok(Value::Object(command)) = serde_json::from_str::<Value>(text) else {
-            return None;
+            return;
         };
         let Some(Value::String(identifier)) = command.get("identifier") else {
-            return None;
+            return;
         };
         let mut interest = self.client.interest.borrow_mut();
         let Interest::Cable(subscriptions) = &mut *interest else {
-            return None;
+            return;
         };
         match command.get("command").and_then(Value::as_str) {
             Some("subscribe") => {
                 if subscriptions.find(identifier).is_some() {
-                    return None;
+                    return;
                 }
                 let admitted = if subscriptions.items.len() >= subscriptions.limit {
                     self.client.metrics.limit_hits(Limit::Bindings).inc();
@@ -473,6 +717,10 @@ impl CableSession {
                 };
                 match admitted {
                     Ok((credential, selector)) => {
+                        let next = self
+                            .extended
+                            .as_ref()
+                            .map_or(0, |extended| extended.history.borrow().last_offset() + 1);
                         // One at a time, exactly: most sockets hold one subscription, and
                         // `Vec`'s doubling would keep room for three more on each.
                         subscriptions.items.reserve_exact(1);
@@ -480,13 +728,28 @@ impl CableSession {
                             identifier: identifier.as_str().into(),
                             credential,
                             selector,
+                            live_from: Some(next),
+                            tag: stream_tag(identifier),
                         });
                         self.authenticated = true;
-                        Some(reply_frame(identifier, "confirm_subscription"))
+                        replies.push(reply_frame(identifier, "confirm_subscription"));
+                        // AnyCable's client asks for what it missed with the subscribe.
+                        if let (Some(extended), Some(request)) =
+                            (&self.extended, command.get("history"))
+                        {
+                            let history = &mut extended.history.borrow_mut();
+                            answer_history(
+                                subscriptions,
+                                identifier,
+                                history,
+                                Some(request),
+                                replies,
+                            );
+                        }
                     }
                     Err(refusal) => {
                         debug!("actioncable: rejected a subscription: {refusal:?}");
-                        Some(reply_frame(identifier, "reject_subscription"))
+                        replies.push(reply_frame(identifier, "reject_subscription"));
                     }
                 }
             }
@@ -494,11 +757,142 @@ impl CableSession {
                 subscriptions
                     .items
                     .retain(|s| *s.identifier != **identifier);
-                None
             }
-            _ => None,
+            Some("history") => {
+                if let Some(extended) = &self.extended {
+                    let history = &mut extended.history.borrow_mut();
+                    answer_history(
+                        subscriptions,
+                        identifier,
+                        history,
+                        command.get("history"),
+                        replies,
+                    );
+                }
+            }
+            _ => {}
         }
     }
+}
+
+/// Answers a history request for one subscription (delivery.md, AnyCable's extended
+/// protocol): the frames it missed, oldest first, each once, then `confirm_history`; or
+/// `reject_history` when the history cannot give them all. A subscription restored from a
+/// saved session goes live after it.
+///
+/// The request names a position per stream the client saw (`streams`), or a time (`since`,
+/// Unix seconds). A stream of the subscription with no position saw no frame, so it missed
+/// nothing before the other streams' last frame: frames are written in order. The `calls`
+/// model's changes are the live state's, not kept in the history: a subscription that selects
+/// them and missed an event it may see gets `reject_history` (reload `/rest/live/calls`).
+fn answer_history(
+    subscriptions: &mut Subscriptions,
+    identifier: &str,
+    history: &mut History,
+    request: Option<&Value>,
+    replies: &mut Vec<Frame>,
+) {
+    let Some(index) = subscriptions
+        .items
+        .iter()
+        .position(|s| *s.identifier == *identifier)
+    else {
+        replies.push(reply_frame(identifier, "reject_history"));
+        return;
+    };
+    history.expire(Instant::now());
+    let subscription = &subscriptions.items[index];
+    let mut frames = Vec::new();
+    let answered = replay(subscriptions, subscription, history, request, &mut frames);
+    let last = history.last_offset();
+    let subscription = &mut subscriptions.items[index];
+    subscription.live_from.get_or_insert(last + 1);
+    match answered {
+        Some(()) => {
+            replies.append(&mut frames);
+            replies.push(reply_frame(identifier, "confirm_history"));
+        }
+        None => replies.push(reply_frame(identifier, "reject_history")),
+    }
+}
+
+/// The frames `subscription` missed since the request's position, up to where it went live;
+/// `None` when the history cannot give them all.
+fn replay(
+    subscriptions: &Subscriptions,
+    subscription: &Subscription,
+    history: &History,
+    request: Option<&Value>,
+    out: &mut Vec<Frame>,
+) -> Option<()> {
+    let request = request?.as_object()?;
+    let tag = subscription.tag;
+    let positions = stream_positions(request, tag, history.epoch())?;
+    let resume = match (positions.values().min(), positions.values().max()) {
+        (Some(&least), Some(&most)) => {
+            history.resume(history.epoch(), least.min(most.saturating_sub(1)))
+        }
+        _ => {
+            let since = request.get("since")?.as_u64()?;
+            history.resume_from_time(UNIX_EPOCH + Duration::from_secs(since))
+        }
+    };
+    let Resume::Recovered { from } = resume else {
+        return None;
+    };
+    // Frames of a stream with no position are new from the other streams' last frame on.
+    let unseen_from = positions
+        .values()
+        .max()
+        .map_or(0, |most| most.saturating_sub(1));
+    let live_from = subscription.live_from.unwrap_or(u64::MAX);
+    let account = &subscription.credential.account;
+    let missed = history
+        .entries_from(from)
+        .take_while(|entry| entry.offset < live_from)
+        .filter(|entry| entry.visible_to(account));
+    let wants_calls = [ChangeKind::Create, ChangeKind::Update, ChangeKind::Destroy]
+        .into_iter()
+        .any(|kind| subscription.selector.wants(CALLS_MODEL, kind));
+    let seen = |body: Body, family: &str| {
+        let stream = body.stream(family, tag);
+        positions.get(&stream).copied().unwrap_or(unseen_from)
+    };
+    let mut renders = Renders::default();
+    for entry in missed {
+        if wants_calls && entry.offset > seen(Body::Call, "") {
+            return None;
+        }
+        let event = entry.to_event(history.epoch());
+        let family = family_of(&event.routing_key).unwrap_or("");
+        let unseen = |body: Body| entry.offset > seen(body, family);
+        renders.clear();
+        subscriptions.route_to(subscription, &event, unseen, &mut renders, out);
+    }
+    Some(())
+}
+
+/// The positions a history request gives for the streams of the subscription tagged `tag`;
+/// `None` when one is malformed or in another epoch (nothing can be replayed from it).
+fn stream_positions(
+    request: &Map<String, Value>,
+    tag: u32,
+    epoch: &str,
+) -> Option<HashMap<String, u64>> {
+    let mut positions = HashMap::new();
+    let Some(streams) = request.get("streams") else {
+        return Some(positions);
+    };
+    for (stream, position) in streams.as_object()? {
+        if Body::of_stream(stream, tag).is_none() {
+            continue;
+        }
+        if position.get("epoch")?.as_str()? != epoch {
+            return None;
+        }
+        positions.insert(stream.clone(), position.get("offset")?.as_u64()?);
+    }
+    Some(positions)
 }
 
 /// Checks a subscription's identifier: the channel, the key (any, or none, without `--auth`),
@@ -521,14 +915,25 @@ fn admit(auth: &Auth, identifier: &str) -> Result<(Rc<Credential>, Selector), Re
 
 impl Session for CableSession {
     fn on_text(&mut self, text: &str, replies: &mut Vec<Frame>) {
-        replies.extend(self.handle(text));
+        self.handle(text, replies);
     }
 
     /// Binary frames are ignored, as Rails does.
     fn on_binary(&mut self, _data: &[u8], _replies: &mut Vec<Frame>) {}
 
+    /// The welcome; an extended socket's carries its session id, and whether (and which)
+    /// subscriptions were restored.
     fn greeting(&self) -> Option<Frame> {
-        Some(Frame::from_static(WELCOME))
+        let Some(extended) = &self.extended else {
+            return Some(Frame::from_static(WELCOME));
+        };
+        let mut welcome = serde_json::json!({"type": "welcome", "sid": &*extended.sid});
+        if let Some(restored) = &extended.restored {
+            let ids: Vec<&str> = restored.iter().map(|id| &**id).collect();
+            welcome["restored"] = Value::Bool(true);
+            welcome["restored_ids"] = serde_json::json!(ids);
+        }
+        Some(Frame::from(welcome.to_string()))
     }
 
     fn authenticated(&self) -> bool {
@@ -544,6 +949,24 @@ impl Session for CableSession {
             CloseReason::Revoked => UNAUTHORIZED,
             _ => SERVER_RESTART,
         }))
+    }
+}
+
+/// An extended socket's subscriptions are saved under its session id when it ends, for a
+/// reconnect that presents the id.
+impl Drop for CableSession {
+    fn drop(&mut self) {
+        let Some(extended) = &self.extended else {
+            return;
+        };
+        let mut interest = self.client.interest.borrow_mut();
+        if let Interest::Cable(subscriptions) = &mut *interest
+            && !subscriptions.items.is_empty()
+            && !extended.sid.is_empty()
+        {
+            let items = std::mem::take(&mut subscriptions.items);
+            extended.saved.save(extended.sid.clone(), items);
+        }
     }
 }
 
@@ -797,6 +1220,8 @@ mod tests {
                 identifier: (*identifier).into(),
                 credential,
                 selector,
+                live_from: Some(0),
+                tag: stream_tag(identifier),
             });
         }
         subscriptions
@@ -878,12 +1303,191 @@ mod tests {
         assert_eq!(classes, [json!("Event"), json!("Event")]);
     }
 
+    /// An extended session on a hub of its own, with a history of its own, and what it saw.
+    struct ExtendedSocket {
+        hub: crate::hub::Hub,
+        history: Rc<RefCell<History>>,
+        saved: Rc<SavedSessions>,
+        client: Rc<Client>,
+        session: CableSession,
+    }
+
+    impl ExtendedSocket {
+        fn open(restore: Option<&str>, saved: Option<Rc<SavedSessions>>) -> ExtendedSocket {
+            let limits = crate::cli::limits_from(&[]);
+            let metrics = Rc::new(crate::metrics::Metrics::default());
+            let hub = crate::hub::Hub::new(limits, metrics);
+            let history = Rc::new(RefCell::new(History::with_epoch("e1".into(), &limits)));
+            let saved = saved.unwrap_or_else(|| Rc::new(SavedSessions::new(4, limits.history_ttl)));
+            let interest = Interest::Cable(Subscriptions::extended(8));
+            let client = hub.register(Dialect::Cable, None, interest).unwrap();
+            let auth = Rc::new(Auth::open());
+            let session = CableSession::extended(
+                client.clone(),
+                auth,
+                history.clone(),
+                saved.clone(),
+                restore,
+            );
+            ExtendedSocket {
+                hub,
+                history,
+                saved,
+                client,
+                session,
+            }
+        }
+
+        fn publish(&self, key: &str) {
+            let mut event = event(key, r#"{"n":1}"#);
+            self.history.borrow_mut().record(&mut event);
+            self.hub.publish(&event);
+        }
+
+        fn send(&mut self, command: Value) -> Vec<Value> {
+            let mut replies = Vec::new();
+            self.session.on_text(&command.to_string(), &mut replies);
+            replies
+                .iter()
+                .map(|f| serde_json::from_str(f).unwrap())
+                .collect()
+        }
+
+        fn queued(&self) -> Vec<Value> {
+            std::iter::from_fn(|| self.client.pop())
+                .map(|f| serde_json::from_str(&f).unwrap())
+                .collect()
+        }
+
+        fn welcome(&self) -> Value {
+            serde_json::from_str(&self.session.greeting().unwrap()).unwrap()
+        }
+    }
+
+    const EVENTS_AND_CONFERENCES: &str =
+        r#"{"channel":"ApiChannel","events":"events;conferences"}"#;
+
+    /// (stream model, offset) of each message frame.
+    fn positions(frames: &[Value]) -> Vec<(String, u64)> {
+        frames
+            .iter()
+            .filter(|f| f.get("message").is_some())
+            .map(|f| {
+                let stream = f["stream_id"].as_str().unwrap();
+                let model = stream.split('/').next().unwrap().to_owned();
+                assert_eq!(f["epoch"], "e1");
+                (model, f["offset"].as_u64().unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn extended_frames_carry_streams_and_history_replays_each_unseen_frame_once() {
+        let mut socket = ExtendedSocket::open(None, None);
+        let welcome = socket.welcome();
+        assert_eq!(welcome["type"], "welcome");
+        assert_eq!(welcome["sid"].as_str().unwrap().len(), 32);
+        socket.publish("conference.a"); // 1: an events and a conferences frame
+        socket.publish("presence.x"); // 2: an events frame
+        socket.publish("conference.b"); // 3: both
+        // The client saw the events frame of 1 (on an earlier connection) and no conference
+        // frame: conferences 1 is unseen, as is everything after 1.
+        let tag = stream_tag(EVENTS_AND_CONFERENCES);
+        let events_stream = format!("events/{tag:08x}");
+        let answer = socket.send(
+            json!({"command": "subscribe", "identifier": EVENTS_AND_CONFERENCES,
+            "history": {"since": 0, "streams": {&events_stream: {"epoch": "e1", "offset": 1}}}}),
+        );
+        assert_eq!(answer[0]["type"], "confirm_subscription");
+        assert_eq!(
+            positions(&answer),
+            [
+                ("conferences".into(), 1),
+                ("events".into(), 2),
+                ("events".into(), 3),
+                ("conferences".into(), 3)
+            ]
+        );
+        assert_eq!(answer[2]["stream_id"], json!(events_stream));
+        assert_eq!(answer.last().unwrap()["type"], "confirm_history");
+        // Then live, from the next event.
+        socket.publish("presence.y");
+        assert_eq!(positions(&socket.queued()), [("events".into(), 4)]);
+        // Asked again on the same connection: nothing it got live is sent twice.
+        let conferences_stream = format!("conferences/{tag:08x}");
+        let answer = socket.send(
+            json!({"command": "history", "identifier": EVENTS_AND_CONFERENCES,
+            "history": {"streams": {&events_stream: {"epoch": "e1", "offset": 3},
+                                    &conferences_stream: {"epoch": "e1", "offset": 3}}}}),
+        );
+        assert_eq!(answer.len(), 1);
+        assert_eq!(answer[0]["type"], "confirm_history");
+
+        // Another epoch, or a time before the history began, or nothing: rejected.
+        for request in [
+            json!({"streams": {&events_stream: {"epoch": "e0", "offset": 1}}}),
+            json!({"since": 0}),
+            json!(null),
+        ] {
+            let answer = socket.send(json!({"command": "history",
+                "identifier": EVENTS_AND_CONFERENCES, "history": request}));
+            assert_eq!(answer.len(), 1, "{request}");
+            assert_eq!(answer[0]["type"], "reject_history", "{request}");
+        }
+    }
+
+    #[test]
+    fn the_calls_model_is_not_replayed_and_a_saved_session_is_restored_once() {
+        let mut socket = ExtendedSocket::open(None, None);
+        let calls = r#"{"channel":"ApiChannel","events":"calls;events"}"#;
+        let stream = format!("calls/{:08x}", stream_tag(calls));
+        socket.publish("call.CHANNEL_CREATE.x");
+        socket.publish("call.CHANNEL_ANSWER.x");
+        let answer = socket.send(json!({"command": "subscribe", "identifier": calls,
+            "history": {"streams": {&stream: {"epoch": "e1", "offset": 1}}}}));
+        assert_eq!(answer.len(), 2);
+        assert_eq!(
+            answer[1]["type"], "reject_history",
+            "calls changes are state"
+        );
+        // Nothing missed: nothing to replay, confirmed.
+        let events = format!("events/{:08x}", stream_tag(calls));
+        let answer = socket.send(json!({"command": "history", "identifier": calls,
+            "history": {"streams": {&stream: {"epoch": "e1", "offset": 2},
+                                    &events: {"epoch": "e1", "offset": 2}}}}));
+        assert_eq!(answer.len(), 1);
+        assert_eq!(answer[0]["type"], "confirm_history");
+
+        // The session ends: its subscriptions are saved under its id.
+        let sid = socket.welcome()["sid"].as_str().unwrap().to_owned();
+        let saved = socket.saved.clone();
+        drop(socket);
+        assert_eq!(saved.len(), 1);
+        let wrong = ExtendedSocket::open(Some("0123"), Some(saved.clone()));
+        assert_eq!(wrong.welcome().get("restored"), None);
+        let mut restored = ExtendedSocket::open(Some(&sid), Some(saved.clone()));
+        let welcome = restored.welcome();
+        assert_eq!(welcome["restored"], true);
+        assert_eq!(welcome["restored_ids"], json!([calls]));
+        assert_ne!(welcome["sid"], json!(sid));
+        assert!(saved.is_empty(), "an id is spent once presented");
+        // Not live until its history request; then live.
+        restored.publish("presence.y");
+        assert!(restored.queued().is_empty());
+        let answer = restored.send(json!({"command": "history", "identifier": calls,
+            "history": {"streams": {}}}));
+        assert_eq!(answer[0]["type"], "reject_history", "no position, no time");
+        restored.publish("presence.z");
+        assert_eq!(positions(&restored.queued()), [("events".into(), 2)]);
+    }
+
     #[test]
     fn call_changes_by_type() {
         let change = |kind, account: Option<&str>| CallChange {
             kind,
             account: account.map(str::to_owned),
             call: json!({"id": "c1", "state": "ringing"}),
+            position: None,
         };
         let subscriptions =
             subscriptions(&[r#"{"channel":"ApiChannel","events":"calls#create,destroy"}"#]);

@@ -21,6 +21,7 @@ use serde_json::Value;
 
 use crate::clock;
 use crate::event::Event;
+use crate::history::Position;
 use crate::metrics::Metrics;
 use shapes::{CallSource, Observation, Step};
 
@@ -203,6 +204,7 @@ impl Call {
             kind,
             account: self.account.clone(),
             call: self.to_json(),
+            position: None,
         }
     }
 }
@@ -275,6 +277,8 @@ pub struct CallChange {
     pub account: Option<String>,
     /// The call as the live API shows it, after the change.
     pub call: Value,
+    /// The position of the event that made the change (set when the event has one).
+    pub position: Option<Position>,
 }
 
 impl CallChange {

@@ -10,7 +10,8 @@ import sys
 
 import websockets
 
-EVENT_KEYS = {"action", "subscribed_key", "subscription_key", "name", "routing_key", "data"}
+EVENT_KEYS = {"action", "subscribed_key", "subscription_key", "name", "routing_key", "epoch",
+              "offset", "data"}
 
 
 async def main(port: int, wanted: int) -> None:
@@ -24,6 +25,8 @@ async def main(port: int, wanted: int) -> None:
             event = json.loads(await asyncio.wait_for(ws.recv(), 10))
             assert set(event) == EVENT_KEYS, sorted(event)
             assert event["action"] == "event"
+            # delivery.md: the event's position.
+            assert isinstance(event["offset"], int) and event["epoch"], event
             assert event["subscribed_key"] == "call.*.*"
             segments = event["routing_key"].split(".")
             assert len(segments) == 3 and segments[0] == "call", event["routing_key"]

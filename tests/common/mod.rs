@@ -2,6 +2,7 @@
 //! sockets, and runs private brokers for tests that must kill one.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod proxy;
 pub mod script;
 
 use std::io::{Read, Write};
