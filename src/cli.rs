@@ -100,6 +100,11 @@ pub struct Args {
     #[argh(option, default = "65536")]
     pub max_message_size: usize,
 
+    /// largest message accepted from a websocket client, in bytes; never above
+    /// --max-message-size (default 8192)
+    #[argh(option, default = "8192")]
+    pub max_request_size: usize,
+
     /// seconds of silence before an idle socket is pinged, and again before it is closed (default 30)
     #[argh(option, default = "30")]
     pub ping_interval: u64,
@@ -242,6 +247,8 @@ impl Args {
             queue_depth: positive("--queue-depth", self.queue_depth)?,
             max_missed: positive("--max-missed", self.max_missed as usize)? as u32,
             max_message_size: positive("--max-message-size", self.max_message_size)?,
+            max_request_size: positive("--max-request-size", self.max_request_size)?
+                .min(self.max_message_size),
             max_calls: positive("--max-calls", self.max_calls)?,
             events_per_call: self.events_per_call,
             ping_interval: Duration::from_secs(positive(

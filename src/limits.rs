@@ -20,8 +20,11 @@ pub struct Limits {
     pub max_calls: usize,
     /// Recent events kept per live call.
     pub events_per_call: usize,
-    /// Largest message from a client or from the broker, in bytes.
+    /// Largest message from the broker, in bytes (and so the largest event frame).
     pub max_message_size: usize,
+    /// Largest message from a websocket client, in bytes (never above `max_message_size`):
+    /// tungstenite holds up to two of them per socket while one arrives.
+    pub max_request_size: usize,
     /// Silence before an idle socket is pinged, and again before it is closed.
     pub ping_interval: Duration,
     /// Connections open at once from one IP address.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_signal::{Signal, Signals};
 use callwire::app::App;
 use callwire::auth::Auth;
+use callwire::budget::Budget;
 use callwire::cli::{self, Config, Run, SourceConfig};
 use callwire::dialect::cable;
 use callwire::hub::Hub;
@@ -18,6 +19,7 @@ use callwire::rest::Catalogue;
 use callwire::server;
 use callwire::simulate;
 use callwire::source::{Commands, Deliver, SourceKind, SourceStatus, amqp, demo, mqtt};
+use callwire::{fds, trim};
 use callwire::{info, logging, warn};
 use futures_lite::{FutureExt, StreamExt};
 use smol::{Async, LocalExecutor, Timer};
@@ -44,6 +46,11 @@ fn main() -> ExitCode {
 /// Serves websockets and HTTP until the process is stopped.
 fn serve(config: Config) -> ExitCode {
     logging::init(config.log_level);
+    let open_files = match fds::raise_limit(fds::needed(&config.limits), config.limits.max_clients)
+    {
+        Ok(open_files) => open_files,
+        Err(message) => return fail(&message, 2),
+    };
     let auth = match &config.auth_file {
         Some(path) => match Auth::load(path) {
             Ok(auth) => auth,
@@ -66,6 +73,11 @@ fn serve(config: Config) -> ExitCode {
     let executor = Rc::new(LocalExecutor::new());
     // Boxed behind `dyn`, so block_on cannot inline the bridge's poll into this frame: inlined,
     // the frame was 53 KiB of stack, touched at start-up and resident for the process's life.
+    info!("{}", Budget::new(&config.limits).line());
+    info!(
+        "open files: {} needed, limit {open_files}",
+        fds::needed(&config.limits)
+    );
     let bridge = run(config, auth, listener, executor.clone()).boxed_local();
     smol::block_on(executor.run(bridge));
     ExitCode::SUCCESS
@@ -128,6 +140,7 @@ async fn run(
     // One timer pings every ActionCable socket.
     executor.spawn(cable::send_pings(app.clone())).detach();
     executor.spawn(reload_on_hangup(app.clone())).detach();
+    executor.spawn(trim::run()).detach();
     // One task wakes the connections that have frames queued, in rounds (hub.rs).
     let flushing = app.clone();
     executor

@@ -74,10 +74,14 @@ pub enum Limit {
     Filters,
     /// `--ping-interval`: an idle socket stopped answering pings.
     IdleTimeout,
+    /// `server::MAX_PENDING` connections were being answered: a new one was answered 503.
+    Connections,
+    /// No file descriptor was left for a new connection: it was answered 503 (`fds::Spare`).
+    OpenFiles,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 8] = [
+    pub const ALL: [Limit; 10] = [
         Limit::MaxClients,
         Limit::PerIp,
         Limit::HandshakeTimeout,
@@ -86,6 +90,8 @@ impl Limit {
         Limit::Bindings,
         Limit::Filters,
         Limit::IdleTimeout,
+        Limit::Connections,
+        Limit::OpenFiles,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -98,6 +104,8 @@ impl Limit {
             Limit::Bindings => "max_bindings",
             Limit::Filters => "max_filters",
             Limit::IdleTimeout => "idle_timeout",
+            Limit::Connections => "connections",
+            Limit::OpenFiles => "open_files",
         }
     }
 }

@@ -10,8 +10,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::auth::Auth;
-use crate::clock;
-use crate::http::{Request, Response};
+use crate::http::{Pieces, Request, Response};
+use crate::listing;
 use crate::live::LiveState;
 use crate::source::Commands;
 
@@ -30,6 +30,8 @@ const CALL_EVENTS: [&str; 9] = [
 
 /// Most routing-key families the catalogue remembers.
 const CATALOGUE_LIMIT: usize = 256;
+/// Longest template the catalogue remembers, in bytes; a longer one is not listed.
+const MAX_TEMPLATE: usize = 128;
 
 /// Routing-key families seen since start-up, for `/v2/websockets`: `family -> template`,
 /// bounded; a family first seen past the bound is not listed.
@@ -39,6 +41,11 @@ pub struct Catalogue {
 }
 
 impl Catalogue {
+    /// The most bytes the catalogue may hold: `CATALOGUE_LIMIT` families and templates.
+    pub fn bound() -> usize {
+        CATALOGUE_LIMIT * (std::mem::size_of::<(String, String)>() + 2 * (MAX_TEMPLATE + 16))
+    }
+
     /// Notes an event's routing key: its first segment is the family, and its first two
     /// segments plus `#` the template.
     pub fn note(&self, routing_key: &str) {
@@ -49,6 +56,9 @@ impl Catalogue {
             (Some(second), None) => format!("{family}.{second}"),
             (None, _) => family.to_owned(),
         };
+        if template.len() > MAX_TEMPLATE {
+            return;
+        }
         let mut seen = self.seen.borrow_mut();
         let known = seen.iter().any(|(f, t)| f == family && *t == template);
         if !known && seen.len() < CATALOGUE_LIMIT {
@@ -112,13 +122,11 @@ impl LiveApi<'_> {
         let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
         let live = self.live.borrow();
         match segments.as_slice() {
-            ["calls"] => read(method, || Ok(live.calls(scope).collect::<Vec<_>>())),
+            ["calls"] => listed(method, || Ok(listing::calls(scope.to_owned(), None))),
             ["calls", id] => read(method, || live.call(scope, id).ok_or_else(|| no_call(id))),
-            ["calls", id, "events"] => read(method, || {
-                let events = live.call_events(scope, id).ok_or_else(|| no_call(id))?;
-                Ok(events
-                    .map(|e| event_json(&e.routing_key, e.received_at, &e.payload))
-                    .collect::<Vec<_>>())
+            ["calls", id, "events"] => listed(method, || {
+                live.call(scope, id).ok_or_else(|| no_call(id))?;
+                Ok(listing::events(scope.to_owned(), (*id).to_owned()))
             }),
             ["calls", id, "hangup"] => {
                 if method != "POST" {
@@ -135,20 +143,14 @@ impl LiveApi<'_> {
                     Err(reason) => Response::error(503, &reason),
                 }
             }
-            ["extensions"] => read(method, || Ok(live.extensions(scope))),
-            ["extensions", number] => read(method, || {
-                live.extension(scope, number)
-                    .ok_or_else(|| format!("no extension {number}"))
+            ["extensions"] => listed(method, || Ok(listing::extensions(scope.to_owned()))),
+            ["extensions", number] => listed(method, || {
+                let (scope, number) = known_extension(&live, scope, number)?;
+                Ok(listing::extension(scope, number))
             }),
-            ["extensions", number, "calls"] => read(method, || {
-                let extension = live
-                    .extension(scope, number)
-                    .ok_or_else(|| format!("no extension {number}"))?;
-                Ok(extension
-                    .calls
-                    .iter()
-                    .filter_map(|id| live.call(scope, id))
-                    .collect::<Vec<_>>())
+            ["extensions", number, "calls"] => listed(method, || {
+                let (scope, number) = known_extension(&live, scope, number)?;
+                Ok(listing::calls(scope, Some(number)))
             }),
             _ => Response::error(404, &format!("no such resource {}", request.path)),
         }
@@ -166,6 +168,31 @@ fn read<T: Serialize>(method: &str, answer: impl FnOnce() -> Result<T, String>) 
     }
 }
 
+/// A GET answer written in pieces: 200 with the listing, 404 with the message, 405 for any
+/// other method.
+fn listed(method: &str, answer: impl FnOnce() -> Result<Pieces, String>) -> Response {
+    if method != "GET" {
+        return Response::method_not_allowed("GET");
+    }
+    match answer() {
+        Ok(pieces) => Response::pieces("application/json", pieces),
+        Err(message) => Response::error(404, &message),
+    }
+}
+
+/// The scope and number of an extension that takes part in a live call `scope` may see, or
+/// the 404 message.
+fn known_extension(
+    live: &LiveState,
+    scope: &str,
+    number: &str,
+) -> Result<(String, String), String> {
+    match live.calls(scope).any(|call| call.has_number(number)) {
+        true => Ok((scope.to_owned(), number.to_owned())),
+        false => Err(format!("no extension {number}")),
+    }
+}
+
 fn no_call(id: &str) -> String {
     format!("no call {id}")
 }
@@ -177,13 +204,6 @@ fn body_too_large(request: &Request) -> bool {
         .header("content-length")
         .and_then(|length| length.trim().parse::<u64>().ok())
         .is_some_and(|length| length > MAX_BODY)
-}
-
-/// One recent event as the `events` sub-resource shows it: the payload as JSON when it is.
-fn event_json(routing_key: &str, received_at: std::time::SystemTime, payload: &[u8]) -> Value {
-    let data = serde_json::from_slice::<Value>(payload)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into_owned()));
-    json!({"routing_key": routing_key, "received_at": clock::rfc3339(received_at), "data": data})
 }
 
 /// The percent-decoded segments after `/rest/live/`; `None` for a malformed path (an empty

@@ -4,7 +4,7 @@
 //! The upgrade is answered here, not by tungstenite, so that every refusal (404, 400, 503) is a
 //! proper HTTP answer decided before a client takes a slot.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, TcpListener, TcpStream};
@@ -25,11 +25,26 @@ use crate::dialect::blackhole::{BlackholeSession, Subscriptions};
 use crate::dialect::cable::{self, CableSession};
 use crate::dialect::isymphony::{Filters, ISymphonySession};
 use crate::dialect::{Dialect, Session};
+use crate::fds::{self, Spare};
 use crate::http::{self, HeadError, Request, Response};
 use crate::hub::Interest;
+use crate::logging::RateLimit;
 use crate::metrics::Limit;
 use crate::rest::{self, LiveApi};
 use crate::ws::{self, Connection};
+
+/// Connections being answered at once: reading a request head, writing a plain HTTP answer,
+/// or upgrading (a websocket then holds a hub slot instead). Past it, a new connection is
+/// answered 503 at once, without reading its request: each may hold a request head and a
+/// piece of an answer (the budget's `requests` part).
+pub const MAX_PENDING: usize = 128;
+
+/// How long a plain HTTP answer may take to be written: a client that does not read it is
+/// dropped then, and its place given back.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often a failed `accept` is logged, at most.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Connections open now per peer address, for `--max-per-ip`.
 #[derive(Default)]
@@ -68,17 +83,49 @@ impl Drop for IpSlot {
     }
 }
 
+/// A connection's place among the `MAX_PENDING` being answered, given back when its handler
+/// ends.
+struct PendingSlot(Rc<Cell<usize>>);
+
+impl PendingSlot {
+    fn enter(pending: &Rc<Cell<usize>>) -> Option<PendingSlot> {
+        if pending.get() >= MAX_PENDING {
+            return None;
+        }
+        pending.set(pending.get() + 1);
+        Some(PendingSlot(pending.clone()))
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
 /// Accepts connections forever, each handled on its own task.
 pub async fn run(listener: Async<TcpListener>, app: Rc<App>, executor: Rc<LocalExecutor<'static>>) {
     let per_ip = Rc::new(PerIp::default());
+    let pending = Rc::new(Cell::new(0));
     let max_per_ip = app.hub.limits().max_per_ip;
+    let busy = Response::error(503, "too many connections; try again later").bytes();
+    let mut spare = Spare::open();
+    let accept_log = RateLimit::new(ACCEPT_LOG_EVERY);
     loop {
         match listener.accept().await {
             Ok((mut stream, peer)) => {
+                let Some(answering) = PendingSlot::enter(&pending) else {
+                    app.metrics.limit_hits(Limit::Connections).inc();
+                    if let Ok(stream) = stream.into_inner() {
+                        fds::refuse(stream, &busy);
+                    }
+                    continue;
+                };
                 let _ = stream.get_ref().set_nodelay(true);
                 match per_ip.enter(peer.ip(), max_per_ip) {
                     Some(slot) => {
-                        let handshake = handle(stream, app.clone(), slot, executor.clone());
+                        let handshake =
+                            handle(stream, app.clone(), slot, answering, executor.clone());
                         executor.spawn(handshake).detach();
                     }
                     None => {
@@ -87,14 +134,20 @@ pub async fn run(listener: Async<TcpListener>, app: Rc<App>, executor: Rc<LocalE
                             let too_many =
                                 Response::error(429, "too many connections from your address");
                             let _ = too_many.write_to(&mut stream).await;
+                            drop(answering);
                         };
                         executor.spawn(refuse).detach();
                     }
                 }
             }
             Err(err) => {
-                // Out of descriptors, most likely: back off instead of spinning.
-                warn!("accept failed: {err}");
+                accept_log.report(|held| warn!("accept failed: {err}{held}"));
+                let out_of_files = matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                if out_of_files && spare.refuse_one(listener.get_ref(), &busy) {
+                    app.metrics.limit_hits(Limit::OpenFiles).inc();
+                    continue;
+                }
+                // Back off instead of spinning on an error that would repeat at once.
                 Timer::after(Duration::from_millis(100)).await;
             }
         }
@@ -107,6 +160,7 @@ async fn handle(
     mut stream: Async<TcpStream>,
     app: Rc<App>,
     slot: IpSlot,
+    _answering: PendingSlot,
     executor: Rc<LocalExecutor<'static>>,
 ) {
     let timeout = app.hub.limits().handshake_timeout;
@@ -140,7 +194,13 @@ async fn handle(
         upgrade(stream, request, &app, slot, &executor).await;
     } else {
         let response = route_http(&request, &app);
-        let _ = response.write_to(&mut stream).await;
+        let _ = response
+            .send(&mut stream, &app)
+            .or(async {
+                Timer::after(ANSWER_TIMEOUT).await;
+                Ok(())
+            })
+            .await;
     }
 }
 
@@ -188,6 +248,7 @@ fn dashboard(path: &str) -> Response {
             ("Referrer-Policy", "no-referrer".to_owned()),
         ],
         body: body.as_bytes().to_vec(),
+        pieces: None,
     }
 }
 

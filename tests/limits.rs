@@ -30,7 +30,7 @@ use common::{
 };
 
 /// Every label of `callwire_limit_hits_total` (src/metrics.rs, `Limit::as_str`).
-const LIMITS: [&str; 8] = [
+const LIMITS: [&str; 10] = [
     "max_clients",
     "max_per_ip",
     "handshake_timeout",
@@ -39,6 +39,8 @@ const LIMITS: [&str; 8] = [
     "max_bindings",
     "max_filters",
     "idle_timeout",
+    "connections",
+    "open_files",
 ];
 
 // ---------------------------------------------------------------------------------------------

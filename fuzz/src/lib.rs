@@ -29,6 +29,7 @@ pub const LIMITS: Limits = Limits {
     max_calls: 3,
     events_per_call: 2,
     max_message_size: 64 * 1024,
+    max_request_size: 64 * 1024,
     ping_interval: Duration::from_secs(30),
     max_per_ip: 4,
     handshake_timeout: Duration::from_secs(5),

@@ -33,6 +33,12 @@ pub struct Subscriptions {
 }
 
 impl Subscriptions {
+    /// The most bytes one socket's subscriptions may hold: `max_bindings` of them, each
+    /// stored inline (the binding's text and ends, the account), in a `Vec` grown exactly.
+    pub fn bound(max_bindings: usize) -> usize {
+        max_bindings * std::mem::size_of::<Subscription>()
+    }
+
     pub fn new(limit: usize) -> Subscriptions {
         Subscriptions {
             // Grown on demand up to `limit`: reserving room for every binding up front would
@@ -147,14 +153,20 @@ pub struct BlackholeSession {
     auth: Rc<Auth>,
     /// Set by the first request with a valid token (or at once without `--auth`).
     credential: Option<Rc<Credential>>,
-    /// The socket's friendly name and metadata, kept as the client sent them (boxed: most
-    /// sockets send neither, and an unboxed `Value` is 72 bytes on every socket).
-    name: Option<Box<Value>>,
-    metadata: Option<Box<Value>>,
+    /// The socket's friendly name and metadata, kept as JSON text: no longer than the request
+    /// that sent them, where a parsed `Value` may take many times its text.
+    name: Option<Box<str>>,
+    metadata: Option<Box<str>>,
     ids: Rng,
 }
 
 impl BlackholeSession {
+    /// The most bytes the session keeps besides its subscriptions: the name and metadata,
+    /// each no longer than a request.
+    pub fn bound(max_request_size: usize) -> usize {
+        2 * max_request_size
+    }
+
     pub fn new(client: Rc<Client>, auth: Rc<Auth>) -> BlackholeSession {
         BlackholeSession {
             client,
@@ -187,7 +199,7 @@ impl BlackholeSession {
                 .get(field)
                 .or_else(|| data.and_then(|d| d.get(field)))
             {
-                *slot = Some(Box::new(value.clone()));
+                *slot = Some(value.to_string().into_boxed_str());
             }
         }
         match request.get("action") {

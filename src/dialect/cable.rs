@@ -235,6 +235,16 @@ struct Subscription {
 }
 
 impl Subscriptions {
+    /// The most bytes one socket's subscriptions may hold: `max_bindings` of them, each with
+    /// its identifier (at most `MAX_IDENTIFIER`) and the models named in it (at most
+    /// `MAX_MODELS`, their names taken from the identifier).
+    pub fn bound(max_bindings: usize) -> usize {
+        use std::mem::size_of;
+        let models = MAX_MODELS * (size_of::<(Box<str>, Types)>() + 16) + MAX_IDENTIFIER;
+        let subscription = size_of::<Subscription>() + MAX_IDENTIFIER + 16 + models;
+        max_bindings * subscription
+    }
+
     /// The credentials the socket's subscriptions were admitted with.
     pub fn credentials(&self) -> impl Iterator<Item = &Rc<Credential>> {
         self.items

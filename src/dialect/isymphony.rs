@@ -61,6 +61,16 @@ pub struct Filters {
 }
 
 impl Filters {
+    /// The most bytes one socket's filters may hold: their texts come from one request, and
+    /// are kept twice (as sent, and grouped by property) beside a number's canonical text,
+    /// in `Vec`s that may have doubled.
+    pub fn bound(max_filters: usize, max_request_size: usize) -> usize {
+        use std::mem::size_of;
+        let per_filter =
+            size_of::<Filter>() + 2 * (size_of::<Wanted>() + size_of::<Group>()) + 32 + 6 * 16;
+        2 * 2 * max_request_size + max_filters * per_filter
+    }
+
     pub fn new(credential: Rc<Credential>, limit: usize) -> Filters {
         Filters {
             credential,
