@@ -12,7 +12,9 @@ use crate::event::Event;
 use crate::hub::Hub;
 use crate::live::LiveState;
 use crate::metrics::Metrics;
+use crate::origins::Origins;
 use crate::rest::Catalogue;
+use crate::seats::Seats;
 use crate::source::{Commands, SourceStatus};
 
 pub struct App {
@@ -23,6 +25,10 @@ pub struct App {
     pub live: RefCell<LiveState>,
     pub catalogue: Catalogue,
     pub commands: Commands,
+    /// The `Host` and `Origin` checks every request passes first.
+    pub origins: Origins,
+    /// `--max-clients` and `--max-unauthenticated`, held by each websocket.
+    pub seats: Seats,
 }
 
 impl App {
@@ -34,7 +40,8 @@ impl App {
         if event.json.is_none() {
             self.metrics.events_not_json.inc();
         }
-        self.catalogue.note(&event.routing_key);
+        self.catalogue
+            .note(&event.routing_key, event.account.as_deref());
         let changes = self.live.borrow_mut().apply(&event);
         for change in changes {
             self.hub.publish_change(&change);

@@ -97,6 +97,11 @@ impl Auth {
         Ok(credentials.len())
     }
 
+    /// How many credentials are in force (none at all: nobody can log in).
+    pub fn count(&self) -> usize {
+        self.credentials.borrow().len()
+    }
+
     /// Whether a credential a socket proved is still in force (after a reload).
     pub fn holds(&self, credential: &Rc<Credential>) -> bool {
         !self.required()
@@ -105,6 +110,11 @@ impl Auth {
                 .borrow()
                 .iter()
                 .any(|held| Rc::ptr_eq(held, credential))
+    }
+
+    /// The credentials file, with `--auth`.
+    pub fn path(&self) -> Option<&str> {
+        self.path.as_deref()
     }
 
     /// Whether requests must carry a credential.
@@ -171,6 +181,18 @@ fn read_credentials(path: &str) -> Result<Vec<Credential>, String> {
             return Err(format!(
                 "--auth: {path}: credentials[{i}] ({}) needs an account, or \"*\"",
                 credential.name
+            ));
+        }
+        // A login that sends only the secret (Bearer, `auth_token`, cable `key`) could not
+        // tell which of two such entries it is.
+        let same = file.credentials[..i]
+            .iter()
+            .position(|earlier| earlier.secret == credential.secret);
+        if let Some(j) = same {
+            return Err(format!(
+                "--auth: {path}: credentials[{i}] ({}) has the same secret as credentials[{j}] \
+                 ({}); every secret must be different",
+                credential.name, file.credentials[j].name
             ));
         }
     }
@@ -270,6 +292,23 @@ mod tests {
             auth.holds(&a) && auth.by_secret(Some("sa")).is_some(),
             "old credentials stay"
         );
+    }
+
+    #[test]
+    fn two_entries_with_one_secret_are_refused_naming_both_not_the_secret() {
+        let path = write_file(
+            r#"{"credentials":[{"name":"desk","secret":"sh4red","account":"acc1"},
+                               {"name":"ops","secret":"0ps","account":"acc2"},
+                               {"name":"manager","secret":"sh4red","account":"*"}]}"#,
+        );
+        let err = Auth::load(&path).unwrap_err();
+        assert!(
+            err.contains("credentials[2] (manager)") && err.contains("credentials[0] (desk)"),
+            "{err}"
+        );
+        assert!(!err.contains("sh4red") && !err.contains('\n'), "{err}");
+        let path = write_file(r#"{"credentials":[]}"#);
+        assert_eq!(Auth::load(&path).unwrap().count(), 0);
     }
 
     #[test]

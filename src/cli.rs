@@ -10,6 +10,7 @@ use argh::FromArgs;
 
 use crate::limits::Limits;
 use crate::logging::Level;
+use crate::origins;
 use crate::sim::Profile;
 use crate::source::amqp::AmqpOptions;
 use crate::source::mqtt::MqttOptions;
@@ -53,7 +54,7 @@ pub struct Args {
     pub demo: bool,
 
     /// calls per second the demo PBX starts (default 0.5)
-    #[argh(option, default = "0.5")]
+    #[argh(option, default = "crate::source::demo::DEFAULT_CALLS_PER_SEC")]
     pub demo_rate: f64,
 
     /// credentials file (JSON); without it only loopback addresses are served
@@ -63,6 +64,24 @@ pub struct Args {
     /// serve a non-loopback address without authentication (logged as a warning)
     #[argh(switch)]
     pub insecure_no_auth: bool,
+
+    /// a browser origin, scheme://host[:port], whose pages may use callwire (websockets, REST,
+    /// hangups) besides the gateway's own; may repeat; '*' allows any (default: none)
+    #[argh(option)]
+    pub allowed_origin: Vec<String>,
+
+    /// a host name or address requests may name in Host besides loopback ones, checked only
+    /// without --auth (against DNS rebinding); may repeat (default: none)
+    #[argh(option)]
+    pub allowed_host: Vec<String>,
+
+    /// seconds a websocket has to authenticate with --auth before it is closed (default 10)
+    #[argh(option, default = "10")]
+    pub auth_timeout: u64,
+
+    /// websockets at once still to authenticate, beside --max-clients (default 64)
+    #[argh(option, default = "64")]
+    pub max_unauthenticated: usize,
 
     /// most websocket clients at once (default 1024)
     #[argh(option, default = "1024")]
@@ -194,8 +213,9 @@ pub struct SimulateConfig {
 /// What the command line asks for.
 #[derive(Debug)]
 pub enum Run {
-    Serve(Config),
-    Simulate(SimulateConfig),
+    // Both boxed: each is a few hundred bytes, of different sizes, and only one is ever made.
+    Serve(Box<Config>),
+    Simulate(Box<SimulateConfig>),
 }
 
 /// Where events come from.
@@ -215,6 +235,10 @@ pub struct Config {
     pub source: SourceConfig,
     pub auth_file: Option<String>,
     pub insecure_no_auth: bool,
+    /// `--allowed-origin`, normalised (`*` kept as it is).
+    pub allowed_origins: Vec<String>,
+    /// `--allowed-host`, lower-case.
+    pub allowed_hosts: Vec<String>,
     pub limits: Limits,
     pub log_level: Level,
 }
@@ -273,7 +297,18 @@ impl Args {
                 0..=1000 => Duration::from_millis(self.flush_interval),
                 ms => return Err(format!("--flush-interval: expected 0 to 1000 ms, got {ms}")),
             },
+            auth_timeout: Duration::from_secs(positive(
+                "--auth-timeout",
+                self.auth_timeout as usize,
+            )? as u64),
+            max_unauthenticated: positive("--max-unauthenticated", self.max_unauthenticated)?,
         };
+        let allowed_origins = (self.allowed_origin.iter())
+            .map(|origin| origins::parse_allowed_origin(origin))
+            .collect::<Result<_, _>>()?;
+        let allowed_hosts = (self.allowed_host.iter())
+            .map(|host| origins::parse_allowed_host(host))
+            .collect::<Result<_, _>>()?;
         let source = if self.demo {
             if self.mqtt.is_some() || self.amqp.is_some() {
                 return Err(
@@ -321,6 +356,8 @@ impl Args {
             source,
             auth_file: self.auth,
             insecure_no_auth: self.insecure_no_auth,
+            allowed_origins,
+            allowed_hosts,
             limits,
             log_level,
         })
@@ -399,8 +436,12 @@ pub fn parse(args: &[String]) -> Result<Run, (String, i32)> {
         ),
     })?;
     match parsed.command {
-        Some(Command::Simulate(simulate)) => simulate.into_config().map(Run::Simulate),
-        None => parsed.into_config().map(Run::Serve),
+        Some(Command::Simulate(simulate)) => simulate
+            .into_config()
+            .map(|config| Run::Simulate(Box::new(config))),
+        None => parsed
+            .into_config()
+            .map(|config| Run::Serve(Box::new(config))),
     }
     .map_err(|message| (message, 2))
 }
@@ -428,7 +469,7 @@ mod tests {
 
     fn parse_args(args: &[&str]) -> Result<Config, (String, i32)> {
         match parse_run(args)? {
-            Run::Serve(config) => Ok(config),
+            Run::Serve(config) => Ok(*config),
             other => panic!("expected serve, got {other:?}"),
         }
     }
@@ -450,6 +491,17 @@ mod tests {
             (&["--listen", "nope"], "--listen"),
             (&["--listen", "0.0.0.0:58080"], "--auth"),
             (&["--max-clients", "0"], "--max-clients"),
+            (&["--auth-timeout", "0"], "--auth-timeout"),
+            (&["--max-unauthenticated", "0"], "--max-unauthenticated"),
+            (
+                &["--allowed-origin", "wallboard.example"],
+                "--allowed-origin",
+            ),
+            (
+                &["--allowed-origin", "https://w.example/app"],
+                "--allowed-origin",
+            ),
+            (&["--allowed-host", "gateway.lan:80"], "--allowed-host"),
             (&["--log-level", "loud"], "--log-level"),
             (&["--demo", "--mqtt", "mqtt://127.0.0.1:1883"], "--demo"),
             (&["--amqp", "http://x"], "--amqp"),
@@ -511,6 +563,26 @@ mod tests {
             }
             other => panic!("expected simulate, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn browser_flags_repeat_and_default_to_none() {
+        let config = parse_args(&[]).unwrap();
+        assert!(config.allowed_origins.is_empty() && config.allowed_hosts.is_empty());
+        assert_eq!(config.limits.auth_timeout, Duration::from_secs(10));
+        let config = parse_args(&[
+            "--allowed-origin",
+            "https://Wallboard.example",
+            "--allowed-origin",
+            "*",
+            "--allowed-host",
+            "Gateway.lan",
+            "--allowed-host",
+            "10.0.0.2",
+        ])
+        .unwrap();
+        assert_eq!(config.allowed_origins, ["https://wallboard.example", "*"]);
+        assert_eq!(config.allowed_hosts, ["gateway.lan", "10.0.0.2"]);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::app::App;
 use crate::budget::{Budget, Part};
 use crate::clock;
 use crate::dialect::Dialect;
-use crate::metrics::{DropReason, Limit};
+use crate::metrics::{DropReason, Forbidden, Limit};
 
 /// Largest request head accepted; a longer one is answered 431.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -20,6 +20,8 @@ pub struct Request {
     pub method: String,
     /// The path without its query string.
     pub path: String,
+    /// The minor HTTP version: 1 for HTTP/1.1, 0 for HTTP/1.0.
+    pub version: u8,
     headers: Vec<(String, String)>,
     /// Bytes read past the head: a pipelined body, or websocket frames after an upgrade.
     pub rest: Vec<u8>,
@@ -34,12 +36,61 @@ impl Request {
             .map(|(_, v)| v.as_str())
     }
 
-    /// Whether a comma-separated header holds a token (case-insensitive).
+    /// Every line of a header (case-insensitive name), in the order sent.
+    fn header_lines<'a, 'n>(
+        &'a self,
+        name: &'n str,
+    ) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The header's value when it was sent at most once; `Err` when it came on several lines.
+    pub fn single_header(&self, name: &str) -> Result<Option<&str>, Repeated> {
+        let mut lines = self.header_lines(name);
+        match (lines.next(), lines.next()) {
+            (first, None) => Ok(first),
+            (Some(_), Some(_)) => Err(Repeated),
+            (None, Some(_)) => unreachable!("a second line without a first"),
+        }
+    }
+
+    /// Whether a comma-separated header holds a token (case-insensitive), on any of its lines:
+    /// a list may be split over several lines (RFC 9110, 5.3).
     pub fn header_has(&self, name: &str, token: &str) -> bool {
-        self.header(name)
-            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        self.header_lines(name)
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    }
+
+    /// The declared body length: `Ok(None)` without one; `Err` with the reason when the
+    /// values differ, or one is not a number that fits (RFC 9112, 6.3: such a request cannot
+    /// be framed, and a proxy in front might frame it differently).
+    pub fn content_length(&self) -> Result<Option<u64>, &'static str> {
+        let mut length = None;
+        for value in self
+            .header_lines("content-length")
+            .flat_map(|v| v.split(','))
+        {
+            let value = value.trim();
+            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                return Err("Content-Length is not a number");
+            }
+            let parsed: u64 = value.parse().map_err(|_| "Content-Length overflows")?;
+            if length.is_some_and(|seen| seen != parsed) {
+                return Err("conflicting Content-Length values");
+            }
+            length = Some(parsed);
+        }
+        Ok(length)
     }
 }
+
+/// A header that may be sent once came on several lines.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Repeated;
 
 /// Why no request could be read.
 #[derive(Debug)]
@@ -78,6 +129,7 @@ pub async fn read_head<S: futures_lite::AsyncRead + Unpin>(
                 let request = Request {
                     method: parsed.method.unwrap_or("").to_owned(),
                     path,
+                    version: parsed.version.unwrap_or(0),
                     headers: parsed
                         .headers
                         .iter()
@@ -236,6 +288,7 @@ pub fn reason(status: u16) -> &'static str {
         202 => "Accepted",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         413 => "Payload Too Large",
@@ -289,47 +342,37 @@ pub fn metrics(app: &App) -> Response {
         "Events whose payload was not JSON (delivered as a JSON string).",
         &[(String::new(), metrics.events_not_json.get())],
     );
-    let by_dialect = |value: &dyn Fn(Dialect) -> u64| -> Vec<(String, u64)> {
-        Dialect::ALL
-            .iter()
-            .map(|&d| (format!("{{dialect=\"{}\"}}", d.as_str()), value(d)))
-            .collect()
-    };
+    let by_dialect =
+        |value: &dyn Fn(Dialect) -> u64| labelled("dialect", &Dialect::ALL, &|d| d.as_str(), value);
     family(
         "callwire_deliveries_total",
         "counter",
         "Frames queued to clients, one per client per event.",
         &by_dialect(&|d| metrics.deliveries(d).get()),
     );
-    let drops: Vec<(String, u64)> = DropReason::ALL
-        .iter()
-        .map(|&r| {
-            (
-                format!("{{reason=\"{}\"}}", r.as_str()),
-                metrics.dropped(r).get(),
-            )
-        })
-        .collect();
     family(
         "callwire_events_dropped_total",
         "counter",
         "Frames or events dropped instead of delivered, by reason.",
-        &drops,
+        &labelled("reason", &DropReason::ALL, &|r| r.as_str(), &|r| {
+            metrics.dropped(r).get()
+        }),
     );
-    let hits: Vec<(String, u64)> = Limit::ALL
-        .iter()
-        .map(|&l| {
-            (
-                format!("{{limit=\"{}\"}}", l.as_str()),
-                metrics.limit_hits(l).get(),
-            )
-        })
-        .collect();
     family(
         "callwire_limit_hits_total",
         "counter",
         "Times a limit bit: a refused upgrade or request, or a closed socket.",
-        &hits,
+        &labelled("limit", &Limit::ALL, &|l| l.as_str(), &|l| {
+            metrics.limit_hits(l).get()
+        }),
+    );
+    family(
+        "callwire_forbidden_total",
+        "counter",
+        "Requests and upgrades refused with 403: a foreign Host or Origin, or a CORS simple request.",
+        &labelled("reason", &Forbidden::ALL, &|f| f.as_str(), &|f| {
+            metrics.forbidden(f).get()
+        }),
     );
     family(
         "callwire_clients",
@@ -391,6 +434,18 @@ pub fn metrics(app: &App) -> Response {
     }
 }
 
+/// One sample per value of a label: `({label="name"}, value)`.
+fn labelled<T: Copy>(
+    label: &str,
+    all: &[T],
+    name: &dyn Fn(T) -> &'static str,
+    value: &dyn Fn(T) -> u64,
+) -> Vec<(String, u64)> {
+    all.iter()
+        .map(|&item| (format!("{{{label}=\"{}\"}}", name(item)), value(item)))
+        .collect()
+}
+
 /// Resident set size from /proc (0 where there is none). `VmRSS` is in kB whatever the page
 /// size: ARM kernels often use 16 or 64 KiB pages, so `statm`'s page count times 4096 is wrong.
 fn resident_bytes() -> u64 {
@@ -402,4 +457,58 @@ fn resident_bytes() -> u64 {
         .and_then(|kb| kb.parse().ok())
         .unwrap_or(0);
     kb * 1024
+}
+
+/// A request parsed from its request line (`GET / HTTP/1.1`) and header lines (for tests).
+#[cfg(test)]
+pub fn test_request(request_line: &str, lines: &[(&str, &str)]) -> Request {
+    let mut text = format!("{request_line}\r\n");
+    for (name, value) in lines {
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    text.push_str("\r\n");
+    let mut bytes = text.as_bytes();
+    smol::block_on(read_head(&mut bytes)).expect("a whole head")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(lines: &[(&str, &str)]) -> Request {
+        test_request("POST /x HTTP/1.1", lines)
+    }
+
+    #[test]
+    fn one_content_length_however_it_is_sent() {
+        assert_eq!(head(&[]).content_length(), Ok(None));
+        let same = head(&[("Content-Length", "7"), ("content-length", "7, 7")]);
+        assert_eq!(same.content_length(), Ok(Some(7)));
+        for lengths in [
+            &[("Content-Length", "0"), ("Content-Length", "5")][..],
+            &[("Content-Length", "0, 5")],
+            &[("Content-Length", "18446744073709551616")],
+            &[("Content-Length", "+5")],
+            &[("Content-Length", "")],
+            &[("Content-Length", "5,")],
+        ] {
+            assert!(head(lengths).content_length().is_err(), "{lengths:?}");
+        }
+    }
+
+    #[test]
+    fn header_lists_span_lines_and_single_headers_do_not() {
+        let request = head(&[
+            ("Sec-WebSocket-Protocol", "a, b"),
+            ("sec-websocket-protocol", "actioncable-v1-json"),
+            ("Host", "one"),
+            ("Host", "two"),
+        ]);
+        assert!(request.header_has("sec-websocket-protocol", "actioncable-v1-json"));
+        assert!(request.header_has("Sec-WebSocket-Protocol", "b"));
+        assert!(!request.header_has("sec-websocket-protocol", "c"));
+        assert_eq!(request.single_header("host"), Err(Repeated));
+        assert_eq!(request.single_header("origin"), Ok(None));
+        assert_eq!(request.version, 1);
+    }
 }

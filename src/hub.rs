@@ -300,15 +300,16 @@ pub struct Full;
 
 impl Hub {
     pub fn new(limits: Limits, metrics: Rc<Metrics>) -> Hub {
+        let slots = limits.hub_slots();
         Hub {
-            slots: RefCell::new((0..limits.max_clients).map(|_| None).collect()),
-            free: RefCell::new((0..limits.max_clients).rev().collect()),
+            slots: RefCell::new((0..slots).map(|_| None).collect()),
+            free: RefCell::new((0..slots).rev().collect()),
             connected: Cell::new(0),
             renders: RefCell::new(Renders::default()),
             routed: RefCell::new(Vec::new()),
             flush: Flush {
-                due: RefCell::new(Vec::with_capacity(limits.max_clients)),
-                marked: RefCell::new(vec![false; limits.max_clients]),
+                due: RefCell::new(Vec::with_capacity(slots)),
+                marked: RefCell::new(vec![false; slots]),
                 flusher: RefCell::new(None),
             },
             drops_log: DropsLog::default(),

@@ -37,6 +37,18 @@ pub struct Limits {
     pub request_burst: u32,
     /// Least time between two rounds of writes to the clients (the hub's flush).
     pub flush_interval: Duration,
+    /// Time a websocket has to authenticate, with `--auth`.
+    pub auth_timeout: Duration,
+    /// Websockets at once still to authenticate, beside `max_clients`.
+    pub max_unauthenticated: usize,
+}
+
+impl Limits {
+    /// The hub's slots: every authenticated client, and every socket still to authenticate
+    /// (the seats module keeps each kind within its bound).
+    pub fn hub_slots(&self) -> usize {
+        self.max_clients + self.max_unauthenticated
+    }
 }
 
 /// A token bucket: up to `burst` requests at once, refilled at `rate` per second.

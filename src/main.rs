@@ -15,7 +15,9 @@ use callwire::hub::Hub;
 use callwire::live::LiveState;
 use callwire::metrics::Metrics;
 use callwire::notify::{self, Notifier};
+use callwire::origins::Origins;
 use callwire::rest::Catalogue;
+use callwire::seats::Seats;
 use callwire::server;
 use callwire::simulate;
 use callwire::source::{Commands, Deliver, SourceKind, SourceStatus, amqp, demo, mqtt};
@@ -30,10 +32,10 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(4);
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     match cli::parse(&args) {
-        Ok(Run::Serve(config)) => serve(config),
+        Ok(Run::Serve(config)) => serve(*config),
         Ok(Run::Simulate(config)) => {
             logging::init(logging::Level::Info);
-            simulate::run(config)
+            simulate::run(*config)
         }
         Err((help, 0)) => {
             print!("{help}");
@@ -53,7 +55,10 @@ fn serve(config: Config) -> ExitCode {
     };
     let auth = match &config.auth_file {
         Some(path) => match Auth::load(path) {
-            Ok(auth) => auth,
+            Ok(auth) => {
+                warn_if_no_credentials(auth.count(), path);
+                auth
+            }
             Err(message) => return fail(&message, 2),
         },
         None => Auth::open(),
@@ -97,6 +102,15 @@ async fn run(
 ) {
     let metrics = Rc::new(Metrics::default());
     let limits = config.limits;
+    let origins = Origins::new(
+        config.listen,
+        auth.required(),
+        config.allowed_hosts,
+        config.allowed_origins,
+    );
+    if origins.allows_any_origin() {
+        warn!("--allowed-origin '*': pages from ANY web site may open websockets and send hangups");
+    }
     let status = Rc::new(SourceStatus::new(match config.source {
         SourceConfig::Mqtt(_) => SourceKind::Mqtt,
         SourceConfig::Amqp(_) => SourceKind::Amqp,
@@ -132,6 +146,8 @@ async fn run(
             )),
             catalogue: Catalogue::default(),
             commands,
+            origins,
+            seats: Seats::new(&limits),
         }
     });
     // The bound address, not the flag: with port 0 this says which port the system chose.
@@ -202,6 +218,7 @@ async fn reload_on_hangup(app: Rc<App>) {
     while hangups.next().await.is_some() {
         match app.auth.reload() {
             Ok(count) => {
+                warn_if_no_credentials(count, app.auth.path().unwrap_or_default());
                 let closed = app.hub.close_revoked(&app.auth);
                 info!(
                     "SIGHUP: {count} credential(s) in force; closed {closed} socket(s) whose credential was removed"
@@ -209,6 +226,14 @@ async fn reload_on_hangup(app: Rc<App>) {
             }
             Err(reason) => warn!("SIGHUP: kept the credentials in force: {reason}"),
         }
+    }
+}
+
+/// An empty credentials file is valid (every login refused until it is filled in), but
+/// worth a warning.
+fn warn_if_no_credentials(count: usize, path: &str) {
+    if count == 0 {
+        warn!("--auth: {path} holds no credentials: nobody can log in");
     }
 }
 

@@ -78,10 +78,14 @@ pub enum Limit {
     Connections,
     /// No file descriptor was left for a new connection: it was answered 503 (`fds::Spare`).
     OpenFiles,
+    /// `--auth-timeout`: a socket did not authenticate in time and was closed with 1008.
+    AuthTimeout,
+    /// `--max-unauthenticated`: the upgrade was answered 503.
+    Unauthenticated,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 10] = [
+    pub const ALL: [Limit; 12] = [
         Limit::MaxClients,
         Limit::PerIp,
         Limit::HandshakeTimeout,
@@ -92,6 +96,8 @@ impl Limit {
         Limit::IdleTimeout,
         Limit::Connections,
         Limit::OpenFiles,
+        Limit::AuthTimeout,
+        Limit::Unauthenticated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -106,6 +112,31 @@ impl Limit {
             Limit::IdleTimeout => "idle_timeout",
             Limit::Connections => "connections",
             Limit::OpenFiles => "open_files",
+            Limit::AuthTimeout => "auth_timeout",
+            Limit::Unauthenticated => "max_unauthenticated",
+        }
+    }
+}
+
+/// Why a request was refused with 403 (contract: README.md, "Browsers and other origins").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forbidden {
+    /// Without `--auth`, a `Host` that is neither loopback nor `--allowed-host` (DNS rebinding).
+    Host,
+    /// An `Origin` that is neither the gateway's own nor `--allowed-origin`.
+    Origin,
+    /// A hangup sent as a CORS simple request (a form or text body type).
+    SimpleRequest,
+}
+
+impl Forbidden {
+    pub const ALL: [Forbidden; 3] = [Forbidden::Host, Forbidden::Origin, Forbidden::SimpleRequest];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Forbidden::Host => "host",
+            Forbidden::Origin => "origin",
+            Forbidden::SimpleRequest => "simple_request",
         }
     }
 }
@@ -122,6 +153,7 @@ pub struct Metrics {
     deliveries: [Counter; Dialect::ALL.len()],
     dropped: [Counter; DropReason::ALL.len()],
     limit_hits: [Counter; Limit::ALL.len()],
+    forbidden: [Counter; Forbidden::ALL.len()],
 }
 
 impl Metrics {
@@ -136,5 +168,10 @@ impl Metrics {
 
     pub fn dropped(&self, reason: DropReason) -> &Counter {
         &self.dropped[reason as usize]
+    }
+
+    /// Requests refused with 403, by reason.
+    pub fn forbidden(&self, reason: Forbidden) -> &Counter {
+        &self.forbidden[reason as usize]
     }
 }

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::auth::Auth;
 use crate::http::{Pieces, Request, Response};
 use crate::listing;
-use crate::live::LiveState;
+use crate::live::{self, LiveState, MAX_ID_LEN};
 use crate::source::Commands;
 
 /// The Kazoo call events a Blackhole client can bind to, as Crossbar lists them.
@@ -33,22 +33,34 @@ const CATALOGUE_LIMIT: usize = 256;
 /// Longest template the catalogue remembers, in bytes; a longer one is not listed.
 const MAX_TEMPLATE: usize = 128;
 
-/// Routing-key families seen since start-up, for `/v2/websockets`: `family -> template`,
-/// bounded; a family first seen past the bound is not listed.
+/// A routing-key family seen, with the template it is listed as and the account of the
+/// events it was seen in.
+#[derive(Debug)]
+struct Family {
+    account: Option<String>,
+    family: String,
+    template: String,
+}
+
+/// Routing-key families seen since start-up, for `/v2/websockets`, bounded; a family first
+/// seen past the bound is not listed. Each is kept with its account: a family name can carry
+/// a tenant's secrets (a project name), so a caller sees only its own account's families.
 #[derive(Debug, Default)]
 pub struct Catalogue {
-    seen: RefCell<Vec<(String, String)>>,
+    seen: RefCell<Vec<Family>>,
 }
 
 impl Catalogue {
-    /// The most bytes the catalogue may hold: `CATALOGUE_LIMIT` families and templates.
+    /// The most bytes the catalogue may hold: `CATALOGUE_LIMIT` families, each with its
+    /// template and account at their longest.
     pub fn bound() -> usize {
-        CATALOGUE_LIMIT * (std::mem::size_of::<(String, String)>() + 2 * (MAX_TEMPLATE + 16))
+        let texts = 2 * (MAX_TEMPLATE + 16) + MAX_ID_LEN + 16;
+        CATALOGUE_LIMIT * (std::mem::size_of::<Family>() + texts)
     }
 
-    /// Notes an event's routing key: its first segment is the family, and its first two
-    /// segments plus `#` the template.
-    pub fn note(&self, routing_key: &str) {
+    /// Notes an event's routing key and account: its first segment is the family, and its
+    /// first two segments plus `#` the template.
+    pub fn note(&self, routing_key: &str, account: Option<&str>) {
         let mut segments = routing_key.splitn(3, '.');
         let family = segments.next().unwrap_or_default();
         let template = match (segments.next(), segments.next()) {
@@ -56,45 +68,79 @@ impl Catalogue {
             (Some(second), None) => format!("{family}.{second}"),
             (None, _) => family.to_owned(),
         };
-        if template.len() > MAX_TEMPLATE {
+        // Longer ones are kept out, so the catalogue stays small whatever the keys.
+        if template.len() > MAX_TEMPLATE || account.is_some_and(|a| a.len() > MAX_ID_LEN) {
             return;
         }
         let mut seen = self.seen.borrow_mut();
-        let known = seen.iter().any(|(f, t)| f == family && *t == template);
+        let known = seen.iter().any(|seen| {
+            seen.family == family && seen.template == template && seen.account.as_deref() == account
+        });
         if !known && seen.len() < CATALOGUE_LIMIT {
-            seen.push((family.to_owned(), template));
+            seen.push(Family {
+                account: account.map(str::to_owned),
+                family: family.to_owned(),
+                template,
+            });
         }
     }
 
-    fn listing(&self) -> Value {
+    /// The templates, plus the families `scope` may see (none for `None`: no credential).
+    fn listing(&self, scope: Option<&str>) -> Value {
         let mut families = serde_json::Map::new();
         let call: Vec<Value> = CALL_EVENTS
             .iter()
             .map(|e| json!(format!("call.{e}.{{CALL_ID}}")))
             .collect();
         families.insert("call".to_owned(), Value::Array(call));
-        for (family, template) in self.seen.borrow().iter() {
+        let Some(scope) = scope else {
+            return Value::Object(families);
+        };
+        for seen in self.seen.borrow().iter() {
+            if !live::visible(seen.account.as_deref(), scope) {
+                continue;
+            }
             let list = families
-                .entry(family.clone())
+                .entry(seen.family.clone())
                 .or_insert_with(|| Value::Array(Vec::new()));
             if let Value::Array(list) = list {
-                list.push(json!(template));
+                if !list.contains(&json!(seen.template)) {
+                    list.push(json!(seen.template));
+                }
             }
         }
         Value::Object(families)
     }
 }
 
-/// `GET /v2/websockets`: the catalogue, as Kazoo's Crossbar answers it (no credential needed).
-pub fn websockets(request: &Request, catalogue: &Catalogue) -> Response {
+/// `GET /v2/websockets`: the catalogue, as Kazoo's Crossbar answers it. No credential is
+/// needed for the templates; the families seen are shown to a credential, its account's only
+/// (contract: live-api.md). A credential that is sent but wrong is 401, as on the live API.
+pub fn websockets(request: &Request, catalogue: &Catalogue, auth: &Auth) -> Response {
     if request.method != "GET" {
         return Response::method_not_allowed("GET");
     }
+    let header = request.header("authorization");
+    let scope = match auth.by_authorization(header) {
+        Some(credential) => Some(credential.account.clone()),
+        None if header.is_none() => None,
+        None => return unauthorized(),
+    };
     let version = concat!("callwire ", env!("CARGO_PKG_VERSION"));
+    let listing = catalogue.listing(scope.as_deref());
     Response::json(
         200,
-        &json!({"status": "success", "data": catalogue.listing(), "version": version}),
+        &json!({"status": "success", "data": listing, "version": version}),
     )
+}
+
+/// 401, with the challenge HTTP requires.
+fn unauthorized() -> Response {
+    let mut response = Response::error(401, "a valid credential is required");
+    response
+        .headers
+        .push(("WWW-Authenticate", "Basic realm=\"callwire\"".to_owned()));
+    response
 }
 
 /// Everything the live API answers from.
@@ -108,11 +154,7 @@ impl LiveApi<'_> {
     /// Answers one request under `/rest/live`.
     pub fn route(&self, request: &Request) -> Response {
         let Some(credential) = self.auth.by_authorization(request.header("authorization")) else {
-            let mut response = Response::error(401, "a valid credential is required");
-            response
-                .headers
-                .push(("WWW-Authenticate", "Basic realm=\"callwire\"".to_owned()));
-            return response;
+            return unauthorized();
         };
         let Some(segments) = segments(&request.path) else {
             return Response::error(400, &format!("malformed path {}", request.path));
@@ -200,10 +242,8 @@ fn no_call(id: &str) -> String {
 /// A body larger than a hangup could need, by its declared length.
 fn body_too_large(request: &Request) -> bool {
     const MAX_BODY: u64 = 4096;
-    request
-        .header("content-length")
-        .and_then(|length| length.trim().parse::<u64>().ok())
-        .is_some_and(|length| length > MAX_BODY)
+    // The server has answered 400 to a length that is not one number.
+    matches!(request.content_length(), Ok(Some(length)) if length > MAX_BODY)
 }
 
 /// The percent-decoded segments after `/rest/live/`; `None` for a malformed path (an empty
@@ -264,10 +304,10 @@ mod tests {
     #[test]
     fn the_catalogue_lists_kazoo_templates_and_families_seen() {
         let catalogue = Catalogue::default();
-        catalogue.note("conference.event.abc.def");
-        catalogue.note("conference.event.xyz");
-        catalogue.note("presence");
-        let listing = catalogue.listing();
+        catalogue.note("conference.event.abc.def", None);
+        catalogue.note("conference.event.xyz", Some("acc1"));
+        catalogue.note("presence", None);
+        let listing = catalogue.listing(Some("*"));
         assert!(
             listing["call"]
                 .as_array()
@@ -277,8 +317,29 @@ mod tests {
         assert_eq!(listing["conference"], json!(["conference.event.#"]));
         assert_eq!(listing["presence"], json!(["presence"]));
         for n in 0..1000 {
-            catalogue.note(&format!("f{n}.x"));
+            catalogue.note(&format!("f{n}.x"), None);
         }
         assert_eq!(catalogue.seen.borrow().len(), CATALOGUE_LIMIT);
+    }
+
+    #[test]
+    fn the_catalogue_shows_families_to_their_own_account_only() {
+        let catalogue = Catalogue::default();
+        catalogue.note("acmeCorpSecretProject.CALL_PARKED.x", Some("acme"));
+        catalogue.note("presence.update", Some("other"));
+        catalogue.note("system.heartbeat", None);
+        let families = |scope| {
+            let listing = catalogue.listing(scope);
+            let mut keys: Vec<String> = listing.as_object().unwrap().keys().cloned().collect();
+            keys.sort();
+            keys
+        };
+        assert_eq!(families(None), ["call"]);
+        assert_eq!(families(Some("acme")), ["acmeCorpSecretProject", "call"]);
+        assert_eq!(families(Some("other")), ["call", "presence"]);
+        assert_eq!(
+            families(Some("*")),
+            ["acmeCorpSecretProject", "call", "presence", "system"]
+        );
     }
 }

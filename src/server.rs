@@ -27,10 +27,12 @@ use crate::dialect::isymphony::{Filters, ISymphonySession};
 use crate::dialect::{Dialect, Session};
 use crate::fds::{self, Spare};
 use crate::http::{self, HeadError, Request, Response};
-use crate::hub::Interest;
+use crate::hub::{Full, Interest};
 use crate::logging::RateLimit;
 use crate::metrics::Limit;
+use crate::origins;
 use crate::rest::{self, LiveApi};
+use crate::seats::NoSeat;
 use crate::ws::{self, Connection};
 
 /// Connections being answered at once: reading a request head, writing a plain HTTP answer,
@@ -190,6 +192,17 @@ async fn handle(
             return;
         }
     };
+    if let Err(reason) = request.content_length() {
+        let _ = Response::error(400, reason).write_to(&mut stream).await;
+        return;
+    }
+    if let Err(reason) = app.origins.check(&request) {
+        app.origins.report(reason, &request, &app.metrics);
+        let _ = Response::error(403, origins::message(reason))
+            .write_to(&mut stream)
+            .await;
+        return;
+    }
     if request.header_has("upgrade", "websocket") {
         upgrade(stream, request, &app, slot, &executor).await;
     } else {
@@ -212,7 +225,7 @@ pub fn route_http(request: &Request, app: &App) -> Response {
         ("GET", "/metrics") => http::metrics(app),
         ("GET", "/" | "/dashboard.js" | "/dashboard.css") => dashboard(&request.path),
         (_, "/healthz" | "/metrics") => Response::method_not_allowed("GET"),
-        (_, "/v2/websockets") => rest::websockets(request, &app.catalogue),
+        (_, "/v2/websockets") => rest::websockets(request, &app.catalogue, &app.auth),
         (_, path) if path.starts_with("/rest/live/") => LiveApi {
             auth: &app.auth,
             live: &app.live,
@@ -265,15 +278,12 @@ async fn upgrade(
             .await;
         return;
     };
-    let key = request.header("sec-websocket-key");
-    let valid = request.method == "GET"
-        && request.header("sec-websocket-version") == Some("13")
-        && request.header_has("connection", "upgrade");
-    let Some(key) = key.filter(|_| valid) else {
-        let _ = Response::error(400, "bad websocket upgrade request")
-            .write_to(&mut stream)
-            .await;
-        return;
+    let key = match upgrade_key(&request) {
+        Ok(key) => key,
+        Err(reason) => {
+            let _ = Response::error(400, reason).write_to(&mut stream).await;
+            return;
+        }
     };
     let limits = app.hub.limits();
     // iSymphony proves who it is on the upgrade itself; Blackhole later, with a token;
@@ -298,12 +308,32 @@ async fn upgrade(
             Interest::Cable(cable::Subscriptions::new(limits.max_bindings)),
         ),
     };
-    let Ok(client) = app.hub.register(dialect, credential, interest) else {
-        app.metrics.limit_hits(Limit::MaxClients).inc();
-        let _ = Response::error(503, "too many clients")
-            .write_to(&mut stream)
-            .await;
-        return;
+    // With `--auth`, Blackhole and ActionCable sockets prove who they are after the upgrade,
+    // and wait for that on seats of their own.
+    let seat = match credential.is_none() && app.auth.required() {
+        true => app.seats.unauthenticated(),
+        false => app.seats.authenticated(),
+    };
+    let registered = seat.and_then(|seat| {
+        let client = app.hub.register(dialect, credential, interest);
+        client
+            .map(|client| (client, seat))
+            .map_err(|Full| NoSeat::Clients)
+    });
+    let (client, seat) = match registered {
+        Ok(registered) => registered,
+        Err(no_seat) => {
+            let (limit, message) = match no_seat {
+                NoSeat::Clients => (Limit::MaxClients, "too many clients"),
+                NoSeat::Unauthenticated => (
+                    Limit::Unauthenticated,
+                    "too many sockets waiting to authenticate",
+                ),
+            };
+            app.metrics.limit_hits(limit).inc();
+            let _ = Response::error(503, message).write_to(&mut stream).await;
+            return;
+        }
     };
     // Blackhole answers without a subprotocol even when one is offered (blackhole.md).
     // ActionCable answers `actioncable-v1-json` when it is offered (the official client needs
@@ -330,16 +360,49 @@ async fn upgrade(
     match dialect {
         Dialect::Blackhole => {
             let session = BlackholeSession::new(client.clone(), app.auth.clone());
-            spawn_connection(executor, Connection::new(ws, client, session, app), slot);
+            spawn_connection(
+                executor,
+                Connection::new(ws, client, session, app, seat),
+                slot,
+            );
         }
         Dialect::ISymphony => {
             let session = ISymphonySession::new(client.clone());
-            spawn_connection(executor, Connection::new(ws, client, session, app), slot);
+            spawn_connection(
+                executor,
+                Connection::new(ws, client, session, app, seat),
+                slot,
+            );
         }
         Dialect::Cable => {
             let session = CableSession::new(client.clone(), app.auth.clone());
-            spawn_connection(executor, Connection::new(ws, client, session, app), slot);
+            spawn_connection(
+                executor,
+                Connection::new(ws, client, session, app, seat),
+                slot,
+            );
         }
+    }
+}
+
+/// The `Sec-WebSocket-Key` of a valid upgrade request (RFC 6455, 4.2.1), or why it is not one.
+fn upgrade_key(request: &Request) -> Result<&str, &'static str> {
+    if request.method != "GET" {
+        return Err("a websocket upgrade is a GET");
+    }
+    if request.version != 1 {
+        return Err("a websocket upgrade needs HTTP/1.1");
+    }
+    if request.header("sec-websocket-version") != Some("13")
+        || !request.header_has("connection", "upgrade")
+    {
+        return Err("bad websocket upgrade request");
+    }
+    let key = request.single_header("sec-websocket-key").ok().flatten();
+    let decoded = key.and_then(|key| data_encoding::BASE64.decode(key.trim().as_bytes()).ok());
+    match (key, decoded) {
+        (Some(key), Some(nonce)) if nonce.len() == 16 => Ok(key),
+        _ => Err("Sec-WebSocket-Key must be 16 bytes in base64"),
     }
 }
 

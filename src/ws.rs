@@ -29,6 +29,7 @@ use crate::dialect::Session;
 use crate::hub::{Client, CloseReason, Frame, Outgoing};
 use crate::limits::{Limits, TokenBucket};
 use crate::metrics::Limit;
+use crate::seats::Seat;
 
 /// The upgraded socket as tungstenite drives it.
 pub type Socket = WebSocketStream<Tcp>;
@@ -165,11 +166,27 @@ pub struct Connection<S> {
     phase: Phase,
     heard_since_tick: bool,
     pinged: bool,
+    /// The client's place under `--max-clients` or, until it authenticates,
+    /// `--max-unauthenticated`.
+    seat: Seat,
+    /// When an unauthenticated socket is closed (`--auth-timeout`); `None` once it has
+    /// authenticated, or when it never had to. Boxed: most sockets never have one, and an
+    /// unboxed `Timer` would cost every socket 56 bytes.
+    auth_deadline: Option<Box<Timer>>,
 }
 
 impl<S: Session> Connection<S> {
-    pub fn new(ws: Socket, client: Rc<Client>, session: S, app: Rc<App>) -> Connection<S> {
+    pub fn new(
+        ws: Socket,
+        client: Rc<Client>,
+        session: S,
+        app: Rc<App>,
+        seat: Seat,
+    ) -> Connection<S> {
         let limits = app.hub.limits();
+        let auth_deadline = seat
+            .is_unauthenticated()
+            .then(|| Box::new(Timer::after(limits.auth_timeout)));
         let replies: Vec<Frame> = session.greeting().into_iter().collect();
         Connection {
             ws,
@@ -186,11 +203,16 @@ impl<S: Session> Connection<S> {
             app,
             heard_since_tick: false,
             pinged: false,
+            seat,
+            auth_deadline,
         }
     }
 
     /// Waits for something to do, and does it; `Ready(None)` ends the connection.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Option<Phase>> {
+        if let Poll::Ready(closing) = self.poll_authentication(cx) {
+            return Poll::Ready(Some(closing));
+        }
         if self.ws.get_mut().may_read(cx) {
             if let Poll::Ready(message) = Pin::new(&mut self.ws).poll_next(cx) {
                 return Poll::Ready(self.on_message(message));
@@ -247,6 +269,39 @@ impl<S: Session> Connection<S> {
         } else if let Some(data) = data {
             self.session.on_binary(data, &mut self.replies);
         }
+    }
+
+    /// Until the socket has authenticated: moves it to a client's seat once it has (closing it
+    /// with 1013 when `--max-clients` are taken), or closes it at its deadline with the
+    /// dialect's refusal and 1008.
+    fn poll_authentication(&mut self, cx: &mut Context<'_>) -> Poll<Phase> {
+        let Some(deadline) = &mut self.auth_deadline else {
+            return Poll::Pending;
+        };
+        let (farewell, code, why) = if self.session.authenticated() {
+            if self.seat.authenticate().is_ok() {
+                self.auth_deadline = None;
+                return Poll::Pending;
+            }
+            self.app.metrics.limit_hits(Limit::MaxClients).inc();
+            (None, CloseCode::Again, "too many clients")
+        } else if Pin::new(&mut **deadline).poll(cx).is_ready() {
+            self.app.metrics.limit_hits(Limit::AuthTimeout).inc();
+            let refusal = self.session.auth_refusal();
+            (refusal, CloseCode::Policy, "authentication timeout")
+        } else {
+            return Poll::Pending;
+        };
+        self.auth_deadline = None;
+        self.timer.set_after(CLOSE_TIMEOUT);
+        Poll::Ready(Phase::Closing(Closing {
+            queued: false,
+            farewell,
+            close: Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(why),
+            }),
+        }))
     }
 
     /// A ping interval has passed: ping a socket that said nothing in it, and close one that

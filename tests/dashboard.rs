@@ -1,4 +1,6 @@
-//! The built-in dashboard at `GET /`: what the server sends, and a real browser using it.
+//! The built-in dashboard at `GET /`: what the server sends, and a real browser using it; and
+//! a page of another origin that the same browser shows, refused (README.md, "Browsers and
+//! other origins").
 //!
 //! The browser tests run tests/browser/dashboard.mjs: Debian's Chromium (/usr/bin/chromium),
 //! driven by playwright-core from npm (`npm ci --prefix tests/browser`; `.ci/run` installs
@@ -7,7 +9,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -181,4 +183,112 @@ fn with_auth_the_page_asks_for_a_credential_and_uses_it() {
     let summary = run_browser(&callwire, Some("desk:d3sk-s3cret"));
     assert_eq!(summary["signed_in"], true, "{summary}");
     check_summary(&summary, "dashboard-signin.png");
+}
+
+/// The page a site of another origin would serve: its script opens a websocket in each dialect
+/// to callwire and fetches callwire's REST API, and notes what each got.
+fn foreign_page(callwire_port: u16) -> String {
+    format!(
+        r#"<!doctype html><title>another site</title><script>
+const base = '127.0.0.1:{callwire_port}';
+const results = {{ sockets: {{}}, fetch: null, done: false }};
+const socket = (path) => new Promise((resolve) => {{
+  const ws = new WebSocket('ws://' + base + path);
+  let opened = false;
+  ws.onopen = () => {{ opened = true; }};
+  ws.onmessage = (m) => {{ results.sockets[path + ' message'] = String(m.data).slice(0, 80); }};
+  ws.onclose = (e) => resolve(opened ? 'opened, then closed ' + e.code : 'refused ' + e.code);
+  setTimeout(() => resolve(opened ? 'open' : 'pending'), 5000);
+}});
+(async () => {{
+  for (const path of ['/', '/cable', '/communication_manager/ws/event']) {{
+    results.sockets[path] = await socket(path);
+  }}
+  try {{
+    const answer = await fetch('http://' + base + '/rest/live/calls');
+    results.fetch = 'read ' + answer.status + ': ' + (await answer.text()).slice(0, 80);
+  }} catch (err) {{
+    results.fetch = 'refused: ' + err.name;
+  }}
+  results.done = true;
+  window.results = results;
+}})();
+</script>"#
+    )
+}
+
+/// Serves `page` to every request on a port of its own (another origin than callwire's), for
+/// as long as the test runs; returns the port.
+fn serve_foreign_page(page: String) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().map_while(Result::ok) {
+            let mut head = [0u8; 4096];
+            let _ = stream.read(&mut head);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                page.len()
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn a_page_of_another_origin_is_refused_while_the_dashboard_works() {
+    let callwire = Callwire::start(&["--demo", "--demo-rate", "3"]);
+    let foreign_port = serve_foreign_page(foreign_page(callwire.port));
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser/origins.mjs");
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists(),
+        "Debian's Chromium is not installed: run `apt-get install chromium`"
+    );
+    let output = Command::new("node")
+        .arg(script)
+        .arg(format!("http://127.0.0.1:{foreign_port}/"))
+        .arg(format!("http://127.0.0.1:{}/", callwire.port))
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "the browser test failed:\n{stdout}\n{}\ncallwire's log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        callwire.log_text()
+    );
+    let summary: Value = serde_json::from_str(stdout.trim()).expect("a JSON summary");
+    assert_eq!(
+        summary["foreign_origin"],
+        json!(format!("http://127.0.0.1:{foreign_port}"))
+    );
+    // The other origin's page: no socket opened, no message, and no answer it could read.
+    let sockets = summary["foreign"]["sockets"].as_object().unwrap();
+    assert_eq!(sockets.len(), 3, "{summary}");
+    for (path, result) in sockets {
+        assert!(
+            result.as_str().unwrap().starts_with("refused"),
+            "{path}: {result}"
+        );
+    }
+    assert_eq!(
+        summary["foreign"]["fetch"], "refused: TypeError",
+        "{summary}"
+    );
+    // Refused by callwire itself (403), not only by the browser's CORS rules: three upgrades
+    // and the fetch, each counted.
+    let (_, _, metrics) = get(&callwire, "/metrics");
+    assert!(
+        metrics.contains("callwire_forbidden_total{reason=\"origin\"} 4\n"),
+        "{metrics}"
+    );
+    // The dashboard, on callwire's own origin, in the same browser: live, with calls.
+    assert_eq!(summary["dashboard_live"], true, "{summary}");
+    assert!(
+        summary["dashboard_calls"].as_u64().unwrap() >= 1,
+        "{summary}"
+    );
 }

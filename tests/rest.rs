@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, UNIX_EPOCH};
@@ -22,7 +22,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::{Value, json};
 
-use common::{Callwire, PrivateMosquitto, TempFile, unique, wait_for};
+use common::{Callwire, PrivateMosquitto, Subscriber, TempFile, unique, wait_for};
 
 /// The shared Mosquitto.
 const MQTT_PORT: u16 = 1883;
@@ -1367,15 +1367,16 @@ fn credentials_are_required_and_scope_what_is_seen() {
 }
 
 #[test]
-fn the_catalogue_lists_kazoo_templates_and_families_seen_without_a_credential() {
+fn the_catalogue_lists_kazoo_templates_without_a_credential_and_families_seen_with_one() {
     let creds = credentials();
     let (callwire, feed) = start_mqtt(&["--auth", creds.path()]);
-    let catalogue = || {
-        let reply = http(&callwire, "GET", "/v2/websockets", &[]);
+    let star = basic("manager", SECRET_STAR);
+    let catalogue = |headers: &[(&str, &str)]| {
+        let reply = http(&callwire, "GET", "/v2/websockets", headers);
         assert_eq!(reply.status, 200, "{}", reply.body);
         reply.json()
     };
-    let first = catalogue();
+    let first = catalogue(&[]);
     assert_eq!(first["status"], "success");
     assert_eq!(
         first["version"],
@@ -1395,7 +1396,13 @@ fn the_catalogue_lists_kazoo_templates_and_families_seen_without_a_credential() 
     wait_for("the conference event", TIMEOUT, || {
         metric(&callwire, "callwire_events_in_total") > before
     });
-    let after = catalogue();
+    // A family name can carry a tenant's secrets (live-api.md): only a credential that may
+    // see the event's account sees it; this one has none, so only `*`.
+    let anonymous = catalogue(&[]);
+    assert_eq!(anonymous, first, "no credential: the templates only");
+    let other = catalogue(&[("Authorization", &basic("acc-a", SECRET_A))]);
+    assert!(other["data"].get("conference").is_none(), "{other}");
+    let after = catalogue(&[("Authorization", &star)]);
     assert_eq!(
         after["data"]["conference"],
         json!(["conference.event.#"]),
@@ -1422,37 +1429,7 @@ fn a_hangup_is_published_on_the_mqtt_command_topic() {
 
     // Subscribed (SUBACK seen) before the POST, so the command cannot slip past.
     let topic = format!("{command_topic}/hangup");
-    let mut sub = Command::new("stdbuf")
-        .args([
-            "-oL",
-            "mosquitto_sub",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &MQTT_PORT.to_string(),
-        ])
-        .args([
-            "-q",
-            "1",
-            "-d",
-            "-C",
-            "1",
-            "-W",
-            "10",
-            "-t",
-            &topic,
-            "-F",
-            "command:%p",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("mosquitto_sub runs");
-    let mut lines = BufReader::new(sub.stdout.take().unwrap()).lines();
-    lines
-        .by_ref()
-        .map(Result::unwrap)
-        .find(|line| line.contains("received SUBACK"))
-        .expect("mosquitto_sub subscribed");
+    let sub = Subscriber::start(MQTT_PORT, &topic, &["-C", "1", "-W", "10"]);
 
     let reply = http(
         &callwire,
@@ -1461,12 +1438,10 @@ fn a_hangup_is_published_on_the_mqtt_command_topic() {
         &[],
     );
     assert_eq!(reply.status, 202, "{}", reply.body);
-    let command = lines
-        .map(Result::unwrap)
-        .find_map(|line| line.strip_prefix("command:").map(str::to_owned))
-        .expect("the hangup command on the broker");
-    assert!(sub.wait().unwrap().success());
-    let command: Value = serde_json::from_str(&command).unwrap();
+    let (payloads, ended) = sub.payloads();
+    assert!(ended.success(), "mosquitto_sub got its one message");
+    let command = payloads.first().expect("the hangup command on the broker");
+    let command: Value = serde_json::from_str(command).unwrap();
     assert_eq!(command, hangup_command(&id, "kazoo"));
     // Asking for the hangup does not end the call: the PBX's own end event does.
     assert_eq!(calls(&callwire).len(), 1);

@@ -15,7 +15,9 @@ use callwire::hub::{Client, Frame, Hub};
 use callwire::limits::Limits;
 use callwire::live::LiveState;
 use callwire::metrics::Metrics;
+use callwire::origins::Origins;
 use callwire::rest::Catalogue;
+use callwire::seats::Seats;
 use callwire::source::{Commands, SourceKind, SourceStatus};
 use serde_json::Value;
 
@@ -36,6 +38,8 @@ pub const LIMITS: Limits = Limits {
     request_rate: 1000.0,
     request_burst: 1000,
     flush_interval: Duration::ZERO,
+    auth_timeout: Duration::from_secs(10),
+    max_unauthenticated: 4,
 };
 
 /// The credentials of the `@auth` inputs: (name, secret, account).
@@ -81,6 +85,7 @@ pub fn auth(required: bool) -> Rc<Auth> {
 pub fn app(auth: Rc<Auth>) -> App {
     quiet();
     let metrics = Rc::new(Metrics::default());
+    let auth_required = auth.required();
     App {
         hub: Hub::new(LIMITS, metrics.clone()),
         auth,
@@ -93,6 +98,13 @@ pub fn app(auth: Rc<Auth>) -> App {
         metrics,
         catalogue: Catalogue::default(),
         commands: Commands::None,
+        origins: Origins::new(
+            "127.0.0.1:58080".parse().expect("an address"),
+            auth_required,
+            Vec::new(),
+            Vec::new(),
+        ),
+        seats: Seats::new(&LIMITS),
     }
 }
 

@@ -147,6 +147,10 @@ fn render_event(event: &Event, subscription: &Subscription, data: &str) -> Strin
     out
 }
 
+/// The error a request without a token gets, and the last word to a socket that sent none
+/// within `--auth-timeout`.
+const TOKEN_REQUIRED: &str = "authentication token required";
+
 /// One Blackhole socket's request handling.
 pub struct BlackholeSession {
     client: Rc<Client>,
@@ -221,7 +225,7 @@ impl BlackholeSession {
         }
         let token = request.get("auth_token").and_then(Value::as_str);
         if token.is_none() && self.auth.required() {
-            return Err("authentication token required".to_owned());
+            return Err(TOKEN_REQUIRED.to_owned());
         }
         let credential = self
             .auth
@@ -340,6 +344,14 @@ impl Session for BlackholeSession {
 
     fn on_binary(&mut self, _data: &[u8], replies: &mut Vec<Frame>) {
         replies.push(self.reply(None, Err("invalid JSON".to_owned())));
+    }
+
+    fn authenticated(&self) -> bool {
+        self.credential.is_some()
+    }
+
+    fn auth_refusal(&mut self) -> Option<Frame> {
+        Some(self.reply(None, Err(TOKEN_REQUIRED.to_owned())))
     }
 }
 

@@ -444,11 +444,17 @@ pub async fn send_pings(app: Rc<App>) {
 pub struct CableSession {
     client: Rc<Client>,
     auth: Rc<Auth>,
+    /// A subscription was confirmed: the socket proved a key (any, without `--auth`).
+    authenticated: bool,
 }
 
 impl CableSession {
     pub fn new(client: Rc<Client>, auth: Rc<Auth>) -> CableSession {
-        CableSession { client, auth }
+        CableSession {
+            client,
+            auth,
+            authenticated: false,
+        }
     }
 
     /// The reply to one command, if it has one. Anything that is not a subscribe or an
@@ -485,6 +491,7 @@ impl CableSession {
                             credential,
                             selector,
                         });
+                        self.authenticated = true;
                         Some(reply_frame(identifier, "confirm_subscription"))
                     }
                     Err(refusal) => {
@@ -532,6 +539,14 @@ impl Session for CableSession {
 
     fn greeting(&self) -> Option<Frame> {
         Some(Frame::from_static(WELCOME))
+    }
+
+    fn authenticated(&self) -> bool {
+        self.authenticated
+    }
+
+    fn auth_refusal(&mut self) -> Option<Frame> {
+        Some(Frame::from_static(UNAUTHORIZED))
     }
 
     fn farewell(&self, reason: CloseReason) -> Option<Frame> {

@@ -256,12 +256,12 @@ impl ISymphonySession {
         let Interest::ISymphony(filters) = &mut *interest else {
             return Err("not an iSymphony socket".to_owned());
         };
-        let requested =
-            parse_filters(message.get("filters"), filters.limit).inspect_err(|err| {
-                if err.starts_with("too many filters") {
-                    self.client.metrics.limit_hits(Limit::Filters).inc();
-                }
-            })?;
+        let requested = parse_filters(message.get("filters"), filters.limit).map_err(|err| {
+            if let FilterError::TooMany { .. } = err {
+                self.client.metrics.limit_hits(Limit::Filters).inc();
+            }
+            err.to_string()
+        })?;
         filters.replace(requested);
         let listing: Vec<Value> = filters
             .listing
@@ -273,36 +273,58 @@ impl ISymphonySession {
 }
 
 /// The filters a filter message names, checked; duplicates dropped.
-fn parse_filters(filters: Option<&Value>, limit: usize) -> Result<Vec<Filter>, String> {
+/// Why a filter request was refused; its text is the response's `message`.
+#[derive(Debug, PartialEq, Eq)]
+enum FilterError {
+    /// More filters than `--max-filters` (counted as that limit's hit).
+    TooMany { given: usize, limit: usize },
+    /// The request's shape is wrong.
+    Invalid(String),
+}
+
+impl std::fmt::Display for FilterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FilterError::TooMany { given, limit } => {
+                write!(
+                    f,
+                    "too many filters: {given} given, at most {limit} allowed"
+                )
+            }
+            FilterError::Invalid(message) => f.write_str(message),
+        }
+    }
+}
+
+fn parse_filters(filters: Option<&Value>, limit: usize) -> Result<Vec<Filter>, FilterError> {
+    const SHAPE: &str = r#"a list of {"property": <string>, "value": <string>}"#;
     let list = match filters {
         Some(Value::Array(list)) => list,
         Some(_) => {
-            return Err(
-                "\"filters\": expected a list of {\"property\": <string>, \"value\": <string>}"
-                    .to_owned(),
-            );
+            return Err(FilterError::Invalid(format!(
+                "\"filters\": expected {SHAPE}"
+            )));
         }
         None => {
-            return Err(
-                "missing \"filters\": expected a list of {\"property\": <string>, \"value\": <string>}"
-                    .to_owned(),
-            );
+            return Err(FilterError::Invalid(format!(
+                "missing \"filters\": expected {SHAPE}"
+            )));
         }
     };
     if list.len() > limit {
-        return Err(format!(
-            "too many filters: {} given, at most {limit} allowed",
-            list.len()
-        ));
+        return Err(FilterError::TooMany {
+            given: list.len(),
+            limit,
+        });
     }
     let mut parsed: Vec<Filter> = Vec::with_capacity(list.len());
     for (i, item) in list.iter().enumerate() {
         let object = item.as_object();
         let field = |name: &str| object.and_then(|o| o.get(name)).and_then(Value::as_str);
         let (Some(property), Some(value)) = (field("property"), field("value")) else {
-            return Err(format!(
+            return Err(FilterError::Invalid(format!(
                 "filters[{i}]: expected {{\"property\": <string>, \"value\": <string>}}"
-            ));
+            )));
         };
         let filter = Filter {
             property: property.into(),
@@ -433,12 +455,16 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(
-            err,
+            err.to_string(),
             r#"filters[1]: expected {"property": <string>, "value": <string>}"#
         );
         let three = Value::Array(vec![json!({"property": "a", "value": "b"}); 3]);
         let err = parse_filters(Some(&three), 2).unwrap_err();
-        assert!(err.contains("too many filters"), "{err}");
+        assert_eq!(err, FilterError::TooMany { given: 3, limit: 2 });
+        assert_eq!(
+            err.to_string(),
+            "too many filters: 3 given, at most 2 allowed"
+        );
         let dedup = parse_filters(Some(&three), 3).unwrap();
         assert_eq!(dedup.len(), 1);
     }

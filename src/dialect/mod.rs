@@ -49,6 +49,17 @@ pub trait Session {
     /// Dialects that can say so reply; the others drop it silently (it is counted).
     fn on_rate_limited(&mut self, _text: Option<&str>, _replies: &mut Vec<Frame>) {}
 
+    /// Whether the socket has proved a credential, or needs none.
+    fn authenticated(&self) -> bool {
+        true
+    }
+
+    /// The frame sent before the close (1008) when `--auth-timeout` passes before the socket
+    /// authenticated.
+    fn auth_refusal(&mut self) -> Option<Frame> {
+        None
+    }
+
     /// The frame sent right after the upgrade, before any request is read.
     fn greeting(&self) -> Option<Frame> {
         None

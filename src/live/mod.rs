@@ -637,7 +637,7 @@ impl<'a> Iterator for Oldest<'a> {
 }
 
 /// `Event::visible_to`'s rule: `*` sees all, an account only its own, no account only `*`.
-fn visible(account: Option<&str>, scope: &str) -> bool {
+pub fn visible(account: Option<&str>, scope: &str) -> bool {
     scope == "*" || account == Some(scope)
 }
 

@@ -7,7 +7,7 @@
 // signed in through its own form. Prints one JSON summary line; exits non-zero on failure.
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { launch } from './launch.mjs';
 
 const [url, outdir, credential] = process.argv.slice(2);
 if (!url || !outdir) {
@@ -24,15 +24,7 @@ const step = (name) => { summary.step = name; };
 let browser;
 try {
   step('launch');
-  browser = await chromium.launch({
-    // Playwright starts it with a new, empty --user-data-dir of its own each time.
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    headless: true,
-    args: [
-      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    ],
-  });
+  browser = await launch();
   // A phone: 390 x 844 CSS pixels (375 wide works too; the page has no fixed widths).
   const context = await browser.newContext({
     viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true,

@@ -48,14 +48,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A name no other test (or earlier run) uses: for topics, exchanges and queues.
+/// A name no other test (or earlier run) uses: for topics, exchanges, queues and log files.
+/// The count tells apart two tests of one process that ask in the same clock tick.
 pub fn unique(prefix: &str) -> String {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let count = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_nanos();
     format!(
-        "{prefix}{}x{}",
+        "{prefix}{}x{}x{count}",
         std::process::id(),
         nanos % 1_000_000_000_000
     )
@@ -68,6 +71,35 @@ pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) 
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The `callwire` binary, to run under a limit of `open_files` open files, soft and hard.
+pub fn limit_open_files(open_files: u64) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_callwire"));
+    let limit = libc::rlimit {
+        rlim_cur: open_files as libc::rlim_t,
+        rlim_max: open_files as libc::rlim_t,
+    };
+    // SAFETY: only setrlimit, async-signal-safe, runs between fork and exec.
+    unsafe {
+        command.pre_exec(move || match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        });
+    }
+    command
+}
+
+/// A field of `/proc/<pid>/status` given in kB (`VmRSS`, `VmHWM`), in bytes.
+pub fn status_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    kb * 1024
 }
 
 /// A temporary file, removed when dropped.
@@ -103,8 +135,26 @@ impl Callwire {
     /// system chose from its "listening on" log line: no window in which another test could
     /// take the port. (A test that sets `--log-level` above info cannot use this.)
     pub fn start(args: &[&str]) -> Callwire {
+        Callwire::start_command(Command::new(env!("CARGO_BIN_EXE_callwire")), args)
+    }
+
+    /// A callwire whose source never delivers: its broker address has no broker behind it.
+    pub fn quiet(extra: &[&str]) -> Callwire {
+        let broker = format!("mqtt://127.0.0.1:{}", free_port());
+        let mut args = vec!["--mqtt", broker.as_str()];
+        args.extend_from_slice(extra);
+        Callwire::start(&args)
+    }
+
+    /// As `start`, under a limit of `open_files` open files, soft and hard (what
+    /// `prlimit --nofile=N:N` sets).
+    pub fn start_with_open_files(open_files: u64, args: &[&str]) -> Callwire {
+        Callwire::start_command(limit_open_files(open_files), args)
+    }
+
+    fn start_command(mut command: Command, args: &[&str]) -> Callwire {
         let log = std::env::temp_dir().join(format!("{}.log", unique("callwire-test-")));
-        let child = Command::new(env!("CARGO_BIN_EXE_callwire"))
+        let child = command
             .args(args)
             .args(["--listen", "127.0.0.1:0"])
             .stdout(Stdio::null())
@@ -299,6 +349,53 @@ pub fn mosquitto_pub(port: u16, topic: &str, payload: &str) {
         .status()
         .expect("mosquitto_pub runs");
     assert!(status.success(), "mosquitto_pub failed");
+}
+
+/// `mosquitto_sub` on one topic of the Mosquitto at `port`, subscribed (its SUBACK seen) by
+/// the time `start` returns, so nothing published afterwards can slip past it.
+pub struct Subscriber {
+    child: Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Subscriber {
+    /// Subscribes at QoS 1 to `topic`, with `limits` such as `-C 1` (stop after one message)
+    /// or `-W 3` (stop after 3 s).
+    pub fn start(port: u16, topic: &str, limits: &[&str]) -> Subscriber {
+        use std::io::BufRead;
+        let mut child = Command::new("stdbuf")
+            .args([
+                "-oL",
+                "mosquitto_sub",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .args(["-q", "1", "-d", "-t", topic, "-F", "payload:%p"])
+            .args(limits)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("mosquitto_sub runs");
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        lines
+            .by_ref()
+            .map(Result::unwrap)
+            .find(|line| line.contains("received SUBACK"))
+            .expect("mosquitto_sub subscribed");
+        Subscriber { child, lines }
+    }
+
+    /// Every payload received until the subscriber stopped (at its limit), and how it ended.
+    pub fn payloads(mut self) -> (Vec<String>, std::process::ExitStatus) {
+        let payloads = self
+            .lines
+            .by_ref()
+            .map_while(Result::ok)
+            .filter_map(|line| line.strip_prefix("payload:").map(str::to_owned))
+            .collect();
+        (payloads, self.child.wait().unwrap())
+    }
 }
 
 /// A Mosquitto of the test's own on a free port, killed when dropped.

@@ -1,0 +1,15 @@
+// How the browser tests start Debian's Chromium (or $CHROMIUM) through playwright-core:
+// headless, and quiet on the network (nothing but the pages the tests open).
+import { chromium } from 'playwright-core';
+
+export function launch() {
+  // Playwright starts it with a new, empty --user-data-dir of its own each time.
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    headless: true,
+    args: [
+      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+    ],
+  });
+}
