@@ -10,6 +10,7 @@ use std::rc::Rc;
 use crate::auth::Auth;
 use crate::event::Event;
 use crate::hub::Hub;
+use crate::limits::BytePool;
 use crate::live::LiveState;
 use crate::metrics::Metrics;
 use crate::origins::Origins;
@@ -29,6 +30,8 @@ pub struct App {
     pub origins: Origins,
     /// `--max-clients` and `--max-unauthenticated`, held by each websocket.
     pub seats: Seats,
+    /// The room every socket's bindings, filters and subscriptions share.
+    pub interest: Rc<BytePool>,
 }
 
 impl App {

@@ -10,9 +10,8 @@
 
 use std::fmt::Write;
 
-use crate::dialect::{blackhole, cable, isymphony};
 use crate::http::MAX_HEAD;
-use crate::limits::Limits;
+use crate::limits::{INTEREST_PER_CLIENT, Limits};
 use crate::listing::PIECE_CAPACITY;
 use crate::live::LiveState;
 use crate::rest::Catalogue;
@@ -36,12 +35,18 @@ pub const FRAME_EXPANSION: usize = 6;
 /// What a frame adds around its payload: the dialect's envelope, routing key and names.
 pub const FRAME_ENVELOPE: usize = 4 * 1024;
 
+/// A JSON text parsed into a `serde_json::Value` may take this many bytes per byte of text:
+/// `[0,0,...]` is a `Value` per two bytes, in a `Vec` that may have doubled. An event's payload
+/// and a client's request are parsed once each, one at a time.
+pub const PARSED_PER_BYTE: usize = std::mem::size_of::<serde_json::Value>();
+
 /// One part of the budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Part {
     /// Per client, whatever it does (`hub`, `ws`).
     Clients,
-    /// Each client's bindings, filters and subscriptions (`dialect`).
+    /// Every client's bindings, filters and subscriptions, and a Blackhole socket's name and
+    /// metadata: a pool they share (`limits::BytePool`), charged by `dialect`.
     Bindings,
     /// Each client's incoming message, as tungstenite assembles it (`ws`).
     WsRead,
@@ -51,7 +56,8 @@ pub enum Part {
     Queues,
     /// The live calls (`live`).
     LiveCalls,
-    /// Connections being answered: request heads, REST answers (`server`, `http`, `listing`).
+    /// Connections being answered: request heads, REST answers (`server`, `http`, `listing`),
+    /// and the one client request being parsed (`dialect`).
     Requests,
     /// Messages taken from the broker and not yet handed on (`source`).
     Broker,
@@ -101,7 +107,7 @@ impl Budget {
         for part in Part::ALL {
             parts[part as usize] = match part {
                 Part::Clients => clients * CLIENT_STATE,
-                Part::Bindings => clients * bindings_per_client(limits),
+                Part::Bindings => clients * INTEREST_PER_CLIENT,
                 // A frame being read and a fragmented message being assembled, each up to the
                 // limit, beside the read buffer.
                 Part::WsRead => clients * (READ_BUFFER + 2 * limits.max_request_size),
@@ -110,10 +116,14 @@ impl Budget {
                 Part::WsWrite => clients * (WRITE_BUFFER + frame),
                 Part::Queues => clients * limits.queue_depth * frame,
                 Part::LiveCalls => LiveState::bound(limits.max_calls, limits.events_per_call),
-                Part::Requests => MAX_PENDING * pending_connection(),
-                // The prefetch window (AMQP) or one read buffer (MQTT) of messages, and the
-                // event being handed on, parsed.
-                Part::Broker => PREFETCH as usize * limits.max_message_size + 2 * frame,
+                Part::Requests => {
+                    MAX_PENDING * pending_connection() + PARSED_PER_BYTE * limits.max_request_size
+                }
+                // The prefetch window (AMQP; MQTT reads one message at a time), and the event
+                // being handed on, parsed, with a frame being rendered.
+                Part::Broker => {
+                    (PREFETCH as usize + PARSED_PER_BYTE) * limits.max_message_size + frame
+                }
                 Part::Catalogue => Catalogue::bound(),
             };
         }
@@ -144,16 +154,6 @@ impl Budget {
 /// The largest frame an event may become.
 pub fn max_frame(limits: &Limits) -> usize {
     FRAME_EXPANSION * limits.max_message_size + FRAME_ENVELOPE
-}
-
-/// The most one client's interest and session may hold: a socket speaks one dialect, so the
-/// largest of the three.
-fn bindings_per_client(limits: &Limits) -> usize {
-    let blackhole = blackhole::Subscriptions::bound(limits.max_bindings)
-        + blackhole::BlackholeSession::bound(limits.max_request_size);
-    let cable = cable::Subscriptions::bound(limits.max_bindings);
-    let isymphony = isymphony::Filters::bound(limits.max_filters, limits.max_request_size);
-    blackhole.max(cable).max(isymphony)
 }
 
 /// One connection being answered: the head being read and the request parsed from it, then

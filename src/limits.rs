@@ -1,6 +1,8 @@
 //! The limits: every bound the server keeps, fixed at start-up from the command line. The
 //! preallocated structures are sized from these, and nothing grows past them.
 
+use std::cell::Cell;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// Every bound, fixed at start-up (`--max-clients`, `--max-bindings`, ...).
@@ -51,6 +53,74 @@ impl Limits {
     }
 }
 
+/// What every socket's bindings, filters and subscriptions may hold in all, on average per
+/// client: a bound for all of them together (`--max-bindings` is each socket's own), so that
+/// their part of the budget is not `--max-clients` times the largest socket's.
+pub const INTEREST_PER_CLIENT: usize = 8 * 1024;
+
+/// Bytes shared by the stores of one kind (every socket's bindings): each holds its share
+/// (`Held`) and gives it back when it shrinks or goes, so together they stay within `max`.
+#[derive(Debug)]
+pub struct BytePool {
+    used: Cell<usize>,
+    max: usize,
+}
+
+impl BytePool {
+    pub fn new(max: usize) -> Rc<BytePool> {
+        Rc::new(BytePool {
+            used: Cell::new(0),
+            max,
+        })
+    }
+
+    /// The pool every socket's interest draws from, with these limits.
+    pub fn for_interest(limits: &Limits) -> Rc<BytePool> {
+        BytePool::new(limits.max_clients * INTEREST_PER_CLIENT)
+    }
+
+    /// A share of nothing yet.
+    pub fn share(self: &Rc<BytePool>) -> Held {
+        Held {
+            pool: self.clone(),
+            bytes: 0,
+        }
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.used.get()
+    }
+}
+
+/// One store's share of a `BytePool`, given back when dropped.
+#[derive(Debug)]
+pub struct Held {
+    pool: Rc<BytePool>,
+    bytes: usize,
+}
+
+impl Held {
+    /// Makes the share `bytes`; `false`, changing nothing, when growing it would take the pool
+    /// past its bound.
+    pub fn resize(&mut self, bytes: usize) -> bool {
+        let pool = &self.pool;
+        let used = pool.used.get() - self.bytes + bytes;
+        if bytes > self.bytes && used > pool.max {
+            return false;
+        }
+        pool.used.set(used);
+        self.bytes = bytes;
+        true
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.resize(0);
+    }
+}
+
 /// A token bucket: up to `burst` requests at once, refilled at `rate` per second.
 #[derive(Debug)]
 pub struct TokenBucket {
@@ -88,6 +158,23 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shares_stay_within_the_pool_and_go_back_when_dropped() {
+        let pool = BytePool::new(100);
+        let mut a = pool.share();
+        let mut b = pool.share();
+        assert!(a.resize(60));
+        assert!(!b.resize(41), "past the bound");
+        assert!(b.resize(40));
+        assert!(a.resize(10), "shrinking always fits");
+        assert!(b.resize(90));
+        assert_eq!(pool.used(), 100);
+        drop(b);
+        assert_eq!(pool.used(), 10);
+        drop(a);
+        assert_eq!(pool.used(), 0);
+    }
 
     #[test]
     fn a_bucket_allows_its_burst_then_refuses_until_refilled() {

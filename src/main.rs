@@ -12,6 +12,7 @@ use callwire::budget::Budget;
 use callwire::cli::{self, Config, Run, SourceConfig};
 use callwire::dialect::cable;
 use callwire::hub::Hub;
+use callwire::limits::BytePool;
 use callwire::live::LiveState;
 use callwire::metrics::Metrics;
 use callwire::notify::{self, Notifier};
@@ -148,6 +149,7 @@ async fn run(
             commands,
             origins,
             seats: Seats::new(&limits),
+            interest: BytePool::for_interest(&limits),
         }
     });
     // The bound address, not the flag: with port 0 this says which port the system chose.

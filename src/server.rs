@@ -291,12 +291,19 @@ async fn upgrade(
     let (credential, interest) = match dialect {
         Dialect::Blackhole => (
             None,
-            Interest::Blackhole(Subscriptions::new(limits.max_bindings)),
+            Interest::Blackhole(Subscriptions::sharing(
+                limits.max_bindings,
+                app.interest.share(),
+            )),
         ),
         Dialect::ISymphony => match upgrade_credential(&request, &app.auth) {
             Ok(credential) => (
                 Some(credential.clone()),
-                Interest::ISymphony(Filters::new(credential, limits.max_filters)),
+                Interest::ISymphony(Filters::new(
+                    credential,
+                    limits.max_filters,
+                    app.interest.share(),
+                )),
             ),
             Err(refusal) => {
                 let _ = refusal.write_to(&mut stream).await;
@@ -305,7 +312,10 @@ async fn upgrade(
         },
         Dialect::Cable => (
             None,
-            Interest::Cable(cable::Subscriptions::new(limits.max_bindings)),
+            Interest::Cable(cable::Subscriptions::new(
+                limits.max_bindings,
+                app.interest.share(),
+            )),
         ),
     };
     // With `--auth`, Blackhole and ActionCable sockets prove who they are after the upgrade,
@@ -359,7 +369,8 @@ async fn upgrade(
     let app = app.clone();
     match dialect {
         Dialect::Blackhole => {
-            let session = BlackholeSession::new(client.clone(), app.auth.clone());
+            let kept = app.interest.share();
+            let session = BlackholeSession::new(client.clone(), app.auth.clone(), kept);
             spawn_connection(
                 executor,
                 Connection::new(ws, client, session, app, seat),

@@ -204,12 +204,15 @@ fn check_reply(frame: &str, request_id: Option<&Value>, expected: Result<Value, 
 fuzz_target!(|data: &[u8]| {
     let script = Script::parse(data);
     let app = app(auth(script.auth));
-    let interest = Interest::Blackhole(Subscriptions::new(LIMITS.max_bindings));
+    let interest = Interest::Blackhole(Subscriptions::sharing(
+        LIMITS.max_bindings,
+        app.interest.share(),
+    ));
     let client = app
         .hub
         .register(Dialect::Blackhole, None, interest)
         .expect("a free slot");
-    let mut session = BlackholeSession::new(client.clone(), app.auth.clone());
+    let mut session = BlackholeSession::new(client.clone(), app.auth.clone(), app.interest.share());
     let mut model = Model {
         required: script.auth,
         account: None,

@@ -12,7 +12,7 @@ use callwire::app::App;
 use callwire::auth::Auth;
 use callwire::event::Event;
 use callwire::hub::{Client, Frame, Hub};
-use callwire::limits::Limits;
+use callwire::limits::{BytePool, Limits};
 use callwire::live::LiveState;
 use callwire::metrics::Metrics;
 use callwire::origins::Origins;
@@ -105,6 +105,7 @@ pub fn app(auth: Rc<Auth>) -> App {
             Vec::new(),
         ),
         seats: Seats::new(&LIMITS),
+        interest: BytePool::for_interest(&LIMITS),
     }
 }
 

@@ -9,6 +9,7 @@ use crate::auth::{Auth, Credential};
 use crate::dialect::{Session, kazoo_json, push_json_str};
 use crate::event::Event;
 use crate::hub::{Client, Frame, Interest};
+use crate::limits::Held;
 use crate::matcher::{Binding, RoutingKey};
 use crate::metrics::Limit;
 use crate::rng::Rng;
@@ -25,27 +26,34 @@ struct Subscription {
     scope: Scope,
 }
 
-/// A socket's bindings, in subscription order, at most `--max-bindings` of them.
+/// A socket's bindings, in subscription order, at most `--max-bindings` of them, their room
+/// held in the pool every socket's interest shares.
 #[derive(Debug)]
 pub struct Subscriptions {
     items: Vec<Subscription>,
     limit: usize,
+    held: Held,
 }
 
-impl Subscriptions {
-    /// The most bytes one socket's subscriptions may hold: `max_bindings` of them, each
-    /// stored inline (the binding's text and ends, the account), in a `Vec` grown exactly.
-    pub fn bound(max_bindings: usize) -> usize {
-        max_bindings * std::mem::size_of::<Subscription>()
-    }
+/// What one binding holds: it is stored inline (the binding's text and ends, the account).
+const SUBSCRIPTION_BYTES: usize = std::mem::size_of::<Subscription>();
 
-    pub fn new(limit: usize) -> Subscriptions {
+impl Subscriptions {
+    /// At most `limit` bindings, their room held in `held`'s pool.
+    pub fn sharing(limit: usize, held: Held) -> Subscriptions {
         Subscriptions {
             // Grown on demand up to `limit`: reserving room for every binding up front would
             // cost each idle socket kilobytes it may never use.
             items: Vec::new(),
             limit,
+            held,
         }
+    }
+
+    /// At most `limit` bindings, in a pool of their own (for tests).
+    #[cfg(test)]
+    pub fn new(limit: usize) -> Subscriptions {
+        Subscriptions::sharing(limit, crate::limits::BytePool::new(usize::MAX).share())
     }
 
     /// The frame for this socket, if one of its bindings matches an event its account may
@@ -151,33 +159,33 @@ fn render_event(event: &Event, subscription: &Subscription, data: &str) -> Strin
 /// within `--auth-timeout`.
 const TOKEN_REQUIRED: &str = "authentication token required";
 
+/// What a socket is told when every socket's bindings together have taken their part of the
+/// budget (`limits::INTEREST_PER_CLIENT`).
+const NO_ROOM: &str = "no room for more bindings on this server";
+
 /// One Blackhole socket's request handling.
 pub struct BlackholeSession {
     client: Rc<Client>,
     auth: Rc<Auth>,
     /// Set by the first request with a valid token (or at once without `--auth`).
     credential: Option<Rc<Credential>>,
-    /// The socket's friendly name and metadata, kept as JSON text: no longer than the request
-    /// that sent them, where a parsed `Value` may take many times its text.
+    /// The socket's friendly name and metadata, kept as JSON text (a parsed `Value` may take
+    /// many times its text), their room held in the pool the socket's bindings share.
     name: Option<Box<str>>,
     metadata: Option<Box<str>>,
+    kept: Held,
     ids: Rng,
 }
 
 impl BlackholeSession {
-    /// The most bytes the session keeps besides its subscriptions: the name and metadata,
-    /// each no longer than a request.
-    pub fn bound(max_request_size: usize) -> usize {
-        2 * max_request_size
-    }
-
-    pub fn new(client: Rc<Client>, auth: Rc<Auth>) -> BlackholeSession {
+    pub fn new(client: Rc<Client>, auth: Rc<Auth>, kept: Held) -> BlackholeSession {
         BlackholeSession {
             client,
             auth,
             credential: None,
             name: None,
             metadata: None,
+            kept,
             ids: Rng::from_clock(),
         }
     }
@@ -198,13 +206,27 @@ impl BlackholeSession {
     fn handle(&mut self, request: &Map<String, Value>) -> Result<Value, String> {
         let credential = self.authenticate(request)?;
         let data = request.get("data").and_then(Value::as_object);
-        for (field, slot) in [("name", &mut self.name), ("metadata", &mut self.metadata)] {
-            if let Some(value) = request
+        let given = |field: &str| {
+            let value = request
                 .get(field)
-                .or_else(|| data.and_then(|d| d.get(field)))
-            {
-                *slot = Some(value.to_string().into_boxed_str());
+                .or_else(|| data.and_then(|d| d.get(field)));
+            value.map(|value| value.to_string().into_boxed_str())
+        };
+        let (name, metadata) = (given("name"), given("metadata"));
+        if name.is_some() || metadata.is_some() {
+            let length = |given: &Option<Box<str>>, kept: &Option<Box<str>>| {
+                given
+                    .as_ref()
+                    .or(kept.as_ref())
+                    .map_or(0, |text| text.len())
+            };
+            let bytes = length(&name, &self.name) + length(&metadata, &self.metadata);
+            if !self.kept.resize(bytes) {
+                self.client.metrics.limit_hits(Limit::Bindings).inc();
+                return Err(NO_ROOM.to_owned());
             }
+            self.name = name.or(self.name.take());
+            self.metadata = metadata.or(self.metadata.take());
         }
         match request.get("action") {
             None => Ok(json!({})),
@@ -259,9 +281,15 @@ impl BlackholeSession {
                     added.push(subscription);
                 }
             }
-            if subscriptions.items.len() + added.len() > subscriptions.limit {
+            let room = subscriptions.items.len() + added.len();
+            if room > subscriptions.limit {
                 self.client.metrics.limit_hits(Limit::Bindings).inc();
                 return Err(format!("too many bindings (limit {})", subscriptions.limit));
+            }
+            let room = room.max(subscriptions.items.capacity());
+            if !subscriptions.held.resize(room * SUBSCRIPTION_BYTES) {
+                self.client.metrics.limit_hits(Limit::Bindings).inc();
+                return Err(NO_ROOM.to_owned());
             }
             // Exactly: a `Binding` is a few hundred bytes inline, and `Vec`'s doubling would
             // keep room for three more on every socket that subscribes once.
@@ -280,6 +308,9 @@ impl BlackholeSession {
                 }
             }
         }
+        subscriptions.items.shrink_to_fit();
+        let room = subscriptions.items.capacity() * SUBSCRIPTION_BYTES;
+        subscriptions.held.resize(room);
         Ok(json!({ "unsubscribed": unsubscribed, "subscribed": subscriptions.listing() }))
     }
 }
@@ -372,7 +403,8 @@ mod tests {
         let hub = Hub::new(cli::limits_from(&[]), Rc::new(Metrics::default()));
         let interest = Interest::Blackhole(Subscriptions::new(1));
         let client = hub.register(Dialect::Blackhole, None, interest).unwrap();
-        let mut session = BlackholeSession::new(client, Rc::new(Auth::open()));
+        let kept = crate::limits::BytePool::new(usize::MAX).share();
+        let mut session = BlackholeSession::new(client, Rc::new(Auth::open()), kept);
         for id in [
             "1.3077777777777777e+33",
             "1307777777777777777777777777777777",
@@ -397,5 +429,51 @@ mod tests {
                 "{id} came back as {echoed}"
             );
         }
+    }
+
+    #[test]
+    fn every_socket_s_bindings_share_one_pool_and_give_their_room_back() {
+        use crate::limits::BytePool;
+        let limits = cli::limits_from(&[]);
+        let hub = Hub::new(limits, Rc::new(Metrics::default()));
+        // Room for three bindings in all, and a short name.
+        let pool = BytePool::new(3 * SUBSCRIPTION_BYTES + 16);
+        let socket = || {
+            let interest = Interest::Blackhole(Subscriptions::sharing(32, pool.share()));
+            let client = hub.register(Dialect::Blackhole, None, interest).unwrap();
+            let session =
+                BlackholeSession::new(client.clone(), Rc::new(Auth::open()), pool.share());
+            (client, session)
+        };
+        let ((first, mut one), (second, mut two)) = (socket(), socket());
+        let ask = |session: &mut BlackholeSession, request: Value| -> Value {
+            let mut replies = Vec::new();
+            session.on_text(&request.to_string(), &mut replies);
+            serde_json::from_str(&replies[0]).unwrap()
+        };
+        let subscribe = |bindings: &[&str]| json!({"action": "subscribe", "request_id": 1, "data": {"bindings": bindings}});
+        let reply = ask(&mut one, subscribe(&["call.a", "call.b"]));
+        assert_eq!(reply["status"], "success", "{reply}");
+        let reply = ask(&mut two, subscribe(&["call.c", "call.d"]));
+        assert_eq!(reply["data"]["errors"][0], NO_ROOM, "{reply}");
+        let reply = ask(&mut two, subscribe(&["call.c"]));
+        assert_eq!(reply["status"], "success", "{reply}");
+        assert_eq!(pool.used(), 3 * SUBSCRIPTION_BYTES);
+        let reply = ask(&mut one, json!({"action": "ping", "name": "x".repeat(30)}));
+        assert_eq!(reply["data"]["errors"][0], NO_ROOM, "{reply}");
+        let reply = ask(&mut one, json!({"action": "ping", "name": "desk"}));
+        assert_eq!(reply["status"], "success", "{reply}");
+        // Unsubscribing gives the room back; a socket that goes gives back all it held.
+        let unsubscribe = json!({"action": "unsubscribe", "data": {"binding": "call.a"}});
+        assert_eq!(ask(&mut one, unsubscribe)["status"], "success");
+        assert_eq!(ask(&mut two, subscribe(&["call.d"]))["status"], "success");
+        drop(two);
+        hub.unregister(&second);
+        drop(second);
+        assert_eq!(pool.used(), SUBSCRIPTION_BYTES + "\"desk\"".len());
+        drop(one);
+        hub.unregister(&first);
+        drop(first);
+        assert_eq!(pool.used(), 0);
     }
 }

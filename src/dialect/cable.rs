@@ -23,6 +23,7 @@ use crate::auth::{Auth, Credential};
 use crate::dialect::{Dialect, Session, push_json_str};
 use crate::event::Event;
 use crate::hub::{Client, CloseReason, Frame, Interest};
+use crate::limits::Held;
 use crate::live::{CallChange, ChangeKind};
 use crate::metrics::Limit;
 
@@ -98,6 +99,9 @@ pub enum Refusal {
     TooManyModels,
     /// The socket has `--max-bindings` subscriptions already.
     TooManySubscriptions,
+    /// Every socket's subscriptions together have taken their part of the budget
+    /// (`limits::INTEREST_PER_CLIENT`).
+    NoRoom,
 }
 
 /// Which models and event types a subscription wants: its `events` parameter, by metasmoke's
@@ -109,6 +113,14 @@ pub struct Selector {
 }
 
 impl Selector {
+    /// The bytes the selector's models take.
+    fn footprint(&self) -> usize {
+        self.models.as_ref().map_or(0, |models| {
+            let names: usize = models.iter().map(|(name, _)| name.len()).sum();
+            models.capacity() * std::mem::size_of::<(Box<str>, Types)>() + names
+        })
+    }
+
     /// Parses an `events` parameter, as metasmoke does:
     ///
     /// - absent, `null` or blank (Rails' `present?` is false): every model, create and update;
@@ -235,16 +247,6 @@ struct Subscription {
 }
 
 impl Subscriptions {
-    /// The most bytes one socket's subscriptions may hold: `max_bindings` of them, each with
-    /// its identifier (at most `MAX_IDENTIFIER`) and the models named in it (at most
-    /// `MAX_MODELS`, their names taken from the identifier).
-    pub fn bound(max_bindings: usize) -> usize {
-        use std::mem::size_of;
-        let models = MAX_MODELS * (size_of::<(Box<str>, Types)>() + 16) + MAX_IDENTIFIER;
-        let subscription = size_of::<Subscription>() + MAX_IDENTIFIER + 16 + models;
-        max_bindings * subscription
-    }
-
     /// The credentials the socket's subscriptions were admitted with.
     pub fn credentials(&self) -> impl Iterator<Item = &Rc<Credential>> {
         self.items
@@ -258,14 +260,28 @@ impl Subscriptions {
 pub struct Subscriptions {
     items: Vec<Subscription>,
     limit: usize,
+    /// The room the subscriptions take, held in the pool every socket's interest shares.
+    held: Held,
 }
 
 impl Subscriptions {
-    pub fn new(limit: usize) -> Subscriptions {
+    pub fn new(limit: usize, held: Held) -> Subscriptions {
         Subscriptions {
             items: Vec::new(),
             limit,
+            held,
         }
+    }
+
+    /// The bytes the subscriptions take: each one, its identifier and its selector's models.
+    fn footprint(&self) -> usize {
+        let subscriptions = self.items.capacity() * std::mem::size_of::<Subscription>();
+        let owned: usize = self
+            .items
+            .iter()
+            .map(|s| s.identifier.len() + s.selector.footprint())
+            .sum();
+        subscriptions + owned
     }
 
     /// The frames this socket gets for an event: per subscription whose account may see it,
@@ -481,16 +497,25 @@ impl CableSession {
                 } else {
                     admit(&self.auth, identifier)
                 };
+                let admitted = admitted.and_then(|(credential, selector)| {
+                    // One at a time, exactly: most sockets hold one subscription, and `Vec`'s
+                    // doubling would keep room for three more on each.
+                    subscriptions.items.reserve_exact(1);
+                    subscriptions.items.push(Subscription {
+                        identifier: identifier.as_str().into(),
+                        credential,
+                        selector,
+                    });
+                    if subscriptions.held.resize(subscriptions.footprint()) {
+                        return Ok(());
+                    }
+                    subscriptions.items.pop();
+                    subscriptions.items.shrink_to_fit();
+                    self.client.metrics.limit_hits(Limit::Bindings).inc();
+                    Err(Refusal::NoRoom)
+                });
                 match admitted {
-                    Ok((credential, selector)) => {
-                        // One at a time, exactly: most sockets hold one subscription, and
-                        // `Vec`'s doubling would keep room for three more on each.
-                        subscriptions.items.reserve_exact(1);
-                        subscriptions.items.push(Subscription {
-                            identifier: identifier.as_str().into(),
-                            credential,
-                            selector,
-                        });
+                    Ok(()) => {
                         self.authenticated = true;
                         Some(reply_frame(identifier, "confirm_subscription"))
                     }
@@ -504,6 +529,8 @@ impl CableSession {
                 subscriptions
                     .items
                     .retain(|s| *s.identifier != **identifier);
+                subscriptions.items.shrink_to_fit();
+                subscriptions.held.resize(subscriptions.footprint());
                 None
             }
             _ => None,
@@ -562,6 +589,8 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use serde_json::json;
+
+    use crate::limits::BytePool;
 
     use ChangeKind::{Create, Destroy, Update};
 
@@ -800,7 +829,7 @@ mod tests {
 
     fn subscriptions(identifiers: &[&str]) -> Subscriptions {
         let open = Auth::open();
-        let mut subscriptions = Subscriptions::new(8);
+        let mut subscriptions = Subscriptions::new(8, BytePool::new(usize::MAX).share());
         for identifier in identifiers {
             let (credential, selector) = admit(&open, identifier).unwrap();
             subscriptions.items.push(Subscription {
