@@ -48,6 +48,7 @@ fn main() -> ExitCode {
 
 /// Serves websockets and HTTP until the process is stopped.
 fn serve(config: Config) -> ExitCode {
+    trim::init();
     logging::init(config.log_level);
     let open_files = match fds::raise_limit(fds::needed(&config.limits), config.limits.max_clients)
     {
