@@ -30,7 +30,7 @@ use common::{
 };
 
 /// Every label of `callwire_limit_hits_total` (src/metrics.rs, `Limit::as_str`).
-const LIMITS: [&str; 10] = [
+const LIMITS: [&str; 11] = [
     "max_clients",
     "max_per_ip",
     "handshake_timeout",
@@ -41,6 +41,7 @@ const LIMITS: [&str; 10] = [
     "idle_timeout",
     "auth_timeout",
     "max_unauthenticated",
+    "stall_timeout",
 ];
 
 // ---------------------------------------------------------------------------------------------
