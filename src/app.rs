@@ -5,7 +5,8 @@
 //! held across an `.await`.
 
 use std::cell::RefCell;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
+use std::task::{Context, Poll};
 
 use crate::auth::Auth;
 use crate::event::Event;
@@ -16,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::origins::Origins;
 use crate::rest::Catalogue;
 use crate::seats::Seats;
-use crate::source::{Commands, SourceStatus};
+use crate::source::{Commands, Sink, SourceStatus};
 
 pub struct App {
     pub hub: Hub,
@@ -50,5 +51,29 @@ impl App {
             self.hub.publish_change(&change);
         }
         self.hub.publish(&event);
+    }
+}
+
+/// The source's way into the app. It holds the app weakly: the source is built before the app
+/// (the app needs its command publisher), and its task cannot run before the app exists.
+pub struct ToApp(pub Weak<App>);
+
+impl Sink for ToApp {
+    fn deliver(&self, event: Event) {
+        if let Some(app) = self.0.upgrade() {
+            app.deliver(event);
+        }
+    }
+
+    /// Room is the hub's: no client's queue holds the source.
+    fn has_room(&self) -> bool {
+        self.0.upgrade().is_none_or(|app| app.hub.has_room())
+    }
+
+    fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
+        match self.0.upgrade() {
+            Some(app) => app.hub.poll_room(cx),
+            None => Poll::Ready(()),
+        }
     }
 }

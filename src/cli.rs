@@ -95,13 +95,13 @@ pub struct Args {
     #[argh(option, default = "64")]
     pub max_filters: usize,
 
-    /// frames queued per client before new ones are dropped for it (default 64)
+    /// frames queued per client; from half of it the broker waits for the client (default 64)
     #[argh(option, default = "64")]
     pub queue_depth: usize,
 
-    /// frames a client may miss in a row before it is disconnected as too slow (default 256)
-    #[argh(option, default = "256")]
-    pub max_missed: u32,
+    /// seconds a frame may wait for a client before it is closed as too slow (default 5)
+    #[argh(option, default = "5")]
+    pub stall_timeout: u64,
 
     /// most live calls kept; past it the oldest is dropped and counted (default 2048)
     #[argh(option, default = "2048")]
@@ -143,11 +143,6 @@ pub struct Args {
     /// requests one websocket may send in a burst (default 40)
     #[argh(option, default = "40")]
     pub request_burst: u32,
-
-    /// least milliseconds between two rounds of writes to the clients; frames queued sooner wait
-    /// for the next round and share its writes (default 50, at most 1000; 0 writes at once)
-    #[argh(option, default = "50")]
-    pub flush_interval: u64,
 
     /// log level: error, warn, info or debug (default info)
     #[argh(option, default = "String::from(\"info\")")]
@@ -269,7 +264,10 @@ impl Args {
             max_bindings: positive("--max-bindings", self.max_bindings)?,
             max_filters: positive("--max-filters", self.max_filters)?,
             queue_depth: positive("--queue-depth", self.queue_depth)?,
-            max_missed: positive("--max-missed", self.max_missed as usize)? as u32,
+            stall_timeout: Duration::from_secs(positive(
+                "--stall-timeout",
+                self.stall_timeout as usize,
+            )? as u64),
             max_message_size: positive("--max-message-size", self.max_message_size)?,
             max_request_size: positive("--max-request-size", self.max_request_size)?
                 .min(self.max_message_size),
@@ -293,10 +291,6 @@ impl Args {
                 ));
             },
             request_burst: positive("--request-burst", self.request_burst as usize)? as u32,
-            flush_interval: match self.flush_interval {
-                0..=1000 => Duration::from_millis(self.flush_interval),
-                ms => return Err(format!("--flush-interval: expected 0 to 1000 ms, got {ms}")),
-            },
             auth_timeout: Duration::from_secs(positive(
                 "--auth-timeout",
                 self.auth_timeout as usize,

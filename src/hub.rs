@@ -3,28 +3,29 @@
 //!
 //! Fan-out asks each client's dialect whether it wants the event and for which frame; a frame
 //! is rendered once per distinct shape (`Renders`) and the same bytes are queued to every
-//! client that gets it. Queues are bounded; the policy for a full queue is the hub's:
+//! client that gets it. The policy for queues is the hub's (delivery.md, "Every reading client
+//! gets every event"):
 //!
-//! - a frame for a client whose queue is full is dropped for that client and counted
-//!   (`dropped{reason="queue_full"}`);
-//! - a client that has missed `--max-missed` frames in a row without taking any is closed as
-//!   too slow (`dropped{reason="slow_client"}`): its connection is dropped at once, without
-//!   waiting on a socket that does not drain.
+//! - **Backpressure.** A client whose queue holds half of `--queue-depth` or more holds the
+//!   source: the source takes the next event from the broker only when no client does
+//!   ([`Hub::poll_room`]), so a burst waits in the broker, not in the queues, and a client that
+//!   reads never loses a frame to it. The other half is room for an event that gives one
+//!   client several frames; a frame that finds the queue full all the same is dropped for that
+//!   client and counted (`dropped{reason="queue_full"}`).
+//! - **Stalls.** A client whose oldest queued frame has waited `--stall-timeout` (its socket
+//!   took nothing that long, or it reads so slowly that it is that far behind) is closed as too
+//!   slow ([`Hub::watch_stalls`]): its queue is released at once and counted
+//!   (`dropped{reason="slow_client"}`, `limit_hits{limit="stall_timeout"}`), so it holds the
+//!   source for at most that long.
 //!
-//! Writing never happens here, so a stalled client can delay nobody: pushing to a queue is a
-//! bounded, non-blocking step.
-//!
-//! The hub also decides when a connection is woken to write what was queued to it: in rounds,
-//! at most one per `--flush-interval`. A frame queued after a quiet interval goes out at once;
-//! frames queued sooner wait for the next round and share one `write` per client with the
-//! frames queued meanwhile. Most of a delivery's CPU is that `write` (the kernel's loopback or
-//! network send, not callwire's code), so under load fewer writes is what makes it cheap,
-//! while a trickle of events pays no delay at all. A client whose queue is half full is woken
-//! at once, so the wait never costs a dropped frame.
+//! Writing never happens here: pushing to a queue is a bounded, non-blocking step. A frame
+//! queued to an empty queue wakes its connection, which writes everything queued by the time
+//! it runs in one `write`. The source places a bounded number of events per turn and then lets
+//! the connections run, so under load each round of writes carries what queued during the
+//! last one, and with a trickle nothing waits.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::future::poll_fn;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -42,7 +43,7 @@ use crate::limits::Limits;
 use crate::live::CallChange;
 use crate::logging::RateLimit;
 use crate::matcher::RoutingKey;
-use crate::metrics::{DropReason, Metrics};
+use crate::metrics::{DropReason, Limit, Metrics};
 
 /// One serialised text frame, shared by every client it is queued to.
 pub type Frame = Utf8Bytes;
@@ -108,7 +109,7 @@ impl Renders {
 /// Why the hub wants a client's connection closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseReason {
-    /// It missed too many frames in a row.
+    /// A frame waited for it longer than `--stall-timeout`.
     TooSlow,
     /// The server is shutting down: say the dialect's goodbye, then close (1001).
     Shutdown,
@@ -128,9 +129,10 @@ pub enum Outgoing {
 
 #[derive(Debug)]
 struct Outbox {
-    frames: VecDeque<Frame>,
-    /// Frames dropped for this client since it last took one.
-    missed_in_row: u32,
+    /// Each frame with the time it was queued.
+    frames: VecDeque<(Frame, Instant)>,
+    /// Whether this queue holds the source (it is counted in `Backpressure::holding`).
+    holds: bool,
     close: Option<CloseReason>,
     waker: Option<Waker>,
 }
@@ -151,6 +153,44 @@ impl Outbox {
     }
 }
 
+/// Which clients hold the source, shared by the hub and every client.
+#[derive(Debug)]
+struct Backpressure {
+    /// Frames at which a queue holds the source: half of `--queue-depth`, at least one.
+    mark: usize,
+    /// Open clients whose queue is at the mark or above.
+    holding: Cell<usize>,
+    /// The source, while it waits for room.
+    source: RefCell<Option<Waker>>,
+}
+
+impl Backpressure {
+    /// Notes whether a queue of `len` frames holds the source now.
+    fn update(&self, holds: &mut bool, len: usize) {
+        let now = len >= self.mark;
+        if now == *holds {
+            return;
+        }
+        *holds = now;
+        if now {
+            self.holding.set(self.holding.get() + 1);
+        } else {
+            self.release();
+        }
+    }
+
+    /// One queue no longer holds the source; the source goes on once none does.
+    fn release(&self) {
+        let holding = self.holding.get() - 1;
+        self.holding.set(holding);
+        if holding == 0 {
+            if let Some(source) = self.source.borrow_mut().take() {
+                source.wake();
+            }
+        }
+    }
+}
+
 /// One connected websocket client.
 #[derive(Debug)]
 pub struct Client {
@@ -162,6 +202,7 @@ pub struct Client {
     pub interest: RefCell<Interest>,
     /// Where the client's session counts the limits it hits.
     pub metrics: Rc<Metrics>,
+    backpressure: Rc<Backpressure>,
     outbox: RefCell<Outbox>,
 }
 
@@ -191,90 +232,74 @@ impl Client {
         }
     }
 
-    /// Takes the oldest queued frame; taking one counts as progress for the slow-client rule.
+    /// Takes the oldest queued frame: the client's progress, which may let the source go on.
     pub fn pop(&self) -> Option<Frame> {
         let mut outbox = self.outbox.borrow_mut();
-        let frame = outbox.frames.pop_front();
-        if frame.is_some() {
-            outbox.missed_in_row = 0;
-        }
-        frame
+        let (frame, _) = outbox.frames.pop_front()?;
+        let Outbox { frames, holds, .. } = &mut *outbox;
+        self.backpressure.update(holds, frames.len());
+        Some(frame)
     }
 
-    /// Asks the connection to close; the first reason given stands.
+    /// Since when the oldest queued frame has waited, if one does and the client is still
+    /// open (a closing client's goodbye has its own deadline).
+    fn waiting_since(&self) -> Option<Instant> {
+        let outbox = self.outbox.borrow();
+        match outbox.close {
+            Some(_) => None,
+            None => outbox.frames.front().map(|&(_, at)| at),
+        }
+    }
+
+    /// Asks the connection to close; the first reason given stands. A closed client takes no
+    /// more frames, so it no longer holds the source; one too slow to drain loses its queue
+    /// at once, counted, rather than when its connection ends.
     fn close(&self, reason: CloseReason) {
         let mut outbox = self.outbox.borrow_mut();
-        outbox.close.get_or_insert(reason);
+        if outbox.close.is_some() {
+            return;
+        }
+        outbox.close = Some(reason);
+        if std::mem::take(&mut outbox.holds) {
+            self.backpressure.release();
+        }
+        if reason == CloseReason::TooSlow {
+            let missed = outbox.frames.len() as u64;
+            self.metrics.dropped(DropReason::SlowClient).add(missed);
+            outbox.frames = VecDeque::new();
+        }
         outbox.wake();
     }
 
     /// Queues a frame under the hub's policy; returns false when it was dropped.
-    fn push(&self, frame: Frame, hub: &Hub) -> bool {
-        let (limits, metrics, drops_log) = (&hub.limits, &hub.metrics, &hub.drops_log);
+    fn push(&self, frame: Frame, now: Instant, hub: &Hub) -> bool {
         let mut outbox = self.outbox.borrow_mut();
+        if outbox.close == Some(CloseReason::TooSlow) {
+            self.metrics.dropped(DropReason::SlowClient).inc();
+            return false;
+        }
         if outbox.close.is_some() {
             return false;
         }
-        let queued = outbox.frames.len() < limits.queue_depth;
-        if queued {
-            outbox.frames.push_back(frame);
-        } else {
-            outbox.missed_in_row += 1;
-            metrics.dropped(DropReason::QueueFull).inc();
-            drops_log.queue_full.report(|held| {
+        if outbox.frames.len() >= hub.limits.queue_depth {
+            self.metrics.dropped(DropReason::QueueFull).inc();
+            hub.drops_log.queue_full.report(|held| {
                 warn!(
                     "dropped a frame for a {} client whose queue is full{held}",
                     self.dialect.as_str()
                 )
             });
-            if outbox.missed_in_row >= limits.max_missed {
-                outbox.close = Some(CloseReason::TooSlow);
-                drops_log.slow.report(|held| {
-                    warn!(
-                        "closed a {} client that missed {} frames in a row{held}",
-                        self.dialect.as_str(),
-                        limits.max_missed
-                    )
-                });
-                metrics.dropped(DropReason::SlowClient).inc();
-            }
+            return false;
         }
-        // A close is not held for the round, nor is a queue that fills within one interval:
-        // the interval may delay a frame, never drop one.
-        if outbox.close.is_some() || outbox.frames.len() * 2 >= limits.queue_depth {
+        outbox.frames.push_back((frame, now));
+        let Outbox { frames, holds, .. } = &mut *outbox;
+        self.backpressure.update(holds, frames.len());
+        // A connection with frames already queued has been woken for them and takes this one
+        // in the same write.
+        if outbox.frames.len() == 1 {
             outbox.wake();
-        } else {
-            hub.flush.mark_due(self.slot);
         }
-        queued
-    }
-}
-
-/// The clients to wake in the next round of writes.
-#[derive(Debug)]
-struct Flush {
-    /// Slots of the clients queued a frame since the last round, each at most once: it never
-    /// grows past `--max-clients`.
-    due: RefCell<Vec<usize>>,
-    /// Whether each slot is in `due`.
-    marked: RefCell<Vec<bool>>,
-    /// The flush task, while it waits for the first frame of the next round.
-    flusher: RefCell<Option<Waker>>,
-}
-
-impl Flush {
-    fn mark_due(&self, slot: usize) {
-        let mut marked = self.marked.borrow_mut();
-        if std::mem::replace(&mut marked[slot], true) {
-            return;
-        }
-        let mut due = self.due.borrow_mut();
-        if due.is_empty() {
-            if let Some(flusher) = self.flusher.borrow_mut().take() {
-                flusher.wake();
-            }
-        }
-        due.push(slot);
+        true
     }
 }
 
@@ -288,7 +313,7 @@ pub struct Hub {
     /// Frames one client gets for the event being fanned out; reused, so it never allocates
     /// once warm.
     routed: RefCell<Vec<Frame>>,
-    flush: Flush,
+    backpressure: Rc<Backpressure>,
     drops_log: DropsLog,
     limits: Limits,
     metrics: Rc<Metrics>,
@@ -307,11 +332,11 @@ impl Hub {
             connected: Cell::new(0),
             renders: RefCell::new(Renders::default()),
             routed: RefCell::new(Vec::new()),
-            flush: Flush {
-                due: RefCell::new(Vec::with_capacity(slots)),
-                marked: RefCell::new(vec![false; slots]),
-                flusher: RefCell::new(None),
-            },
+            backpressure: Rc::new(Backpressure {
+                mark: limits.queue_depth.div_ceil(2),
+                holding: Cell::new(0),
+                source: RefCell::new(None),
+            }),
             drops_log: DropsLog::default(),
             limits,
             metrics,
@@ -359,9 +384,10 @@ impl Hub {
             credential: RefCell::new(credential),
             interest: RefCell::new(interest),
             metrics: self.metrics.clone(),
+            backpressure: self.backpressure.clone(),
             outbox: RefCell::new(Outbox {
                 frames: VecDeque::new(),
-                missed_in_row: 0,
+                holds: false,
                 close: None,
                 waker: None,
             }),
@@ -377,7 +403,27 @@ impl Hub {
         if slots[client.slot].take().is_some() {
             self.free.borrow_mut().push(client.slot);
             self.connected.set(self.connected.get() - 1);
+            if std::mem::take(&mut client.outbox.borrow_mut().holds) {
+                self.backpressure.release();
+            }
         }
+    }
+
+    /// Whether the source may place the next event now: no client's queue holds it.
+    pub fn has_room(&self) -> bool {
+        self.backpressure.holding.get() == 0
+    }
+
+    /// Waits until the source may place the next event (see [`Hub::has_room`]).
+    pub fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.has_room() {
+            return Poll::Ready(());
+        }
+        let mut source = self.backpressure.source.borrow_mut();
+        if !source.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *source = Some(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
     /// Fans one event out to every client that wants it.
@@ -386,6 +432,7 @@ impl Hub {
             self.metrics.dropped(DropReason::KeyTooDeep).inc();
             return;
         };
+        let now = Instant::now();
         let mut renders = self.renders.borrow_mut();
         renders.clear();
         let mut routed = self.routed.borrow_mut();
@@ -395,12 +442,13 @@ impl Hub {
                 .interest
                 .borrow()
                 .route(event, &key, &mut renders, &mut routed);
-            self.deliver(client, &mut routed);
+            self.deliver(client, &mut routed, now);
         }
     }
 
     /// Fans one change of a live call out to every client that wants it.
     pub fn publish_change(&self, change: &CallChange) {
+        let now = Instant::now();
         let mut renders = self.renders.borrow_mut();
         renders.clear();
         let mut routed = self.routed.borrow_mut();
@@ -410,47 +458,49 @@ impl Hub {
                 .interest
                 .borrow()
                 .route_change(change, &mut renders, &mut routed);
-            self.deliver(client, &mut routed);
+            self.deliver(client, &mut routed, now);
         }
     }
 
     /// Queues one shared frame to every client of a dialect (ActionCable's pings).
     pub fn broadcast(&self, dialect: Dialect, frame: &Frame) {
+        let now = Instant::now();
         let slots = self.slots.borrow();
         for client in slots.iter().flatten().filter(|c| c.dialect == dialect) {
-            client.push(frame.clone(), self);
+            client.push(frame.clone(), now, self);
         }
     }
 
-    /// Wakes the clients queued frames, in rounds at least `--flush-interval` apart; never
-    /// finishes.
-    pub async fn flush_rounds(&self) {
+    /// Closes every client whose oldest queued frame has waited `--stall-timeout`, at the
+    /// moment it has; never finishes. Each pass looks at every slot once and then sleeps until
+    /// the oldest frame still waiting comes due (a frame queued later comes due later).
+    pub async fn watch_stalls(&self) {
+        let stall = self.limits.stall_timeout;
         let mut timer = Timer::never();
-        let mut next_round = Instant::now();
         loop {
-            poll_fn(|cx| {
-                if self.flush.due.borrow().is_empty() {
-                    *self.flush.flusher.borrow_mut() = Some(cx.waker().clone());
-                    Poll::Pending
-                } else {
-                    Poll::Ready(())
+            let now = Instant::now();
+            let mut next = now + stall;
+            for client in self.slots.borrow().iter().flatten() {
+                let Some(since) = client.waiting_since() else {
+                    continue;
+                };
+                if now.duration_since(since) < stall {
+                    next = next.min(since + stall);
+                    continue;
                 }
-            })
-            .await;
-            if Instant::now() < next_round {
-                timer.set_at(next_round);
-                (&mut timer).await;
+                let waited = now.duration_since(since);
+                client.close(CloseReason::TooSlow);
+                self.metrics.limit_hits(Limit::StallTimeout).inc();
+                self.drops_log.slow.report(|held| {
+                    warn!(
+                        "closed a {} client as too slow: a frame waited {} ms for it{held}",
+                        client.dialect.as_str(),
+                        waited.as_millis()
+                    )
+                });
             }
-            next_round = Instant::now() + self.limits.flush_interval;
-            let slots = self.slots.borrow();
-            let mut marked = self.flush.marked.borrow_mut();
-            for slot in self.flush.due.borrow_mut().drain(..) {
-                marked[slot] = false;
-                // A slot freed meanwhile is skipped; one taken again is woken for nothing.
-                if let Some(client) = &slots[slot] {
-                    client.outbox.borrow_mut().wake();
-                }
-            }
+            timer.set_at(next);
+            (&mut timer).await;
         }
     }
 
@@ -484,9 +534,9 @@ impl Hub {
     }
 
     /// Queues the frames routed to one client, counting each delivery.
-    fn deliver(&self, client: &Client, routed: &mut Vec<Frame>) {
+    fn deliver(&self, client: &Client, routed: &mut Vec<Frame>, now: Instant) {
         for frame in routed.drain(..) {
-            if client.push(frame, self) {
+            if client.push(frame, now, self) {
                 self.metrics.deliveries(client.dialect).inc();
             }
         }
@@ -515,10 +565,11 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::task::Wake;
 
-    use futures_lite::{FutureExt, future};
+    use futures_lite::FutureExt;
 
     use super::*;
     use crate::cli;
+    use crate::limits::BytePool;
 
     /// A waker that counts its wakes.
     struct Wakes(AtomicUsize);
@@ -530,6 +581,10 @@ mod tests {
     }
 
     impl Wakes {
+        fn new() -> Arc<Wakes> {
+            Arc::new(Wakes(AtomicUsize::new(0)))
+        }
+
         fn count(&self) -> usize {
             self.0.load(Ordering::SeqCst)
         }
@@ -541,9 +596,12 @@ mod tests {
 
     /// A Blackhole client whose connection waits for frames, and the count of its wakes.
     fn waiting_client(hub: &Hub) -> (Rc<Client>, Arc<Wakes>) {
-        let interest = Interest::Blackhole(blackhole::Subscriptions::new(1));
+        let interest = Interest::Blackhole(blackhole::Subscriptions::new(
+            1,
+            BytePool::new(usize::MAX).share(),
+        ));
         let client = hub.register(Dialect::Blackhole, None, interest).unwrap();
-        let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
+        let wakes = Wakes::new();
         let waker = Waker::from(wakes.clone());
         assert!(
             client
@@ -553,106 +611,118 @@ mod tests {
         (client, wakes)
     }
 
-    /// Runs `steps` beside the hub's flush task, for at most 5 s (then it panics rather than
-    /// hang).
-    fn with_flush_task(hub: &Hub, steps: impl Future<Output = ()>) {
-        let give_up = async {
-            Timer::after(Duration::from_secs(5)).await;
-            panic!("gave up after 5 s: the round never came");
-        };
-        smol::block_on(steps.or(give_up).or(hub.flush_rounds()));
-    }
-
-    /// Runs the hub's flush task until `done`.
-    fn flush_until(hub: &Hub, done: impl Fn() -> bool) {
-        with_flush_task(hub, async {
-            while !done() {
-                Timer::after(Duration::from_millis(1)).await;
-            }
-        });
+    fn send(hub: &Hub, text: &'static str) {
+        hub.broadcast(Dialect::Blackhole, &Frame::from_static(text));
     }
 
     #[test]
-    fn frames_queued_before_a_round_wake_their_connection_once() {
-        let hub = hub(&["--flush-interval", "1"]);
+    fn the_first_frame_wakes_its_connection_and_the_rest_ride_along() {
+        let hub = hub(&[]);
         let (client, wakes) = waiting_client(&hub);
         for text in ["a", "b", "c"] {
-            hub.broadcast(Dialect::Blackhole, &Frame::from_static(text));
+            send(&hub, text);
         }
-        assert_eq!(
-            wakes.count(),
-            0,
-            "queuing a frame wakes nobody; the round does"
-        );
-        flush_until(&hub, || wakes.count() > 0);
-        assert_eq!(wakes.count(), 1, "one wake for three frames");
+        assert_eq!(wakes.count(), 1, "one wake for three frames, at once");
         let popped: Vec<Frame> = std::iter::from_fn(|| client.pop()).collect();
         assert_eq!(popped, ["a", "b", "c"]);
     }
 
     #[test]
-    fn a_frame_after_a_quiet_interval_goes_at_once_and_one_soon_after_waits_for_the_round() {
-        let hub = hub(&["--flush-interval", "1000"]);
-        let (client, wakes) = waiting_client(&hub);
-        let waker = Waker::from(wakes.clone());
-        let steps = async {
-            hub.broadcast(Dialect::Blackhole, &Frame::from_static("a"));
-            // One turn of the flush task, no timer: nothing was written in the last interval.
-            future::yield_now().await;
-            assert_eq!(wakes.count(), 1, "the first frame went at once");
-            assert_eq!(client.pop().as_deref(), Some("a"));
-            assert!(
-                client
-                    .poll_outgoing(&mut Context::from_waker(&waker))
-                    .is_pending()
-            );
-            hub.broadcast(Dialect::Blackhole, &Frame::from_static("b"));
-            future::yield_now().await;
-            assert_eq!(
-                wakes.count(),
-                1,
-                "the next waits for the round, a second later"
-            );
-            while wakes.count() < 2 {
-                Timer::after(Duration::from_millis(5)).await;
-            }
-        };
-        with_flush_task(&hub, steps);
-        assert_eq!(client.pop().as_deref(), Some("b"));
+    fn a_half_full_queue_holds_the_source_until_its_client_takes_a_frame() {
+        let hub = hub(&["--queue-depth", "4"]);
+        let (reader, _) = waiting_client(&hub);
+        let (slow, _) = waiting_client(&hub);
+        let source = Wakes::new();
+        let waker = Waker::from(source.clone());
+        let mut cx = Context::from_waker(&waker);
+        send(&hub, "a");
+        assert!(hub.poll_room(&mut cx).is_ready(), "one of four queued");
+        send(&hub, "b");
+        assert!(hub.poll_room(&mut cx).is_pending(), "two of four queued");
+        while reader.pop().is_some() {}
+        assert_eq!(source.count(), 0, "the slow client still holds it");
+        assert!(hub.poll_room(&mut cx).is_pending());
+        assert_eq!(slow.pop().as_deref(), Some("a"));
+        assert_eq!(source.count(), 1, "room: the source is woken");
+        assert!(hub.has_room());
     }
 
     #[test]
-    fn a_close_wakes_its_connection_without_waiting_for_a_round() {
-        let hub = hub(&["--flush-interval", "1000"]);
-        let (_client, wakes) = waiting_client(&hub);
-        hub.broadcast(Dialect::Blackhole, &Frame::from_static("a"));
-        assert_eq!(wakes.count(), 0, "the frame waits for the round");
-        hub.close_all();
-        assert_eq!(wakes.count(), 1, "the close does not");
+    fn a_full_queue_drops_and_counts_but_never_past_its_depth() {
+        let hub = hub(&["--queue-depth", "2"]);
+        let (client, _) = waiting_client(&hub);
+        for text in ["a", "b", "c"] {
+            send(&hub, text);
+        }
+        assert_eq!(hub.metrics.dropped(DropReason::QueueFull).get(), 1);
+        let popped: Vec<Frame> = std::iter::from_fn(|| client.pop()).collect();
+        assert_eq!(popped, ["a", "b"]);
     }
 
     #[test]
-    fn a_queue_half_full_wakes_its_connection_without_waiting_for_a_round() {
-        let hub = hub(&["--flush-interval", "1000", "--queue-depth", "4"]);
-        let (client, wakes) = waiting_client(&hub);
-        hub.broadcast(Dialect::Blackhole, &Frame::from_static("a"));
-        assert_eq!(wakes.count(), 0);
-        hub.broadcast(Dialect::Blackhole, &Frame::from_static("b"));
-        assert_eq!(wakes.count(), 1, "two of four queued");
-        assert_eq!(client.pop().as_deref(), Some("a"));
-    }
-
-    #[test]
-    fn a_round_wakes_whoever_holds_a_due_slot_now() {
-        let hub = hub(&["--flush-interval", "1"]);
-        let (gone, gone_wakes) = waiting_client(&hub);
-        hub.broadcast(Dialect::Blackhole, &Frame::from_static("a"));
+    fn a_client_that_leaves_or_is_closed_stops_holding_the_source() {
+        let hub = hub(&["--queue-depth", "2"]);
+        let (gone, _) = waiting_client(&hub);
+        let (revoked, _) = waiting_client(&hub);
+        send(&hub, "a");
+        assert!(!hub.has_room());
         hub.unregister(&gone);
-        // The new client takes the slot that is already due.
-        let (_new, wakes) = waiting_client(&hub);
-        hub.broadcast(Dialect::Blackhole, &Frame::from_static("b"));
-        assert_eq!(hub.flush.due.borrow().len(), 1, "a slot is due once");
-        flush_until(&hub, || wakes.count() > 0);
-        assert_eq!((gone_wakes.count(), wakes.count()), (0, 1));
+        assert!(!hub.has_room(), "the other still holds it");
+        revoked.close(CloseReason::Revoked);
+        assert!(hub.has_room());
+        assert_eq!(
+            revoked.waiting_since(),
+            None,
+            "its goodbye is not judged a stall"
+        );
+        assert_eq!(revoked.pop().as_deref(), Some("a"), "kept for its goodbye");
+        assert!(hub.has_room());
+    }
+
+    #[test]
+    fn a_frame_that_waits_the_stall_timeout_closes_its_client_and_its_queue_is_counted() {
+        let hub = hub(&["--stall-timeout", "1", "--queue-depth", "4"]);
+        let (stalled, stalled_wakes) = waiting_client(&hub);
+        let (reader, _) = waiting_client(&hub);
+        let steps = async {
+            send(&hub, "a");
+            send(&hub, "b");
+            assert!(!hub.has_room());
+            // The reader keeps taking; the stalled client takes nothing.
+            let began = Instant::now();
+            while stalled.outbox.borrow().close.is_none() {
+                while reader.pop().is_some() {}
+                Timer::after(Duration::from_millis(20)).await;
+            }
+            began.elapsed()
+        };
+        let give_up = async {
+            Timer::after(Duration::from_secs(5)).await;
+            panic!("gave up after 5 s: the stalled client was never closed");
+        };
+        let watch = async {
+            hub.watch_stalls().await;
+            unreachable!("watch_stalls never finishes")
+        };
+        let waited = smol::block_on(steps.or(give_up).or(watch));
+        assert!(
+            waited >= Duration::from_millis(900),
+            "closed early: {waited:?}"
+        );
+        assert!(stalled_wakes.count() >= 1);
+        assert!(
+            hub.has_room(),
+            "the closed client no longer holds the source"
+        );
+        assert_eq!(hub.metrics.dropped(DropReason::SlowClient).get(), 2);
+        assert_eq!(hub.metrics.limit_hits(Limit::StallTimeout).get(), 1);
+        send(&hub, "c");
+        assert_eq!(
+            hub.metrics.dropped(DropReason::SlowClient).get(),
+            3,
+            "a frame for a closed slow client is counted too"
+        );
+        assert_eq!(stalled.pop(), None);
+        assert_eq!(reader.pop().as_deref(), Some("c"));
     }
 }

@@ -14,10 +14,10 @@ pub struct Limits {
     pub max_bindings: usize,
     /// Property filters on one iSymphony socket.
     pub max_filters: usize,
-    /// Frames queued for one client.
+    /// Frames queued for one client; from half of it the client holds the source.
     pub queue_depth: usize,
-    /// Frames a client may miss in a row before it is closed as too slow.
-    pub max_missed: u32,
+    /// How long a frame may wait for its client before the client is closed as too slow.
+    pub stall_timeout: Duration,
     /// Live calls kept; past it the oldest is dropped.
     pub max_calls: usize,
     /// Recent events kept per live call.
@@ -37,8 +37,6 @@ pub struct Limits {
     pub request_rate: f64,
     /// Requests one socket may send in a burst.
     pub request_burst: u32,
-    /// Least time between two rounds of writes to the clients (the hub's flush).
-    pub flush_interval: Duration,
     /// Time a websocket has to authenticate, with `--auth`.
     pub auth_timeout: Duration,
     /// Websockets at once still to authenticate, beside `max_clients`.

@@ -6,7 +6,7 @@ use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use async_signal::{Signal, Signals};
-use callwire::app::App;
+use callwire::app::{App, ToApp};
 use callwire::auth::Auth;
 use callwire::budget::Budget;
 use callwire::cli::{self, Config, Run, SourceConfig};
@@ -119,15 +119,10 @@ async fn run(
         SourceConfig::Demo { .. } => SourceKind::Demo,
     }));
     // The source needs somewhere to deliver before the app exists, and the app needs the
-    // source's command publisher: the deliver callback holds the app weakly. The source's
+    // source's command publisher: the source holds the app weakly (`ToApp`). The source's
     // task cannot run before this function returns, so no event finds it missing.
     let app = Rc::new_cyclic(|app: &Weak<App>| {
-        let app = app.clone();
-        let deliver: Deliver = Rc::new(move |event| {
-            if let Some(app) = app.upgrade() {
-                app.deliver(event);
-            }
-        });
+        let deliver: Deliver = Rc::new(ToApp(app.clone()));
         let commands = start_source(
             config.source,
             &config.command_topic,
@@ -160,10 +155,10 @@ async fn run(
     executor.spawn(cable::send_pings(app.clone())).detach();
     executor.spawn(reload_on_hangup(app.clone())).detach();
     executor.spawn(trim::run()).detach();
-    // One task wakes the connections that have frames queued, in rounds (hub.rs).
-    let flushing = app.clone();
+    // One task closes the clients too slow to take what is queued for them (hub.rs).
+    let watching = app.clone();
     executor
-        .spawn(async move { flushing.hub.flush_rounds().await })
+        .spawn(async move { watching.hub.watch_stalls().await })
         .detach();
     let notifier = Notifier::from_env();
     let ready = notify_ready(notifier.clone(), address, app.clone(), executor.clone());

@@ -29,7 +29,8 @@ impl Counter {
 pub enum DropReason {
     /// A client's outbound queue was full; the frame was not queued for it.
     QueueFull,
-    /// A client stayed behind and was disconnected.
+    /// A frame for a client closed as too slow: queued when it was closed, or routed to it
+    /// before its connection ended.
     SlowClient,
     /// A broker message was larger than `--max-message-size`.
     TooLarge,
@@ -82,10 +83,12 @@ pub enum Limit {
     AuthTimeout,
     /// `--max-unauthenticated`: the upgrade was answered 503.
     Unauthenticated,
+    /// `--stall-timeout`: a socket was closed as too slow.
+    StallTimeout,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 12] = [
+    pub const ALL: [Limit; 13] = [
         Limit::MaxClients,
         Limit::PerIp,
         Limit::HandshakeTimeout,
@@ -98,6 +101,7 @@ impl Limit {
         Limit::OpenFiles,
         Limit::AuthTimeout,
         Limit::Unauthenticated,
+        Limit::StallTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -114,6 +118,7 @@ impl Limit {
             Limit::OpenFiles => "open_files",
             Limit::AuthTimeout => "auth_timeout",
             Limit::Unauthenticated => "max_unauthenticated",
+            Limit::StallTimeout => "stall_timeout",
         }
     }
 }

@@ -291,7 +291,7 @@ async fn upgrade(
     let (credential, interest) = match dialect {
         Dialect::Blackhole => (
             None,
-            Interest::Blackhole(Subscriptions::sharing(
+            Interest::Blackhole(Subscriptions::new(
                 limits.max_bindings,
                 app.interest.share(),
             )),

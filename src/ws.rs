@@ -47,7 +47,10 @@ pub struct Tcp {
 }
 
 impl Tcp {
+    /// Takes an accepted socket and bounds its kernel send buffer to [`SEND_BUFFER`].
     pub fn new(io: Async<TcpStream>) -> Tcp {
+        // Best effort: a socket that keeps the system's buffer only takes longer to stall.
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size(io.get_ref(), SEND_BUFFER);
         Tcp { io, drained: false }
     }
 
@@ -108,6 +111,12 @@ impl AsyncWrite for Tcp {
 pub const READ_BUFFER: usize = 256;
 /// Frames are gathered up to this size before a write; a flush writes whatever is there.
 pub const WRITE_BUFFER: usize = 8 * 1024;
+/// The kernel's send buffer per client socket (Linux doubles it for its bookkeeping). Left
+/// to itself it grows to `net.ipv4.tcp_wmem`'s maximum, 4 MiB by default: memory per client
+/// outside any budget of ours, and minutes of a slow client's backlog hidden from the stall
+/// rule (a frame counts as waiting only while it is in the hub's queue). 64 KiB is ample for
+/// call events on a LAN.
+const SEND_BUFFER: usize = 64 * 1024;
 
 /// How long the hub's goodbye (queued frames, farewell, close frame) may take.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -347,12 +356,14 @@ impl<S: Session> Connection<S> {
         Poll::Ready(written.ok().map(|()| Phase::Idle))
     }
 
-    /// The hub asked for a close: a client too slow to drain its queue is not waited on; the
-    /// others get what is queued, the dialect's goodbye, then a close frame (1001 going away on
-    /// shutdown, 1008 when the credential was revoked).
+    /// The hub asked for a close: the dialect's goodbye, then a close frame (1008 for a client
+    /// too slow or whose credential was revoked, 1001 going away on shutdown). The others get
+    /// what is queued first; a client too slow has nothing queued any more (the hub released
+    /// it), and its goodbye is best effort: it waits at most [`GOODBYE_TIMEOUT`] on a socket
+    /// that may never drain.
     fn goodbye(&mut self, reason: CloseReason) -> Option<Phase> {
         let (code, why) = match reason {
-            CloseReason::TooSlow => return None,
+            CloseReason::TooSlow => (CloseCode::Policy, "too slow"),
             CloseReason::Revoked => (CloseCode::Policy, "credential revoked"),
             CloseReason::Shutdown => (CloseCode::Away, "server shutting down"),
         };

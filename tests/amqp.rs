@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_rs::Runtime;
 use lapin::options::{
@@ -24,7 +24,9 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use serde_json::{Value, json};
 use tungstenite::Message;
 
-use common::{Callwire, Socket, blackhole_data, drain, free_port, request, unique, wait_for};
+use common::{
+    Callwire, Socket, blackhole_data, drain, free_port, request, set_read_timeout, unique, wait_for,
+};
 
 const RABBIT_PORT: u16 = 5672;
 
@@ -84,12 +86,15 @@ impl Client {
         });
     }
 
-    /// Publishes `count` messages without waiting between them, then waits for every confirm.
-    fn publish_burst(&self, count: usize) {
+    /// Publishes messages `from..to` without waiting between them, then waits for every
+    /// confirm. Message `n` goes to `burst.<n>` as `{"n":<n>,"filler":"x..."}` with `filler`
+    /// bytes of filler.
+    fn publish_burst(&self, from: usize, to: usize, filler: usize) {
+        let filler = "x".repeat(filler);
         smol::block_on(async {
-            let mut confirms = Vec::with_capacity(count);
-            for i in 0..count {
-                let payload = format!(r#"{{"seq":{i}}}"#);
+            let mut confirms = Vec::with_capacity(to - from);
+            for i in from..to {
+                let payload = format!(r#"{{"n":{i},"filler":"{filler}"}}"#);
                 let confirm = self
                     .channel
                     .basic_publish(
@@ -344,14 +349,6 @@ fn expect_event(socket: &mut Socket, routing_key: &str, binding: &str, payload: 
     }
 }
 
-/// A metric's value from a `/metrics` scrape.
-fn metric(callwire: &Callwire, series: &str) -> u64 {
-    let (_, body) = callwire.http("GET", "/metrics", &[]);
-    body.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in:\n{body}"))
-}
-
 fn thread_names(pid: u32) -> Vec<String> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .map(|dir| {
@@ -429,14 +426,11 @@ fn amqp_events_reach_blackhole_clients_with_keys_unchanged_and_kazoos_data() {
     assert!(drain(&mut call, Duration::from_millis(100)).is_empty());
     assert!(drain(&mut all, Duration::from_millis(100)).is_empty());
     assert_eq!(
-        metric(
-            &callwire,
-            "callwire_events_dropped_total{reason=\"too_large\"}"
-        ),
+        callwire.metric("callwire_events_dropped_total{reason=\"too_large\"}"),
         1
     );
     assert_eq!(
-        metric(&callwire, "callwire_events_in_total{source=\"amqp\"}"),
+        callwire.metric("callwire_events_in_total{source=\"amqp\"}"),
         3
     );
     let log = callwire.log_text();
@@ -458,18 +452,12 @@ fn amqp_burst_beyond_the_prefetch_window_is_consumed_whole() {
     let callwire = Callwire::start(&["--amqp", &url(RABBIT_PORT), "--amqp-exchange", &exchange]);
     wait_connected(&callwire);
     // Ten prefetch windows: delivery would stop after the first without working acks.
-    client.publish_burst(2560);
+    client.publish_burst(0, 2560, 0);
     wait_for("the whole burst", Duration::from_secs(15), || {
-        metric(&callwire, "callwire_events_in_total{source=\"amqp\"}") == 2560
+        callwire.metric("callwire_events_in_total{source=\"amqp\"}") == 2560
     });
     // Every delivery acked, as the broker counts them.
-    let log = callwire.log_text();
-    let queue = log
-        .split("queue '")
-        .nth(1)
-        .and_then(|rest| rest.split('\'').next())
-        .unwrap_or_else(|| panic!("no queue name in the log: {log}"))
-        .to_owned();
+    let queue = queue_name(&callwire);
     wait_for("no unacked messages", Duration::from_secs(10), || {
         unacked(&queue) == Some(0)
     });
@@ -479,10 +467,25 @@ fn amqp_burst_beyond_the_prefetch_window_is_consumed_whole() {
     expect_event(&mut socket, "after.burst", "#", r#"{"last":true}"#);
 }
 
+/// The name of callwire's queue, from its log.
+fn queue_name(callwire: &Callwire) -> String {
+    let log = callwire.log_text();
+    log.split("queue '")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+        .unwrap_or_else(|| panic!("no queue name in the log: {log}"))
+        .to_owned()
+}
+
 /// The broker's count of delivered, unacknowledged messages on `queue` (`rabbitmqctl`).
 fn unacked(queue: &str) -> Option<u64> {
+    queue_count(queue, "messages_unacknowledged")
+}
+
+/// One of the broker's counts for `queue`, such as `messages_ready` (`rabbitmqctl`).
+fn queue_count(queue: &str, column: &str) -> Option<u64> {
     let output = Command::new("rabbitmqctl")
-        .args(["list_queues", "-q", "name", "messages_unacknowledged"])
+        .args(["list_queues", "-q", "name", column])
         .stdin(Stdio::null())
         .output()
         .expect("rabbitmqctl runs");
@@ -492,6 +495,66 @@ fn unacked(queue: &str) -> Option<u64> {
             let (name, count) = line.split_once('\t')?;
             (name == queue).then(|| count.trim().parse().ok())?
         })
+}
+
+/// A backlog of 10,000 messages of 1 KB waiting in callwire's queue while a client that never
+/// reads holds the source: the reader beside it gets every one in order once the non-reader is
+/// closed as too slow, and nothing is dropped for it. (callwire's queue is server-named and
+/// exclusive, so it cannot exist before callwire connects; the backlog builds behind the
+/// stall instead, and the test reads it off the broker.)
+#[test]
+fn amqp_backlog_reaches_a_reader_whole_while_a_non_reader_is_closed_in_time() {
+    const AHEAD: usize = 1000;
+    const BACKLOG: usize = 10_000;
+    let exchange = unique("callwire-test-");
+    let client = Client::connect(&exchange);
+    let stall = Duration::from_secs(10);
+    let callwire = Callwire::start(&[
+        "--amqp",
+        &url(RABBIT_PORT),
+        "--amqp-exchange",
+        &exchange,
+        "--stall-timeout",
+        "10",
+    ]);
+    wait_connected(&callwire);
+    let mut reader = callwire.ws("/");
+    let mut idle = callwire.ws("/");
+    subscribe(&mut reader, "#");
+    subscribe(&mut idle, "#");
+    // The reader waits out the stall.
+    set_read_timeout(&reader, stall * 2);
+    let reading = thread::spawn(move || {
+        for n in 0..AHEAD + BACKLOG {
+            let (raw, event) = frame(&mut reader);
+            assert_eq!(event["data"]["n"], n, "missed or reordered: {raw}");
+        }
+        reader
+    });
+    // Enough to fill what the non-reader's socket holds and then its queue: from here on the
+    // source waits for it.
+    client.publish_burst(0, AHEAD, 1000);
+    wait_for("the non-reader to hold the source", stall, || {
+        let taken = callwire.metric("callwire_events_in_total{source=\"amqp\"}");
+        thread::sleep(Duration::from_millis(200));
+        taken == callwire.metric("callwire_events_in_total{source=\"amqp\"}")
+    });
+    let held = Instant::now();
+    client.publish_burst(AHEAD, AHEAD + BACKLOG, 1000);
+    let queue = queue_name(&callwire);
+    let ready = queue_count(&queue, "messages_ready").unwrap_or(0);
+    eprintln!("waiting in callwire's queue behind the stall: {ready}");
+    assert!(
+        ready as usize >= BACKLOG,
+        "only {ready} messages waited in the queue"
+    );
+    callwire.wait_stall_close(
+        (held + stall + Duration::from_secs(5)).saturating_duration_since(Instant::now()),
+    );
+    let reader = reading.join().unwrap();
+    assert!(callwire.metric("callwire_events_dropped_total{reason=\"slow_client\"}") >= 32);
+    callwire.assert_stall_settled(1);
+    drop((reader, idle));
 }
 
 #[test]
@@ -513,10 +576,7 @@ fn amqp_recovers_from_a_cut_link_without_the_clients_noticing() {
     client.publish("call.before.1", br#"{"n":1}"#);
     expect_event(&mut socket, "call.before.1", "call.#", r#"{"n":1}"#);
     assert_eq!(
-        metric(
-            &callwire,
-            "callwire_source_reconnects_total{source=\"amqp\"}"
-        ),
+        callwire.metric("callwire_source_reconnects_total{source=\"amqp\"}"),
         0
     );
 
@@ -540,14 +600,9 @@ fn amqp_recovers_from_a_cut_link_without_the_clients_noticing() {
     expect_event(&mut socket, "call.after.2", "call.#", r#"{"n": 2}"#);
     client.publish("call..3", br#""three""#);
     expect_event(&mut socket, "call..3", "call.#", r#""three""#);
-    assert!(
-        metric(
-            &callwire,
-            "callwire_source_reconnects_total{source=\"amqp\"}"
-        ) >= 1
-    );
+    assert!(callwire.metric("callwire_source_reconnects_total{source=\"amqp\"}") >= 1);
     assert_eq!(
-        metric(&callwire, "callwire_source_connected{source=\"amqp\"}"),
+        callwire.metric("callwire_source_connected{source=\"amqp\"}"),
         1
     );
     // The cut connection's I/O thread is gone: one lapin thread, whatever the reconnects.

@@ -30,7 +30,7 @@ use common::{
 };
 
 /// Every label of `callwire_limit_hits_total` (src/metrics.rs, `Limit::as_str`).
-const LIMITS: [&str; 12] = [
+const LIMITS: [&str; 13] = [
     "max_clients",
     "max_per_ip",
     "handshake_timeout",
@@ -43,6 +43,7 @@ const LIMITS: [&str; 12] = [
     "open_files",
     "auth_timeout",
     "max_unauthenticated",
+    "stall_timeout",
 ];
 
 // ---------------------------------------------------------------------------------------------

@@ -204,7 +204,7 @@ fn check_reply(frame: &str, request_id: Option<&Value>, expected: Result<Value, 
 fuzz_target!(|data: &[u8]| {
     let script = Script::parse(data);
     let app = app(auth(script.auth));
-    let interest = Interest::Blackhole(Subscriptions::sharing(
+    let interest = Interest::Blackhole(Subscriptions::new(
         LIMITS.max_bindings,
         app.interest.share(),
     ));

@@ -27,7 +27,7 @@ pub const LIMITS: Limits = Limits {
     max_bindings: 4,
     max_filters: 4,
     queue_depth: 64,
-    max_missed: 8,
+    stall_timeout: Duration::from_secs(5),
     max_calls: 3,
     events_per_call: 2,
     max_message_size: 64 * 1024,
@@ -37,7 +37,6 @@ pub const LIMITS: Limits = Limits {
     handshake_timeout: Duration::from_secs(5),
     request_rate: 1000.0,
     request_burst: 1000,
-    flush_interval: Duration::ZERO,
     auth_timeout: Duration::from_secs(10),
     max_unauthenticated: 4,
 };

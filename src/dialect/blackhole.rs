@@ -40,7 +40,7 @@ const SUBSCRIPTION_BYTES: usize = std::mem::size_of::<Subscription>();
 
 impl Subscriptions {
     /// At most `limit` bindings, their room held in `held`'s pool.
-    pub fn sharing(limit: usize, held: Held) -> Subscriptions {
+    pub fn new(limit: usize, held: Held) -> Subscriptions {
         Subscriptions {
             // Grown on demand up to `limit`: reserving room for every binding up front would
             // cost each idle socket kilobytes it may never use.
@@ -48,12 +48,6 @@ impl Subscriptions {
             limit,
             held,
         }
-    }
-
-    /// At most `limit` bindings, in a pool of their own (for tests).
-    #[cfg(test)]
-    pub fn new(limit: usize) -> Subscriptions {
-        Subscriptions::sharing(limit, crate::limits::BytePool::new(usize::MAX).share())
     }
 
     /// The frame for this socket, if one of its bindings matches an event its account may
@@ -401,10 +395,10 @@ mod tests {
         // client matching replies by id missed its reply (Cargo.toml: `float_roundtrip`).
         // The default limits, as the command line gives them.
         let hub = Hub::new(cli::limits_from(&[]), Rc::new(Metrics::default()));
-        let interest = Interest::Blackhole(Subscriptions::new(1));
+        let pool = crate::limits::BytePool::new(usize::MAX);
+        let interest = Interest::Blackhole(Subscriptions::new(1, pool.share()));
         let client = hub.register(Dialect::Blackhole, None, interest).unwrap();
-        let kept = crate::limits::BytePool::new(usize::MAX).share();
-        let mut session = BlackholeSession::new(client, Rc::new(Auth::open()), kept);
+        let mut session = BlackholeSession::new(client, Rc::new(Auth::open()), pool.share());
         for id in [
             "1.3077777777777777e+33",
             "1307777777777777777777777777777777",
@@ -439,7 +433,7 @@ mod tests {
         // Room for three bindings in all, and a short name.
         let pool = BytePool::new(3 * SUBSCRIPTION_BYTES + 16);
         let socket = || {
-            let interest = Interest::Blackhole(Subscriptions::sharing(32, pool.share()));
+            let interest = Interest::Blackhole(Subscriptions::new(32, pool.share()));
             let client = hub.register(Dialect::Blackhole, None, interest).unwrap();
             let session =
                 BlackholeSession::new(client.clone(), Rc::new(Auth::open()), pool.share());

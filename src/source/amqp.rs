@@ -45,7 +45,7 @@ use crate::event::Event;
 use crate::logging::{RateLimit, held_back};
 use crate::metrics::{DropReason, Metrics};
 use crate::rng::Rng;
-use crate::source::{Deliver, SourceStatus};
+use crate::source::{Deliver, SourceStatus, room};
 
 /// The prefetch window: deliveries the broker may send before we ack. Bounds what a burst can
 /// pile up in memory to this many messages.
@@ -749,9 +749,15 @@ impl Driver {
         // One timer for the whole connection, not one per pass of the loop.
         let mut checks = Timer::interval(CHECK_EVERY);
         loop {
+            // A delivery is taken only when the hub has room for it: the rest wait in lapin's
+            // prefetch window, unacked, and beyond it in the broker's queue.
+            let deliver = &*self.deliver;
             let delivery = async {
                 match consumer.as_mut() {
-                    Some(consumer) => Wake::Delivery(Box::new(consumer.next().await)),
+                    Some(consumer) => {
+                        room(deliver).await;
+                        Wake::Delivery(Box::new(consumer.next().await))
+                    }
                     None => future::pending().await,
                 }
             };
@@ -806,8 +812,8 @@ impl Driver {
         }
     }
 
-    /// Takes `first` and whatever else is ready (up to [`ACK_BATCH`]), hands each to
-    /// `deliver`, then acks them all with one multiple-ack.
+    /// Takes `first` and whatever else is ready while the hub has room (up to [`ACK_BATCH`]),
+    /// hands each to `deliver`, then acks them all with one multiple-ack.
     async fn take_batch(
         &mut self,
         first: Option<lapin::Result<Delivery>>,
@@ -825,7 +831,7 @@ impl Driver {
                 Some(Err(e)) => break Some(describe(&e)),
                 None => break Some("the broker cancelled the consumer".to_owned()),
             }
-            if taken >= ACK_BATCH {
+            if taken >= ACK_BATCH || !self.deliver.has_room() {
                 break None;
             }
             match future::poll_once(consumer.next()).await {
@@ -865,7 +871,8 @@ impl Driver {
                 );
             }
         } else {
-            (self.deliver)(Event::new(routing_key.into(), Bytes::from(data)));
+            self.deliver
+                .deliver(Event::new(routing_key.into(), Bytes::from(data)));
         }
         acker
     }

@@ -9,7 +9,7 @@ use smol::Timer;
 
 use crate::event::Event;
 use crate::sim::{Profile, Simulator};
-use crate::source::{Deliver, SourceStatus};
+use crate::source::{Deliver, SourceStatus, room};
 
 /// The Kazoo `Account-ID` of every demo call. A credential scoped to this account sees the
 /// demo's calls; a `*` credential sees them too.
@@ -39,7 +39,8 @@ pub async fn run(status: Rc<SourceStatus>, deliver: Deliver, calls_per_sec: f64)
             break;
         };
         Timer::at(due).await;
-        deliver(Event::new(msg.routing_key, msg.payload));
+        room(&*deliver).await;
+        deliver.deliver(Event::new(msg.routing_key, msg.payload));
     }
     futures_lite::future::pending::<()>().await;
 }

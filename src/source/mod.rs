@@ -6,14 +6,50 @@ pub mod demo;
 pub mod mqtt;
 
 use std::cell::Cell;
+use std::future::poll_fn;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use crate::event::Event;
 use crate::rng::Rng;
 
-/// Where a source hands each event it takes from the broker.
-pub type Deliver = Rc<dyn Fn(Event)>;
+/// Where a source hands each event it takes from the broker, and whether it has room for the
+/// next one. A source takes an event from the broker only when there is room, so a burst waits
+/// in the broker (delivery.md).
+pub trait Sink {
+    /// Takes one event.
+    fn deliver(&self, event: Event);
+
+    /// Whether an event handed on now has room.
+    fn has_room(&self) -> bool;
+
+    /// Ready when [`Sink::has_room`]; otherwise `cx` is woken once it does.
+    fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()>;
+}
+
+/// A sink that only takes events (tests, the simulator's echo check) always has room.
+impl<F: Fn(Event)> Sink for F {
+    fn deliver(&self, event: Event) {
+        self(event)
+    }
+
+    fn has_room(&self) -> bool {
+        true
+    }
+
+    fn poll_room(&self, _cx: &mut Context<'_>) -> Poll<()> {
+        Poll::Ready(())
+    }
+}
+
+/// Where a source's events go.
+pub type Deliver = Rc<dyn Sink>;
+
+/// Waits until `sink` has room for the next event.
+pub async fn room(sink: &dyn Sink) {
+    poll_fn(|cx| sink.poll_room(cx)).await
+}
 
 /// Where commands to the PBX go: back over the source its events came from (live-api.md).
 pub enum Commands {

@@ -29,7 +29,7 @@ use crate::event::{self, Event};
 use crate::logging::{RateLimit, held_back};
 use crate::metrics::{DropReason, Metrics};
 use crate::rng::Rng;
-use crate::source::{Backoff, Deliver, SourceStatus};
+use crate::source::{Backoff, Deliver, SourceStatus, room};
 
 /// The port of `mqtt://host` with no port.
 pub const DEFAULT_PORT: u16 = 1883;
@@ -55,6 +55,9 @@ const READ_CHUNK_MAX: usize = 256 * 1024;
 /// The longest packet other than PUBLISH a broker may send us (a SUBACK is 2 + one byte per
 /// filter).
 const NON_PUBLISH_MAX: usize = 64 * 1024;
+/// Packets taken from the read buffer before the source lets other tasks run: what the
+/// connections write in one round under load.
+const TAKE_PER_TURN: usize = 64;
 /// MQTT's largest remaining length.
 const MQTT_MAX_REMAINING: usize = 268_435_455;
 
@@ -621,9 +624,7 @@ impl Driver {
         let mut last_sent = Instant::now();
         let mut ping_sent = last_sent;
         loop {
-            while let Some(inbound) = inbox.next(self.opts.max_message_size)? {
-                self.incoming(state, inbound, &mut out)?;
-            }
+            let next = self.take_turn(state, inbox, &mut out)?;
             inbox.compact();
 
             while can_send(state) {
@@ -659,8 +660,12 @@ impl Driver {
             };
             let wants_requests = self.requests_open && can_send(state);
             let requests = &self.requests;
+            // While the hub holds the source, the broker's answer to a ping may be behind the
+            // publishes left unread: the ping is judged a keep-alive period after reading
+            // resumes.
+            let answer_unread = state.await_pingresp && matches!(next, Next::Room);
             let tick = async {
-                if keep_alive.is_zero() {
+                if keep_alive.is_zero() || answer_unread {
                     future::pending::<()>().await;
                 }
                 Timer::at(ping_at).await;
@@ -672,14 +677,36 @@ impl Driver {
                 }
                 Wake::Request(requests.recv().await.ok())
             };
-            let read = inbox.fill(async |dst: &mut [u8]| stream.read(dst).await);
-            let read = async { Wake::Read(read.await) };
+            // The socket is read only once every packet already buffered is taken: what the
+            // hub has no room for stays in the broker (TCP backpressure).
+            let deliver = &*self.deliver;
+            let read = async {
+                match next {
+                    Next::Read => {
+                        let read = inbox.fill(async |dst: &mut [u8]| stream.read(dst).await);
+                        Wake::Read(read.await)
+                    }
+                    Next::Room => {
+                        room(deliver).await;
+                        Wake::Take
+                    }
+                    Next::Turn => {
+                        future::yield_now().await;
+                        Wake::Take
+                    }
+                }
+            };
             let wake = future::race(read, future::race(request, tick)).await;
 
             match wake {
                 Wake::Read(Ok(0)) => return Err("the broker closed the connection".into()),
                 Wake::Read(Ok(_)) => {}
                 Wake::Read(Err(e)) => return Err(e.to_string()),
+                Wake::Take => {
+                    if answer_unread {
+                        ping_sent = Instant::now();
+                    }
+                }
                 Wake::Request(Some(queued)) => self.outgoing(state, queued, &mut out)?,
                 Wake::Request(None) => self.requests_open = false,
                 Wake::KeepAlive => {
@@ -708,6 +735,26 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Takes the packets already buffered while the hub has room, at most [`TAKE_PER_TURN`];
+    /// says what the loop should wait for next.
+    fn take_turn(
+        &mut self,
+        state: &mut MqttState,
+        inbox: &mut Inbox,
+        out: &mut BytesMut,
+    ) -> Result<Next, String> {
+        for _ in 0..TAKE_PER_TURN {
+            if !self.deliver.has_room() {
+                return Ok(Next::Room);
+            }
+            match inbox.next(self.opts.max_message_size)? {
+                Some(inbound) => self.incoming(state, inbound, out)?,
+                None => return Ok(Next::Read),
+            }
+        }
+        Ok(Next::Turn)
     }
 
     /// One packet (or skipped oversized message) from the broker.
@@ -776,7 +823,7 @@ impl Driver {
             // long as any frame of the event is queued, and the buffer could not be compacted
             // after a burst (issue 16: it stayed at megabytes).
             let payload = Bytes::copy_from_slice(&payload);
-            (self.deliver)(Event::new(key, payload));
+            self.deliver.deliver(Event::new(key, payload));
         }
         Ok(())
     }
@@ -811,8 +858,21 @@ impl Driver {
 
 enum Wake {
     Read(io::Result<usize>),
+    /// There may be room, or another turn, for the packets already buffered.
+    Take,
     Request(Option<Queued>),
     KeepAlive,
+}
+
+/// What the connected loop waits for before it takes packets again.
+#[derive(Clone, Copy)]
+enum Next {
+    /// Every buffered packet is taken: read the socket.
+    Read,
+    /// The hub has no room: wait for it, leaving the rest in the socket and the broker.
+    Room,
+    /// A turn's worth was taken: let the connections write it first.
+    Turn,
 }
 
 /// Whether the state can take another publish without losing one to a packet id collision.
@@ -1101,7 +1161,7 @@ impl Inbox {
 mod tests {
     use super::*;
     use crate::source::SourceKind;
-    use std::cell::RefCell;
+    use std::cell::{Cell, RefCell};
     use std::process::{Child, Command, Stdio};
 
     fn parse(url: &str) -> MqttOptions {
@@ -1574,6 +1634,89 @@ mod tests {
             !threads.iter().any(|t| t.starts_with("tokio")),
             "{threads:?}"
         );
+    }
+
+    /// A sink whose room the test opens and closes.
+    #[derive(Default)]
+    struct Gate {
+        closed: Cell<bool>,
+        source: RefCell<Option<std::task::Waker>>,
+        seen: RefCell<Vec<Event>>,
+    }
+
+    impl Gate {
+        fn set_closed(&self, closed: bool) {
+            self.closed.set(closed);
+            if let Some(source) = self.source.take() {
+                source.wake();
+            }
+        }
+    }
+
+    impl crate::source::Sink for Gate {
+        fn deliver(&self, event: Event) {
+            assert!(!self.closed.get(), "an event was handed on without room");
+            self.seen.borrow_mut().push(event);
+        }
+
+        fn has_room(&self) -> bool {
+            !self.closed.get()
+        }
+
+        fn poll_room(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+            if self.has_room() {
+                return std::task::Poll::Ready(());
+            }
+            *self.source.borrow_mut() = Some(cx.waker().clone());
+            std::task::Poll::Pending
+        }
+    }
+
+    #[test]
+    fn mqtt_held_back_past_several_keep_alives_keeps_its_link_and_takes_what_waited() {
+        let root = format!("callwire-test/{}", unique());
+        let mut opts = parse("mqtt://127.0.0.1:1883");
+        opts.topics = vec![format!("{root}/#")];
+        opts.strip_prefix = Some(format!("{root}/"));
+        opts.keep_alive = Duration::from_secs(1);
+        let status = Rc::new(SourceStatus::new(SourceKind::Mqtt));
+        let gate = Rc::new(Gate::default());
+        let (publisher, driver) = start(
+            opts,
+            status.clone(),
+            Rc::new(Metrics::default()),
+            gate.clone(),
+        );
+        let ex = smol::LocalExecutor::new();
+        ex.spawn(driver).detach();
+        let got = |payload: &[u8]| gate.seen.borrow().iter().any(|e| &e.payload[..] == payload);
+        smol::block_on(ex.run(async {
+            wait_for("connected", || status.connected()).await;
+            let topic = format!("{root}/held");
+            publisher
+                .publish(&topic, Bytes::from_static(b"probe"))
+                .unwrap();
+            wait_for("probe", || got(b"probe")).await;
+            gate.set_closed(true);
+            for payload in [&b"one"[..], b"two", b"three"] {
+                publisher
+                    .publish(&topic, Bytes::from_static(payload))
+                    .unwrap();
+            }
+            // Three keep-alive periods with the answers to our pings behind unread publishes.
+            Timer::after(Duration::from_millis(3500)).await;
+            assert!(
+                status.connected() && status.reconnects() == 0,
+                "the link was dropped"
+            );
+            assert!(!got(b"one"), "taken while held");
+            gate.set_closed(false);
+            wait_for("what waited", || {
+                got(b"one") && got(b"two") && got(b"three")
+            })
+            .await;
+            assert_eq!(status.reconnects(), 0);
+        }));
     }
 
     #[test]

@@ -21,13 +21,16 @@
 //! issue's target (candidate ≥ 10× faster than the naive scan at 10,000 bindings) with
 //! PASS/MISS. It asserts nothing about time.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use callwire::matcher::{Binding, RoutingKey};
+use counting_alloc::allocations_during;
+
+// The counting global allocator the allocation tests use (the bench runs on one thread).
+#[path = "../counting_alloc/mod.rs"]
+mod counting_alloc;
 
 /// The matcher measured as "callwire". Swap in an index here.
 type Candidate = LinearScan;
@@ -107,58 +110,6 @@ fn naive_rest(binding: &[&str], key: &[&str]) -> bool {
         Some((&"*", rest)) => !key.is_empty() && naive_rest(rest, &key[1..]),
         Some((literal, rest)) => key.first() == Some(literal) && naive_rest(rest, &key[1..]),
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Counting allocations
-
-struct Counting;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-fn note_allocation() {
-    if COUNTING.load(Ordering::Relaxed) {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every call is forwarded unchanged to `System`; counting does not allocate.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        // SAFETY: the caller upholds `alloc`'s contract, which we pass on as is.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note_allocation();
-        // SAFETY: `ptr` came from this allocator, that is from `System`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from this allocator, that is from `System`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// Allocations made while `f` runs (the bench is single-threaded).
-fn allocations_during(f: impl FnOnce()) -> usize {
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    COUNTING.store(true, Ordering::Relaxed);
-    f();
-    COUNTING.store(false, Ordering::Relaxed);
-    ALLOCATIONS.load(Ordering::Relaxed) - before
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -249,6 +249,34 @@ impl Callwire {
         (status, body)
     }
 
+    /// One series from a `/metrics` scrape, such as `callwire_clients{dialect="blackhole"}`.
+    pub fn metric(&self, series: &str) -> u64 {
+        let (_, body) = self.http("GET", "/metrics", &[]);
+        body.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{body}"))
+    }
+
+    /// Waits up to `within` for the first client closed as too slow.
+    pub fn wait_stall_close(&self, within: Duration) {
+        wait_for("a client to be closed as too slow", within, || {
+            self.metric("callwire_limit_hits_total{limit=\"stall_timeout\"}") == 1
+        });
+    }
+
+    /// After a client was closed as too slow: no frame was dropped for a full queue (a
+    /// reader lost nothing), and the closed client's connection ends, leaving `clients`
+    /// Blackhole clients.
+    pub fn assert_stall_settled(&self, clients: u64) {
+        let full = "callwire_events_dropped_total{reason=\"queue_full\"}";
+        assert_eq!(self.metric(full), 0, "{full}");
+        wait_for(
+            "the closed client's connection to end",
+            Duration::from_secs(5),
+            || self.metric("callwire_clients{dialect=\"blackhole\"}") == clients,
+        );
+    }
+
     pub fn healthz(&self) -> (u16, Value) {
         let (status, body) = self.http("GET", "/healthz", &[]);
         (status, serde_json::from_str(&body).unwrap_or(Value::Null))
@@ -402,6 +430,8 @@ impl Subscriber {
 pub struct PrivateMosquitto {
     child: Option<Child>,
     pub port: u16,
+    /// Its configuration file, when it has settings beyond the port.
+    config: Option<TempFile>,
 }
 
 impl PrivateMosquitto {
@@ -409,6 +439,20 @@ impl PrivateMosquitto {
         let mut broker = PrivateMosquitto {
             child: None,
             port: free_port(),
+            config: None,
+        };
+        broker.restart();
+        broker
+    }
+
+    /// Starts one with `settings` (mosquitto.conf lines) beside a loopback listener.
+    pub fn start_with(settings: &str) -> PrivateMosquitto {
+        let port = free_port();
+        let text = format!("listener {port} 127.0.0.1\nallow_anonymous true\n{settings}\n");
+        let mut broker = PrivateMosquitto {
+            child: None,
+            port,
+            config: Some(TempFile::new("mosquitto-conf-", &text)),
         };
         broker.restart();
         broker
@@ -416,8 +460,13 @@ impl PrivateMosquitto {
 
     /// Starts it (again) on the same port and waits until it accepts connections.
     pub fn restart(&mut self) {
+        let port = self.port.to_string();
+        let args = match &self.config {
+            Some(config) => ["-c", config.path()],
+            None => ["-p", port.as_str()],
+        };
         let child = Command::new("mosquitto")
-            .args(["-p", &self.port.to_string()])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
