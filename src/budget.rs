@@ -52,7 +52,7 @@ pub enum Part {
     WsRead,
     /// Each client's frame being written, in tungstenite's write buffer (`ws`).
     WsWrite,
-    /// Frames queued to clients (`hub`).
+    /// Frames queued to clients: `--queue-bytes-total` (`hub`).
     Queues,
     /// The live calls (`live`).
     LiveCalls,
@@ -114,7 +114,8 @@ impl Budget {
                 // tungstenite writes out once it holds `WRITE_BUFFER`, so it holds that and
                 // one frame at most.
                 Part::WsWrite => clients * (WRITE_BUFFER + frame),
-                Part::Queues => clients * limits.queue_depth * frame,
+                // Distinct frames, however many queues share them (`hub::Charge`).
+                Part::Queues => limits.queue_bytes_total,
                 Part::LiveCalls => LiveState::bound(limits.max_calls, limits.events_per_call),
                 Part::Requests => {
                     MAX_PENDING * pending_connection() + PARSED_PER_BYTE * limits.max_request_size
@@ -191,7 +192,7 @@ mod tests {
         for part in Part::ALL {
             let per_client = matches!(
                 part,
-                Part::Clients | Part::Bindings | Part::WsRead | Part::WsWrite | Part::Queues
+                Part::Clients | Part::Bindings | Part::WsRead | Part::WsWrite
             );
             match per_client {
                 true => assert_eq!(ten.part(part), 10 * one.part(part), "{part:?}"),

@@ -91,13 +91,17 @@ impl Spare {
 }
 
 /// Answers a connection at once, without reading its request, and closes it. What the client
-/// sent is read and dropped first: closing a socket with unread data would reset it, and the
-/// answer could be lost.
-pub fn refuse(stream: TcpStream, answer: &[u8]) {
+/// has sent is read and dropped first (a request head's worth at most, never waiting):
+/// closing a socket with unread data would reset it, and the answer could be lost.
+fn refuse(stream: TcpStream, answer: &[u8]) {
     let mut stream = stream;
     let _ = stream.set_nonblocking(true);
     let _ = stream.write(answer);
     let _ = stream.shutdown(Shutdown::Write);
     let mut sink = [0u8; 512];
-    while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+    for _ in 0..16 {
+        if !matches!(stream.read(&mut sink), Ok(n) if n > 0) {
+            break;
+        }
+    }
 }

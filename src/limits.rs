@@ -16,6 +16,12 @@ pub struct Limits {
     pub max_filters: usize,
     /// Frames queued for one client; from half of it the client holds the source.
     pub queue_depth: usize,
+    /// Bytes queued for one client (always at least one frame); from half of it the client
+    /// holds the source.
+    pub queue_bytes: usize,
+    /// Bytes of the distinct frames queued to all clients; past it no frame is queued, and
+    /// from half of it the source waits.
+    pub queue_bytes_total: usize,
     /// How long a frame may wait for its client before the client is closed as too slow.
     pub stall_timeout: Duration,
     /// Live calls kept; past it the oldest is dropped.

@@ -75,7 +75,8 @@ pub enum Limit {
     Filters,
     /// `--ping-interval`: an idle socket stopped answering pings.
     IdleTimeout,
-    /// `server::MAX_PENDING` connections were being answered: a new one was answered 503.
+    /// `server::MAX_PENDING` connections were being answered: accepting paused until one was
+    /// done.
     Connections,
     /// No file descriptor was left for a new connection: it was answered 503 (`fds::Spare`).
     OpenFiles,

@@ -6,11 +6,11 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::net::{IpAddr, TcpListener, TcpStream};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use async_tungstenite::WebSocketStream;
@@ -25,7 +25,7 @@ use crate::dialect::blackhole::{BlackholeSession, Subscriptions};
 use crate::dialect::cable::{self, CableSession};
 use crate::dialect::isymphony::{Filters, ISymphonySession};
 use crate::dialect::{Dialect, Session};
-use crate::fds::{self, Spare};
+use crate::fds::Spare;
 use crate::http::{self, HeadError, Request, Response};
 use crate::hub::{Full, Interest};
 use crate::logging::RateLimit;
@@ -36,9 +36,10 @@ use crate::seats::NoSeat;
 use crate::ws::{self, Connection};
 
 /// Connections being answered at once: reading a request head, writing a plain HTTP answer,
-/// or upgrading (a websocket then holds a hub slot instead). Past it, a new connection is
-/// answered 503 at once, without reading its request: each may hold a request head and a
-/// piece of an answer (the budget's `requests` part).
+/// or upgrading (a websocket then holds a hub slot instead). Each may hold a request head and
+/// a piece of an answer (the budget's `requests` part). At the bound, accepting pauses until
+/// one is done: the next connections wait in the kernel's listen queue, which costs callwire
+/// nothing, and a burst of reconnecting clients is served in turn rather than refused.
 pub const MAX_PENDING: usize = 128;
 
 /// How long a plain HTTP answer may take to be written: a client that does not read it is
@@ -85,44 +86,58 @@ impl Drop for IpSlot {
     }
 }
 
-/// A connection's place among the `MAX_PENDING` being answered, given back when its handler
-/// ends.
-struct PendingSlot(Rc<Cell<usize>>);
+/// The connections being answered, and the accept loop while it waits for one to be done.
+#[derive(Default)]
+struct Pending {
+    count: Cell<usize>,
+    accepting: RefCell<Option<Waker>>,
+}
 
-impl PendingSlot {
-    fn enter(pending: &Rc<Cell<usize>>) -> Option<PendingSlot> {
-        if pending.get() >= MAX_PENDING {
-            return None;
-        }
-        pending.set(pending.get() + 1);
-        Some(PendingSlot(pending.clone()))
+impl Pending {
+    /// Waits for a place among the `MAX_PENDING`, and takes it.
+    async fn enter(self: &Rc<Pending>) -> PendingSlot {
+        poll_fn(|cx| {
+            if self.count.get() < MAX_PENDING {
+                return Poll::Ready(());
+            }
+            *self.accepting.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+        self.count.set(self.count.get() + 1);
+        PendingSlot(self.clone())
     }
 }
 
+/// A connection's place among the `MAX_PENDING` being answered, given back when its handler
+/// ends.
+struct PendingSlot(Rc<Pending>);
+
 impl Drop for PendingSlot {
     fn drop(&mut self) {
-        self.0.set(self.0.get() - 1);
+        let pending = &self.0;
+        pending.count.set(pending.count.get() - 1);
+        if let Some(accepting) = pending.accepting.borrow_mut().take() {
+            accepting.wake();
+        }
     }
 }
 
 /// Accepts connections forever, each handled on its own task.
 pub async fn run(listener: Async<TcpListener>, app: Rc<App>, executor: Rc<LocalExecutor<'static>>) {
     let per_ip = Rc::new(PerIp::default());
-    let pending = Rc::new(Cell::new(0));
+    let pending = Rc::new(Pending::default());
     let max_per_ip = app.hub.limits().max_per_ip;
     let busy = Response::error(503, "too many connections; try again later").bytes();
     let mut spare = Spare::open();
     let accept_log = RateLimit::new(ACCEPT_LOG_EVERY);
     loop {
+        if pending.count.get() >= MAX_PENDING {
+            app.metrics.limit_hits(Limit::Connections).inc();
+        }
+        let answering = pending.enter().await;
         match listener.accept().await {
             Ok((mut stream, peer)) => {
-                let Some(answering) = PendingSlot::enter(&pending) else {
-                    app.metrics.limit_hits(Limit::Connections).inc();
-                    if let Ok(stream) = stream.into_inner() {
-                        fds::refuse(stream, &busy);
-                    }
-                    continue;
-                };
                 let _ = stream.get_ref().set_nodelay(true);
                 match per_ip.enter(peer.ip(), max_per_ip) {
                     Some(slot) => {

@@ -95,7 +95,7 @@ fn the_budget_is_one_line_at_start_up_and_a_gauge_per_part() {
     }
     // Per-client parts are ten times larger with ten times the clients; the rest is not.
     for part in PARTS {
-        let per_client = ["clients", "bindings", "ws_read", "ws_write", "queues"].contains(&part);
+        let per_client = ["clients", "bindings", "ws_read", "ws_write"].contains(&part);
         let factor = if per_client { 10 } else { 1 };
         assert_eq!(gauges[1][part], factor * gauges[0][part], "{part}");
     }

@@ -27,6 +27,8 @@ pub const LIMITS: Limits = Limits {
     max_bindings: 4,
     max_filters: 4,
     queue_depth: 64,
+    queue_bytes: 1024 * 1024,
+    queue_bytes_total: 16 * 1024 * 1024,
     stall_timeout: Duration::from_secs(5),
     max_calls: 3,
     events_per_call: 2,
