@@ -520,6 +520,11 @@ fn attack_a_100_mb_amqp_message() {
         status_bytes(pid, "VmHWM") / 1024
     );
     let after = settled_rss(&callwire);
+    eprintln!(
+        "100 MB AMQP message: VmRSS after {} KiB (steady {} KiB)",
+        after / 1024,
+        watch.steady / 1024
+    );
     assert!(after * 5 <= watch.steady * 6, "{after} vs {}", watch.steady);
 }
 
