@@ -384,8 +384,7 @@ async fn upgrade(
     let app = app.clone();
     match dialect {
         Dialect::Blackhole => {
-            let kept = app.interest.share();
-            let session = BlackholeSession::new(client.clone(), app.auth.clone(), kept);
+            let session = BlackholeSession::new(client.clone(), app.auth.clone());
             spawn_connection(
                 executor,
                 Connection::new(ws, client, session, app, seat),

@@ -29,7 +29,7 @@ fn subscribed(count: usize) -> (Hub, Vec<Rc<Client>>) {
         .map(|_| {
             let interest = Interest::Blackhole(Subscriptions::new(1, pool.share()));
             let client = hub.register(Dialect::Blackhole, None, interest).unwrap();
-            let mut session = BlackholeSession::new(client.clone(), auth.clone(), pool.share());
+            let mut session = BlackholeSession::new(client.clone(), auth.clone());
             let mut replies = Vec::new();
             session.on_text(
                 r#"{"action":"subscribe","data":{"binding":"call.#"}}"#,

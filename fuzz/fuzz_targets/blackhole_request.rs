@@ -212,7 +212,7 @@ fuzz_target!(|data: &[u8]| {
         .hub
         .register(Dialect::Blackhole, None, interest)
         .expect("a free slot");
-    let mut session = BlackholeSession::new(client.clone(), app.auth.clone(), app.interest.share());
+    let mut session = BlackholeSession::new(client.clone(), app.auth.clone());
     let mut model = Model {
         required: script.auth,
         account: None,

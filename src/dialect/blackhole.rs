@@ -32,7 +32,10 @@ struct Subscription {
 pub struct Subscriptions {
     items: Vec<Subscription>,
     limit: usize,
+    /// The room of the bindings and of the socket's name and metadata, in the pool.
     held: Held,
+    /// Bytes of the socket's name and metadata (kept by its session, held here).
+    named: usize,
 }
 
 /// What one binding holds: it is stored inline (the binding's text and ends, the account).
@@ -47,7 +50,18 @@ impl Subscriptions {
             items: Vec::new(),
             limit,
             held,
+            named: 0,
         }
+    }
+
+    /// Holds room for `items` bindings and `named` bytes of name and metadata; `false`,
+    /// changing nothing, when that would take the pool past its bound.
+    fn hold(&mut self, items: usize, named: usize) -> bool {
+        if !self.held.resize(items * SUBSCRIPTION_BYTES + named) {
+            return false;
+        }
+        self.named = named;
+        true
     }
 
     /// The frame for this socket, if one of its bindings matches an event its account may
@@ -164,22 +178,20 @@ pub struct BlackholeSession {
     /// Set by the first request with a valid token (or at once without `--auth`).
     credential: Option<Rc<Credential>>,
     /// The socket's friendly name and metadata, kept as JSON text (a parsed `Value` may take
-    /// many times its text), their room held in the pool the socket's bindings share.
+    /// many times its text), their room held with the socket's bindings (`Subscriptions`).
     name: Option<Box<str>>,
     metadata: Option<Box<str>>,
-    kept: Held,
     ids: Rng,
 }
 
 impl BlackholeSession {
-    pub fn new(client: Rc<Client>, auth: Rc<Auth>, kept: Held) -> BlackholeSession {
+    pub fn new(client: Rc<Client>, auth: Rc<Auth>) -> BlackholeSession {
         BlackholeSession {
             client,
             auth,
             credential: None,
             name: None,
             metadata: None,
-            kept,
             ids: Rng::from_clock(),
         }
     }
@@ -215,7 +227,11 @@ impl BlackholeSession {
                     .map_or(0, |text| text.len())
             };
             let bytes = length(&name, &self.name) + length(&metadata, &self.metadata);
-            if !self.kept.resize(bytes) {
+            let mut interest = self.client.interest.borrow_mut();
+            let Interest::Blackhole(subscriptions) = &mut *interest else {
+                return Err("not a Blackhole socket".to_owned());
+            };
+            if !subscriptions.hold(subscriptions.items.capacity(), bytes) {
                 self.client.metrics.limit_hits(Limit::Bindings).inc();
                 return Err(NO_ROOM.to_owned());
             }
@@ -281,7 +297,7 @@ impl BlackholeSession {
                 return Err(format!("too many bindings (limit {})", subscriptions.limit));
             }
             let room = room.max(subscriptions.items.capacity());
-            if !subscriptions.held.resize(room * SUBSCRIPTION_BYTES) {
+            if !subscriptions.hold(room, subscriptions.named) {
                 self.client.metrics.limit_hits(Limit::Bindings).inc();
                 return Err(NO_ROOM.to_owned());
             }
@@ -303,8 +319,7 @@ impl BlackholeSession {
             }
         }
         subscriptions.items.shrink_to_fit();
-        let room = subscriptions.items.capacity() * SUBSCRIPTION_BYTES;
-        subscriptions.held.resize(room);
+        subscriptions.hold(subscriptions.items.capacity(), subscriptions.named);
         Ok(json!({ "unsubscribed": unsubscribed, "subscribed": subscriptions.listing() }))
     }
 }
@@ -398,7 +413,7 @@ mod tests {
         let pool = crate::limits::BytePool::new(usize::MAX);
         let interest = Interest::Blackhole(Subscriptions::new(1, pool.share()));
         let client = hub.register(Dialect::Blackhole, None, interest).unwrap();
-        let mut session = BlackholeSession::new(client, Rc::new(Auth::open()), pool.share());
+        let mut session = BlackholeSession::new(client, Rc::new(Auth::open()));
         for id in [
             "1.3077777777777777e+33",
             "1307777777777777777777777777777777",
@@ -435,8 +450,7 @@ mod tests {
         let socket = || {
             let interest = Interest::Blackhole(Subscriptions::new(32, pool.share()));
             let client = hub.register(Dialect::Blackhole, None, interest).unwrap();
-            let session =
-                BlackholeSession::new(client.clone(), Rc::new(Auth::open()), pool.share());
+            let session = BlackholeSession::new(client.clone(), Rc::new(Auth::open()));
             (client, session)
         };
         let ((first, mut one), (second, mut two)) = (socket(), socket());
