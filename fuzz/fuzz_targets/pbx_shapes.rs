@@ -168,7 +168,9 @@ impl Model {
     ) -> Vec<(ChangeKind, String, String, u64, Option<String>)> {
         // Ids and accounts are kept cut to their longest.
         let id = cut(id, MAX_ID_LEN);
-        let account = &account.as_deref().map(|account| cut(account, MAX_ID_LEN).to_owned());
+        let account = &account
+            .as_deref()
+            .map(|account| cut(account, MAX_ID_LEN).to_owned());
         // The newest live call of that id whose account is the event's, or unknown, or any
         // when the event names none: one call id may be two accounts' calls.
         let own = |c: &Call| {
