@@ -13,6 +13,7 @@ use crate::dialect::cable::SavedSessions;
 use crate::event::Event;
 use crate::history::History;
 use crate::hub::Hub;
+use crate::limits::BytePool;
 use crate::live::LiveState;
 use crate::metrics::Metrics;
 use crate::origins::Origins;
@@ -36,6 +37,8 @@ pub struct App {
     pub origins: Origins,
     /// `--max-clients` and `--max-unauthenticated`, held by each websocket.
     pub seats: Seats,
+    /// The room every socket's bindings, filters and subscriptions share.
+    pub interest: Rc<BytePool>,
 }
 
 impl App {

@@ -99,6 +99,16 @@ pub struct Args {
     #[argh(option, default = "64")]
     pub queue_depth: usize,
 
+    /// bytes queued per client (at least one frame); from half of it the broker waits for the
+    /// client (default 1048576)
+    #[argh(option, default = "1024 * 1024")]
+    pub queue_bytes: usize,
+
+    /// bytes queued to all clients, a frame shared by many counted once; past it frames are
+    /// dropped and counted, from half of it the broker waits (default 16777216)
+    #[argh(option, default = "16 * 1024 * 1024")]
+    pub queue_bytes_total: usize,
+
     /// seconds a frame may wait for a client before it is closed as too slow (default 5)
     #[argh(option, default = "5")]
     pub stall_timeout: u64,
@@ -118,6 +128,11 @@ pub struct Args {
     /// largest message accepted from a client or the broker, in bytes (default 65536)
     #[argh(option, default = "65536")]
     pub max_message_size: usize,
+
+    /// largest message accepted from a websocket client, in bytes; never above
+    /// --max-message-size (default 8192)
+    #[argh(option, default = "8192")]
+    pub max_request_size: usize,
 
     /// seconds of silence before an idle socket is pinged, and again before it is closed (default 30)
     #[argh(option, default = "30")]
@@ -267,11 +282,15 @@ impl Args {
             max_bindings: positive("--max-bindings", self.max_bindings)?,
             max_filters: positive("--max-filters", self.max_filters)?,
             queue_depth: positive("--queue-depth", self.queue_depth)?,
+            queue_bytes: positive("--queue-bytes", self.queue_bytes)?,
+            queue_bytes_total: positive("--queue-bytes-total", self.queue_bytes_total)?,
             stall_timeout: Duration::from_secs(positive(
                 "--stall-timeout",
                 self.stall_timeout as usize,
             )? as u64),
             max_message_size: positive("--max-message-size", self.max_message_size)?,
+            max_request_size: positive("--max-request-size", self.max_request_size)?
+                .min(self.max_message_size),
             max_calls: positive("--max-calls", self.max_calls)?,
             events_per_call: self.events_per_call,
             ping_interval: Duration::from_secs(positive(

@@ -5,6 +5,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use serde_json::json;
 
 use crate::app::App;
+use crate::budget::{Budget, Part};
 use crate::clock;
 use crate::dialect::Dialect;
 use crate::metrics::{DropReason, Forbidden, Limit};
@@ -164,13 +165,30 @@ pub async fn read_head<S: futures_lite::AsyncRead + Unpin>(
     }
 }
 
-/// A whole response, written at once; the connection closes after it.
+/// A response; the connection closes after it. Its body is `body`, followed by `pieces` when
+/// it is a listing written in bounded pieces (then its length is told by the close).
 #[derive(Debug)]
 pub struct Response {
     pub status: u16,
     pub content_type: &'static str,
     pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
+    pub pieces: Option<Pieces>,
+}
+
+/// A body made piece by piece from the application's state as the socket takes it, so that
+/// a response holds one piece at a time however long it is, and a client that does not read
+/// holds no more than that and its socket's buffer. Each call appends the next piece to the
+/// buffer and returns whether it was the last.
+pub struct Pieces(pub Box<NextPiece>);
+
+/// Appends the next piece to the buffer; whether it was the last.
+pub type NextPiece = dyn FnMut(&App, &mut Vec<u8>) -> bool;
+
+impl std::fmt::Debug for Pieces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pieces")
+    }
 }
 
 impl Response {
@@ -182,6 +200,48 @@ impl Response {
             headers: Vec::new(),
             // Serialising plain data into memory cannot fail.
             body: serde_json::to_vec(body).unwrap_or_default(),
+            pieces: None,
+        }
+    }
+
+    /// A 200 whose body is written in pieces.
+    pub fn pieces(content_type: &'static str, pieces: Pieces) -> Response {
+        Response {
+            status: 200,
+            content_type,
+            headers: Vec::new(),
+            body: Vec::new(),
+            pieces: Some(pieces),
+        }
+    }
+
+    /// Makes every piece now and appends it to `body` (for tests and the fuzz targets, which
+    /// look at a whole body).
+    pub fn collect(&mut self, app: &App) {
+        if let Some(Pieces(mut next)) = self.pieces.take() {
+            while !next(app, &mut self.body) {}
+        }
+    }
+
+    /// Writes the response, its pieces made one at a time as the socket takes them: the state
+    /// is borrowed while a piece is made, never across a write.
+    pub async fn send<S: futures_lite::AsyncWrite + Unpin>(
+        mut self,
+        stream: &mut S,
+        app: &App,
+    ) -> std::io::Result<()> {
+        let Some(Pieces(mut next)) = self.pieces.take() else {
+            return self.write_to(stream).await;
+        };
+        stream.write_all(self.head(None).as_bytes()).await?;
+        let mut piece = Vec::with_capacity(crate::listing::PIECE_CAPACITY);
+        loop {
+            piece.clear();
+            let last = next(app, &mut piece);
+            stream.write_all(&piece).await?;
+            if last {
+                return stream.flush().await;
+            }
         }
     }
 
@@ -201,13 +261,29 @@ impl Response {
         &self,
         stream: &mut S,
     ) -> std::io::Result<()> {
+        stream.write_all(&self.bytes()).await?;
+        stream.flush().await
+    }
+
+    /// The whole response, head and body, as it goes on the wire.
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut bytes = self.head(Some(self.body.len())).into_bytes();
+        bytes.extend_from_slice(&self.body);
+        bytes
+    }
+
+    /// The status line and headers; without a length, the close ends the body.
+    fn head(&self, length: Option<usize>) -> String {
         let mut head = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\n",
             self.status,
             reason(self.status),
             self.content_type,
-            self.body.len()
         );
+        if let Some(length) = length {
+            head.push_str(&format!("Content-Length: {length}\r\n"));
+        }
+        head.push_str("Connection: close\r\n");
         for (name, value) in &self.headers {
             head.push_str(name);
             head.push_str(": ");
@@ -215,9 +291,7 @@ impl Response {
             head.push_str("\r\n");
         }
         head.push_str("\r\n");
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(&self.body).await?;
-        stream.flush().await
+        head
     }
 }
 
@@ -357,6 +431,21 @@ pub fn metrics(app: &App) -> Response {
         "Events the history holds for clients that resume.",
         &[(String::new(), history.len() as u64)],
     );
+    let budget = Budget::new(hub.limits());
+    let parts: Vec<(String, u64)> = Part::ALL
+        .iter()
+        .map(|&part| {
+            let labels = format!("{{part=\"{}\"}}", part.as_str());
+            (labels, budget.part(part) as u64)
+        })
+        .chain([("{part=\"total\"}".to_owned(), budget.total() as u64)])
+        .collect();
+    family(
+        "callwire_memory_budget_bytes",
+        "gauge",
+        "The most memory each store may hold with the limits in force, and their total.",
+        &parts,
+    );
     family(
         "callwire_process_resident_memory_bytes",
         "gauge",
@@ -368,6 +457,7 @@ pub fn metrics(app: &App) -> Response {
         content_type: "text/plain; version=0.0.4; charset=utf-8",
         headers: Vec::new(),
         body: out.into_bytes(),
+        pieces: None,
     }
 }
 

@@ -12,6 +12,12 @@
 //!   reads never loses a frame to it. The other half is room for an event that gives one
 //!   client several frames; a frame that finds the queue full all the same is dropped for that
 //!   client and counted (`dropped{reason="queue_full"}`).
+//! - **Bytes.** A queue is bounded in bytes too (`--queue-bytes`: from half of it the client
+//!   holds the source, past it a frame is dropped for it; a queue always takes one frame), and
+//!   so are the queues together: each distinct frame is charged once (`Charge`, shared by every
+//!   queue that holds it) to a total that holds the source from half of `--queue-bytes-total`
+//!   and past which a frame is dropped for every client it was for. The budget's `queues` part
+//!   is that total. What an event rendered and no queue took is let go when its fan-out ends.
 //! - **Stalls.** A client whose oldest queued frame has waited `--stall-timeout` (its socket
 //!   took nothing that long, or it reads so slowly that it is that far behind) is closed as too
 //!   slow ([`Hub::watch_stalls`]): its queue is released at once and counted
@@ -25,7 +31,7 @@
 //! last one, and with a trickle nothing waits.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -129,8 +135,10 @@ pub enum Outgoing {
 
 #[derive(Debug)]
 struct Outbox {
-    /// Each frame with the time it was queued.
-    frames: VecDeque<(Frame, Instant)>,
+    /// Each frame with the time it was queued, and its share of the hub's byte total.
+    frames: VecDeque<(Frame, Instant, Rc<Charge>)>,
+    /// Bytes of the frames queued, for `--queue-bytes`.
+    bytes: usize,
     /// Whether this queue holds the source (it is counted in `Backpressure::holding`).
     holds: bool,
     close: Option<CloseReason>,
@@ -145,6 +153,11 @@ impl Outbox {
         }
     }
 
+    /// Notes whether this queue holds the source now, by its frames and bytes.
+    fn update_hold(&mut self, backpressure: &Backpressure) {
+        backpressure.update(&mut self.holds, self.frames.len(), self.bytes);
+    }
+
     /// Wakes the connection, if it waits.
     fn wake(&mut self) {
         if let Some(waker) = self.waker.take() {
@@ -153,21 +166,29 @@ impl Outbox {
     }
 }
 
-/// Which clients hold the source, shared by the hub and every client.
+/// Which clients hold the source, and the bytes queued to all of them, shared by the hub and
+/// every client.
 #[derive(Debug)]
 struct Backpressure {
     /// Frames at which a queue holds the source: half of `--queue-depth`, at least one.
     mark: usize,
-    /// Open clients whose queue is at the mark or above.
+    /// Bytes at which a queue holds the source: half of `--queue-bytes`.
+    bytes_mark: usize,
+    /// Open clients whose queue is at a mark or above.
     holding: Cell<usize>,
+    /// Bytes of the distinct frames queued to any client: a frame shared by a thousand
+    /// queues is counted once, as it is held once.
+    queued: Cell<usize>,
+    /// At `--queue-bytes-total` no new frame is queued; from half of it the source is held.
+    queued_max: usize,
     /// The source, while it waits for room.
     source: RefCell<Option<Waker>>,
 }
 
 impl Backpressure {
-    /// Notes whether a queue of `len` frames holds the source now.
-    fn update(&self, holds: &mut bool, len: usize) {
-        let now = len >= self.mark;
+    /// Notes whether a queue of `len` frames and `bytes` bytes holds the source now.
+    fn update(&self, holds: &mut bool, len: usize, bytes: usize) {
+        let now = len >= self.mark || bytes >= self.bytes_mark;
         if now == *holds {
             return;
         }
@@ -179,15 +200,41 @@ impl Backpressure {
         }
     }
 
-    /// One queue no longer holds the source; the source goes on once none does.
+    /// One queue no longer holds the source.
     fn release(&self) {
-        let holding = self.holding.get() - 1;
-        self.holding.set(holding);
-        if holding == 0 {
+        self.holding.set(self.holding.get() - 1);
+        self.wake_source();
+    }
+
+    /// Whether the source may place the next event: no queue holds it, and the queues hold
+    /// less than half of `--queue-bytes-total`.
+    fn has_room(&self) -> bool {
+        self.holding.get() == 0 && 2 * self.queued.get() < self.queued_max
+    }
+
+    /// Lets the source go on, if it waits and may.
+    fn wake_source(&self) {
+        if self.has_room() {
             if let Some(source) = self.source.borrow_mut().take() {
                 source.wake();
             }
         }
+    }
+}
+
+/// One distinct frame's bytes, counted in `Backpressure::queued` while any queue (or the event
+/// being fanned out) holds it.
+#[derive(Debug)]
+struct Charge {
+    bytes: usize,
+    backpressure: Rc<Backpressure>,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        let queued = &self.backpressure.queued;
+        queued.set(queued.get() - self.bytes);
+        self.backpressure.wake_source();
     }
 }
 
@@ -235,9 +282,9 @@ impl Client {
     /// Takes the oldest queued frame: the client's progress, which may let the source go on.
     pub fn pop(&self) -> Option<Frame> {
         let mut outbox = self.outbox.borrow_mut();
-        let (frame, _) = outbox.frames.pop_front()?;
-        let Outbox { frames, holds, .. } = &mut *outbox;
-        self.backpressure.update(holds, frames.len());
+        let (frame, _, _) = outbox.frames.pop_front()?;
+        outbox.bytes -= frame.len();
+        outbox.update_hold(&self.backpressure);
         Some(frame)
     }
 
@@ -247,7 +294,7 @@ impl Client {
         let outbox = self.outbox.borrow();
         match outbox.close {
             Some(_) => None,
-            None => outbox.frames.front().map(|&(_, at)| at),
+            None => outbox.frames.front().map(|(_, at, _)| *at),
         }
     }
 
@@ -267,12 +314,14 @@ impl Client {
             let missed = outbox.frames.len() as u64;
             self.metrics.dropped(DropReason::SlowClient).add(missed);
             outbox.frames = VecDeque::new();
+            outbox.bytes = 0;
         }
         outbox.wake();
     }
 
-    /// Queues a frame under the hub's policy; returns false when it was dropped.
-    fn push(&self, frame: Frame, now: Instant, hub: &Hub) -> bool {
+    /// Queues a frame under the hub's policy; returns false when it was dropped. A queue takes
+    /// at most `--queue-depth` frames and `--queue-bytes` bytes, but always one frame.
+    fn push(&self, frame: Frame, charge: Rc<Charge>, now: Instant, hub: &Hub) -> bool {
         let mut outbox = self.outbox.borrow_mut();
         if outbox.close == Some(CloseReason::TooSlow) {
             self.metrics.dropped(DropReason::SlowClient).inc();
@@ -281,7 +330,10 @@ impl Client {
         if outbox.close.is_some() {
             return false;
         }
-        if outbox.frames.len() >= hub.limits.queue_depth {
+        let over_bytes = outbox.bytes + frame.len() > hub.limits.queue_bytes;
+        if outbox.frames.len() >= hub.limits.queue_depth
+            || (over_bytes && !outbox.frames.is_empty())
+        {
             self.metrics.dropped(DropReason::QueueFull).inc();
             hub.drops_log.queue_full.report(|held| {
                 warn!(
@@ -291,9 +343,9 @@ impl Client {
             });
             return false;
         }
-        outbox.frames.push_back((frame, now));
-        let Outbox { frames, holds, .. } = &mut *outbox;
-        self.backpressure.update(holds, frames.len());
+        outbox.bytes += frame.len();
+        outbox.frames.push_back((frame, now, charge));
+        outbox.update_hold(&self.backpressure);
         // A connection with frames already queued has been woken for them and takes this one
         // in the same write.
         if outbox.frames.len() == 1 {
@@ -313,6 +365,9 @@ pub struct Hub {
     /// Frames one client gets for the event being fanned out; reused, so it never allocates
     /// once warm.
     routed: RefCell<Vec<Frame>>,
+    /// The charge of each distinct frame of the event being fanned out, by its bytes' address
+    /// and length; cleared per event, its storage kept.
+    charges: RefCell<HashMap<(usize, usize), Rc<Charge>>>,
     backpressure: Rc<Backpressure>,
     drops_log: DropsLog,
     limits: Limits,
@@ -332,9 +387,13 @@ impl Hub {
             connected: Cell::new(0),
             renders: RefCell::new(Renders::default()),
             routed: RefCell::new(Vec::new()),
+            charges: RefCell::new(HashMap::new()),
             backpressure: Rc::new(Backpressure {
                 mark: limits.queue_depth.div_ceil(2),
+                bytes_mark: limits.queue_bytes.div_ceil(2),
                 holding: Cell::new(0),
+                queued: Cell::new(0),
+                queued_max: limits.queue_bytes_total,
                 source: RefCell::new(None),
             }),
             drops_log: DropsLog::default(),
@@ -387,6 +446,7 @@ impl Hub {
             backpressure: self.backpressure.clone(),
             outbox: RefCell::new(Outbox {
                 frames: VecDeque::new(),
+                bytes: 0,
                 holds: false,
                 close: None,
                 waker: None,
@@ -409,9 +469,10 @@ impl Hub {
         }
     }
 
-    /// Whether the source may place the next event now: no client's queue holds it.
+    /// Whether the source may place the next event now: no client's queue holds it, and the
+    /// queues hold less than half of `--queue-bytes-total`.
     pub fn has_room(&self) -> bool {
-        self.backpressure.holding.get() == 0
+        self.backpressure.has_room()
     }
 
     /// Waits until the source may place the next event (see [`Hub::has_room`]).
@@ -444,6 +505,7 @@ impl Hub {
                 .route(event, &key, &mut renders, &mut routed);
             self.deliver(client, &mut routed, now);
         }
+        self.done(&mut renders);
     }
 
     /// Fans one change of a live call out to every client that wants it.
@@ -460,15 +522,30 @@ impl Hub {
                 .route_change(change, &mut renders, &mut routed);
             self.deliver(client, &mut routed, now);
         }
+        self.done(&mut renders);
+    }
+
+    /// Lets go of what the event's fan-out rendered: a frame no queue took is freed now, not
+    /// at the next event (after a burst, the last event's frames would stay resident).
+    fn done(&self, renders: &mut Renders) {
+        renders.clear();
+        self.charges.borrow_mut().clear();
     }
 
     /// Queues one shared frame to every client of a dialect (ActionCable's pings).
     pub fn broadcast(&self, dialect: Dialect, frame: &Frame) {
         let now = Instant::now();
         let slots = self.slots.borrow();
+        let charge = self.charge(frame);
         for client in slots.iter().flatten().filter(|c| c.dialect == dialect) {
-            client.push(frame.clone(), now, self);
+            match &charge {
+                Some(charge) => {
+                    client.push(frame.clone(), charge.clone(), now, self);
+                }
+                None => self.metrics.dropped(DropReason::QueueFull).inc(),
+            }
         }
+        self.charges.borrow_mut().clear();
     }
 
     /// Closes every client whose oldest queued frame has waited `--stall-timeout`, at the
@@ -536,10 +613,41 @@ impl Hub {
     /// Queues the frames routed to one client, counting each delivery.
     fn deliver(&self, client: &Client, routed: &mut Vec<Frame>, now: Instant) {
         for frame in routed.drain(..) {
-            if client.push(frame, now, self) {
+            let Some(charge) = self.charge(&frame) else {
+                self.metrics.dropped(DropReason::QueueFull).inc();
+                self.drops_log.queue_full.report(|held| {
+                    warn!(
+                        "dropped a frame for a {} client: the queues hold --queue-bytes-total{held}",
+                        client.dialect.as_str()
+                    )
+                });
+                continue;
+            };
+            if client.push(frame, charge, now, self) {
                 self.metrics.deliveries(client.dialect).inc();
             }
         }
+    }
+
+    /// The frame's share of the bytes queued to all clients, counted once however many queues
+    /// take it; `None` when it would take them past `--queue-bytes-total`.
+    fn charge(&self, frame: &Frame) -> Option<Rc<Charge>> {
+        let key = (frame.as_str().as_ptr() as usize, frame.len());
+        let mut charges = self.charges.borrow_mut();
+        if let Some(charge) = charges.get(&key) {
+            return Some(charge.clone());
+        }
+        let queued = &self.backpressure.queued;
+        if queued.get() + frame.len() > self.backpressure.queued_max {
+            return None;
+        }
+        queued.set(queued.get() + frame.len());
+        let charge = Rc::new(Charge {
+            bytes: frame.len(),
+            backpressure: self.backpressure.clone(),
+        });
+        charges.insert(key, charge.clone());
+        Some(charge)
     }
 }
 
@@ -569,6 +677,7 @@ mod tests {
 
     use super::*;
     use crate::cli;
+    use crate::limits::BytePool;
 
     /// A waker that counts its wakes.
     struct Wakes(AtomicUsize);
@@ -595,7 +704,10 @@ mod tests {
 
     /// A Blackhole client whose connection waits for frames, and the count of its wakes.
     fn waiting_client(hub: &Hub) -> (Rc<Client>, Arc<Wakes>) {
-        let interest = Interest::Blackhole(blackhole::Subscriptions::new(1));
+        let interest = Interest::Blackhole(blackhole::Subscriptions::new(
+            1,
+            BytePool::new(usize::MAX).share(),
+        ));
         let client = hub.register(Dialect::Blackhole, None, interest).unwrap();
         let wakes = Wakes::new();
         let waker = Waker::from(wakes.clone());
@@ -653,6 +765,60 @@ mod tests {
         assert_eq!(hub.metrics.dropped(DropReason::QueueFull).get(), 1);
         let popped: Vec<Frame> = std::iter::from_fn(|| client.pop()).collect();
         assert_eq!(popped, ["a", "b"]);
+    }
+
+    #[test]
+    fn a_queue_is_bounded_in_bytes_too_but_always_takes_one_frame() {
+        let hub = hub(&["--queue-bytes", "10"]);
+        let (client, _) = waiting_client(&hub);
+        send(&hub, "aaaa");
+        assert!(hub.has_room(), "4 of 10 bytes");
+        send(&hub, "bbbb");
+        assert!(
+            !hub.has_room(),
+            "8 of 10 bytes: past half, the source waits"
+        );
+        send(&hub, "cccc");
+        assert_eq!(hub.metrics.dropped(DropReason::QueueFull).get(), 1);
+        while client.pop().is_some() {}
+        assert!(hub.has_room());
+        send(&hub, "a frame longer than the bound");
+        assert_eq!(
+            client.pop().as_deref(),
+            Some("a frame longer than the bound")
+        );
+    }
+
+    #[test]
+    fn the_bytes_queued_to_all_clients_count_a_shared_frame_once_and_are_bounded() {
+        let hub = hub(&["--queue-bytes-total", "20"]);
+        let clients: Vec<_> = (0..3).map(|_| waiting_client(&hub).0).collect();
+        send(&hub, "12345678");
+        assert_eq!(hub.backpressure.queued.get(), 8, "one frame, three queues");
+        assert!(hub.has_room(), "8 of 20 bytes");
+        send(&hub, "abcdefgh");
+        assert!(
+            !hub.has_room(),
+            "16 of 20 bytes: past half, the source waits"
+        );
+        send(&hub, "ABCDEFGH");
+        assert_eq!(
+            hub.metrics.dropped(DropReason::QueueFull).get(),
+            3,
+            "past the total, dropped for each client and counted"
+        );
+        for client in &clients[..2] {
+            while client.pop().is_some() {}
+        }
+        assert_eq!(
+            hub.backpressure.queued.get(),
+            16,
+            "still queued to the third"
+        );
+        hub.unregister(&clients[2]);
+        drop(clients);
+        assert_eq!(hub.backpressure.queued.get(), 0);
+        assert!(hub.has_room());
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The limits: every bound the server keeps, fixed at start-up from the command line. The
 //! preallocated structures are sized from these, and nothing grows past them.
 
+use std::cell::Cell;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// Every bound, fixed at start-up (`--max-clients`, `--max-bindings`, ...).
@@ -14,14 +16,23 @@ pub struct Limits {
     pub max_filters: usize,
     /// Frames queued for one client; from half of it the client holds the source.
     pub queue_depth: usize,
+    /// Bytes queued for one client (always at least one frame); from half of it the client
+    /// holds the source.
+    pub queue_bytes: usize,
+    /// Bytes of the distinct frames queued to all clients; past it no frame is queued, and
+    /// from half of it the source waits.
+    pub queue_bytes_total: usize,
     /// How long a frame may wait for its client before the client is closed as too slow.
     pub stall_timeout: Duration,
     /// Live calls kept; past it the oldest is dropped.
     pub max_calls: usize,
     /// Recent events kept per live call.
     pub events_per_call: usize,
-    /// Largest message from a client or from the broker, in bytes.
+    /// Largest message from the broker, in bytes (and so the largest event frame).
     pub max_message_size: usize,
+    /// Largest message from a websocket client, in bytes (never above `max_message_size`):
+    /// tungstenite holds up to two of them per socket while one arrives.
+    pub max_request_size: usize,
     /// Silence before an idle socket is pinged, and again before it is closed.
     pub ping_interval: Duration,
     /// Connections open at once from one IP address.
@@ -47,6 +58,74 @@ impl Limits {
     /// (the seats module keeps each kind within its bound).
     pub fn hub_slots(&self) -> usize {
         self.max_clients + self.max_unauthenticated
+    }
+}
+
+/// What every socket's bindings, filters and subscriptions may hold in all, on average per
+/// client: a bound for all of them together (`--max-bindings` is each socket's own), so that
+/// their part of the budget is not `--max-clients` times the largest socket's.
+pub const INTEREST_PER_CLIENT: usize = 8 * 1024;
+
+/// Bytes shared by the stores of one kind (every socket's bindings): each holds its share
+/// (`Held`) and gives it back when it shrinks or goes, so together they stay within `max`.
+#[derive(Debug)]
+pub struct BytePool {
+    used: Cell<usize>,
+    max: usize,
+}
+
+impl BytePool {
+    pub fn new(max: usize) -> Rc<BytePool> {
+        Rc::new(BytePool {
+            used: Cell::new(0),
+            max,
+        })
+    }
+
+    /// The pool every socket's interest draws from, with these limits.
+    pub fn for_interest(limits: &Limits) -> Rc<BytePool> {
+        BytePool::new(limits.max_clients * INTEREST_PER_CLIENT)
+    }
+
+    /// A share of nothing yet.
+    pub fn share(self: &Rc<BytePool>) -> Held {
+        Held {
+            pool: self.clone(),
+            bytes: 0,
+        }
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.used.get()
+    }
+}
+
+/// One store's share of a `BytePool`, given back when dropped.
+#[derive(Debug)]
+pub struct Held {
+    pool: Rc<BytePool>,
+    bytes: usize,
+}
+
+impl Held {
+    /// Makes the share `bytes`; `false`, changing nothing, when growing it would take the pool
+    /// past its bound.
+    pub fn resize(&mut self, bytes: usize) -> bool {
+        let pool = &self.pool;
+        let used = pool.used.get() - self.bytes + bytes;
+        if bytes > self.bytes && used > pool.max {
+            return false;
+        }
+        pool.used.set(used);
+        self.bytes = bytes;
+        true
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.resize(0);
     }
 }
 
@@ -87,6 +166,23 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shares_stay_within_the_pool_and_go_back_when_dropped() {
+        let pool = BytePool::new(100);
+        let mut a = pool.share();
+        let mut b = pool.share();
+        assert!(a.resize(60));
+        assert!(!b.resize(41), "past the bound");
+        assert!(b.resize(40));
+        assert!(a.resize(10), "shrinking always fits");
+        assert!(b.resize(90));
+        assert_eq!(pool.used(), 100);
+        drop(b);
+        assert_eq!(pool.used(), 10);
+        drop(a);
+        assert_eq!(pool.used(), 0);
+    }
 
     #[test]
     fn a_bucket_allows_its_burst_then_refuses_until_refilled() {

@@ -8,10 +8,12 @@ use std::time::Duration;
 use async_signal::{Signal, Signals};
 use callwire::app::{App, ToApp};
 use callwire::auth::Auth;
+use callwire::budget::Budget;
 use callwire::cli::{self, Config, Run, SourceConfig};
 use callwire::dialect::cable;
 use callwire::history::History;
 use callwire::hub::Hub;
+use callwire::limits::BytePool;
 use callwire::live::LiveState;
 use callwire::metrics::Metrics;
 use callwire::notify::{self, Notifier};
@@ -21,6 +23,7 @@ use callwire::seats::Seats;
 use callwire::server;
 use callwire::simulate;
 use callwire::source::{Commands, Deliver, SourceKind, SourceStatus, amqp, demo, mqtt};
+use callwire::{fds, trim};
 use callwire::{info, logging, warn};
 use futures_lite::{FutureExt, StreamExt};
 use smol::{Async, LocalExecutor, Timer};
@@ -46,7 +49,13 @@ fn main() -> ExitCode {
 
 /// Serves websockets and HTTP until the process is stopped.
 fn serve(config: Config) -> ExitCode {
+    trim::init();
     logging::init(config.log_level);
+    let open_files = match fds::raise_limit(fds::needed(&config.limits), config.limits.max_clients)
+    {
+        Ok(open_files) => open_files,
+        Err(message) => return fail(&message, 2),
+    };
     let auth = match &config.auth_file {
         Some(path) => match Auth::load(path) {
             Ok(auth) => {
@@ -72,6 +81,11 @@ fn serve(config: Config) -> ExitCode {
     let executor = Rc::new(LocalExecutor::new());
     // Boxed behind `dyn`, so block_on cannot inline the bridge's poll into this frame: inlined,
     // the frame was 53 KiB of stack, touched at start-up and resident for the process's life.
+    info!("{}", Budget::new(&config.limits).line());
+    info!(
+        "open files: {} needed, limit {open_files}",
+        fds::needed(&config.limits)
+    );
     let bridge = run(config, auth, listener, executor.clone()).boxed_local();
     smol::block_on(executor.run(bridge));
     ExitCode::SUCCESS
@@ -137,6 +151,7 @@ async fn run(
             commands,
             origins,
             seats: Seats::new(&limits),
+            interest: BytePool::for_interest(&limits),
         }
     });
     // The bound address, not the flag: with port 0 this says which port the system chose.
@@ -145,6 +160,7 @@ async fn run(
     // One timer pings every ActionCable socket.
     executor.spawn(cable::send_pings(app.clone())).detach();
     executor.spawn(reload_on_hangup(app.clone())).detach();
+    executor.spawn(trim::run()).detach();
     // One task closes the clients too slow to take what is queued for them (hub.rs).
     let watching = app.clone();
     executor

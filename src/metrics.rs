@@ -75,6 +75,11 @@ pub enum Limit {
     Filters,
     /// `--ping-interval`: an idle socket stopped answering pings.
     IdleTimeout,
+    /// `server::MAX_PENDING` connections were being answered: accepting paused until one was
+    /// done.
+    Connections,
+    /// No file descriptor was left for a new connection: it was answered 503 (`fds::Spare`).
+    OpenFiles,
     /// `--auth-timeout`: a socket did not authenticate in time and was closed with 1008.
     AuthTimeout,
     /// `--max-unauthenticated`: the upgrade was answered 503.
@@ -84,7 +89,7 @@ pub enum Limit {
 }
 
 impl Limit {
-    pub const ALL: [Limit; 11] = [
+    pub const ALL: [Limit; 13] = [
         Limit::MaxClients,
         Limit::PerIp,
         Limit::HandshakeTimeout,
@@ -93,6 +98,8 @@ impl Limit {
         Limit::Bindings,
         Limit::Filters,
         Limit::IdleTimeout,
+        Limit::Connections,
+        Limit::OpenFiles,
         Limit::AuthTimeout,
         Limit::Unauthenticated,
         Limit::StallTimeout,
@@ -108,6 +115,8 @@ impl Limit {
             Limit::Bindings => "max_bindings",
             Limit::Filters => "max_filters",
             Limit::IdleTimeout => "idle_timeout",
+            Limit::Connections => "connections",
+            Limit::OpenFiles => "open_files",
             Limit::AuthTimeout => "auth_timeout",
             Limit::Unauthenticated => "max_unauthenticated",
             Limit::StallTimeout => "stall_timeout",

@@ -11,10 +11,10 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::auth::Auth;
-use crate::clock;
 use crate::history::{History, Resume};
-use crate::http::{Request, Response};
-use crate::live::{self, LiveState};
+use crate::http::{Pieces, Request, Response};
+use crate::listing;
+use crate::live::{self, LiveState, MAX_ID_LEN};
 use crate::source::Commands;
 
 /// The Kazoo call events a Blackhole client can bind to, as Crossbar lists them.
@@ -37,6 +37,8 @@ const EVENT_BYTES_PER_RESPONSE: usize = 512 * 1024;
 
 /// Most routing-key families the catalogue remembers.
 const CATALOGUE_LIMIT: usize = 256;
+/// Longest template the catalogue remembers, in bytes; a longer one is not listed.
+const MAX_TEMPLATE: usize = 128;
 
 /// A routing-key family seen, with the template it is listed as and the account of the
 /// events it was seen in.
@@ -56,6 +58,13 @@ pub struct Catalogue {
 }
 
 impl Catalogue {
+    /// The most bytes the catalogue may hold: `CATALOGUE_LIMIT` families, each with its
+    /// template and account at their longest.
+    pub fn bound() -> usize {
+        let texts = 2 * (MAX_TEMPLATE + 16) + MAX_ID_LEN + 16;
+        CATALOGUE_LIMIT * (std::mem::size_of::<Family>() + texts)
+    }
+
     /// Notes an event's routing key and account: its first segment is the family, and its
     /// first two segments plus `#` the template.
     pub fn note(&self, routing_key: &str, account: Option<&str>) {
@@ -66,6 +75,10 @@ impl Catalogue {
             (Some(second), None) => format!("{family}.{second}"),
             (None, _) => family.to_owned(),
         };
+        // Longer ones are kept out, so the catalogue stays small whatever the keys.
+        if template.len() > MAX_TEMPLATE || account.is_some_and(|a| a.len() > MAX_ID_LEN) {
+            return;
+        }
         let mut seen = self.seen.borrow_mut();
         let known = seen.iter().any(|seen| {
             seen.family == family && seen.template == template && seen.account.as_deref() == account
@@ -169,13 +182,11 @@ impl LiveApi<'_> {
         }
         let live = self.live.borrow();
         match segments.as_slice() {
-            ["calls"] => read(method, || Ok(live.calls(scope).collect::<Vec<_>>())),
+            ["calls"] => listed(method, || Ok(listing::calls(scope.to_owned(), None))),
             ["calls", id] => read(method, || live.call(scope, id).ok_or_else(|| no_call(id))),
-            ["calls", id, "events"] => read(method, || {
-                let events = live.call_events(scope, id).ok_or_else(|| no_call(id))?;
-                Ok(events
-                    .map(|e| event_json(&e.routing_key, e.received_at, &e.payload))
-                    .collect::<Vec<_>>())
+            ["calls", id, "events"] => listed(method, || {
+                live.call(scope, id).ok_or_else(|| no_call(id))?;
+                Ok(listing::events(scope.to_owned(), (*id).to_owned()))
             }),
             ["calls", id, "hangup"] => {
                 if method != "POST" {
@@ -192,20 +203,14 @@ impl LiveApi<'_> {
                     Err(reason) => Response::error(503, &reason),
                 }
             }
-            ["extensions"] => read(method, || Ok(live.extensions(scope))),
-            ["extensions", number] => read(method, || {
-                live.extension(scope, number)
-                    .ok_or_else(|| format!("no extension {number}"))
+            ["extensions"] => listed(method, || Ok(listing::extensions(scope.to_owned()))),
+            ["extensions", number] => listed(method, || {
+                let (scope, number) = known_extension(&live, scope, number)?;
+                Ok(listing::extension(scope, number))
             }),
-            ["extensions", number, "calls"] => read(method, || {
-                let extension = live
-                    .extension(scope, number)
-                    .ok_or_else(|| format!("no extension {number}"))?;
-                Ok(extension
-                    .calls
-                    .iter()
-                    .map(|call| call.0)
-                    .collect::<Vec<_>>())
+            ["extensions", number, "calls"] => listed(method, || {
+                let (scope, number) = known_extension(&live, scope, number)?;
+                Ok(listing::calls(scope, Some(number)))
             }),
             _ => Response::error(404, &format!("no such resource {}", request.path)),
         }
@@ -223,6 +228,31 @@ fn read<T: Serialize>(method: &str, answer: impl FnOnce() -> Result<T, String>) 
     }
 }
 
+/// A GET answer written in pieces: 200 with the listing, 404 with the message, 405 for any
+/// other method.
+fn listed(method: &str, answer: impl FnOnce() -> Result<Pieces, String>) -> Response {
+    if method != "GET" {
+        return Response::method_not_allowed("GET");
+    }
+    match answer() {
+        Ok(pieces) => Response::pieces("application/json", pieces),
+        Err(message) => Response::error(404, &message),
+    }
+}
+
+/// The scope and number of an extension that takes part in a live call `scope` may see, or
+/// the 404 message.
+fn known_extension(
+    live: &LiveState,
+    scope: &str,
+    number: &str,
+) -> Result<(String, String), String> {
+    match live.calls(scope).any(|call| call.has_number(number)) {
+        true => Ok((scope.to_owned(), number.to_owned())),
+        false => Err(format!("no extension {number}")),
+    }
+}
+
 fn no_call(id: &str) -> String {
     format!("no call {id}")
 }
@@ -232,12 +262,6 @@ fn body_too_large(request: &Request) -> bool {
     const MAX_BODY: u64 = 4096;
     // The server has answered 400 to a length that is not one number.
     matches!(request.content_length(), Ok(Some(length)) if length > MAX_BODY)
-}
-
-/// One recent event as the `events` sub-resource shows it: the payload as JSON when it is.
-fn event_json(routing_key: &str, received_at: std::time::SystemTime, payload: &[u8]) -> Value {
-    let data = payload_json(payload);
-    json!({"routing_key": routing_key, "received_at": clock::rfc3339(received_at), "data": data})
 }
 
 /// A payload as JSON when it is, else as a JSON string.

@@ -4,13 +4,13 @@
 //! The upgrade is answered here, not by tungstenite, so that every refusal (404, 400, 503) is a
 //! proper HTTP answer decided before a client takes a slot.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::net::{IpAddr, TcpListener, TcpStream};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use async_tungstenite::WebSocketStream;
@@ -25,13 +25,29 @@ use crate::dialect::blackhole::{BlackholeSession, Subscriptions};
 use crate::dialect::cable::{self, CableSession};
 use crate::dialect::isymphony::{Filters, ISymphonySession};
 use crate::dialect::{Dialect, Session};
+use crate::fds::Spare;
 use crate::http::{self, HeadError, Request, Response};
 use crate::hub::{Full, Interest};
+use crate::logging::RateLimit;
 use crate::metrics::Limit;
 use crate::origins;
 use crate::rest::{self, LiveApi};
 use crate::seats::NoSeat;
 use crate::ws::{self, Connection};
+
+/// Connections being answered at once: reading a request head, writing a plain HTTP answer,
+/// or upgrading (a websocket then holds a hub slot instead). Each may hold a request head and
+/// a piece of an answer (the budget's `requests` part). At the bound, accepting pauses until
+/// one is done: the next connections wait in the kernel's listen queue, which costs callwire
+/// nothing, and a burst of reconnecting clients is served in turn rather than refused.
+pub const MAX_PENDING: usize = 128;
+
+/// How long a plain HTTP answer may take to be written: a client that does not read it is
+/// dropped then, and its place given back.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often a failed `accept` is logged, at most.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Connections open now per peer address, for `--max-per-ip`.
 #[derive(Default)]
@@ -70,17 +86,63 @@ impl Drop for IpSlot {
     }
 }
 
+/// The connections being answered, and the accept loop while it waits for one to be done.
+#[derive(Default)]
+struct Pending {
+    count: Cell<usize>,
+    accepting: RefCell<Option<Waker>>,
+}
+
+impl Pending {
+    /// Waits for a place among the `MAX_PENDING`, and takes it.
+    async fn enter(self: &Rc<Pending>) -> PendingSlot {
+        poll_fn(|cx| {
+            if self.count.get() < MAX_PENDING {
+                return Poll::Ready(());
+            }
+            *self.accepting.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+        self.count.set(self.count.get() + 1);
+        PendingSlot(self.clone())
+    }
+}
+
+/// A connection's place among the `MAX_PENDING` being answered, given back when its handler
+/// ends.
+struct PendingSlot(Rc<Pending>);
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        let pending = &self.0;
+        pending.count.set(pending.count.get() - 1);
+        if let Some(accepting) = pending.accepting.borrow_mut().take() {
+            accepting.wake();
+        }
+    }
+}
+
 /// Accepts connections forever, each handled on its own task.
 pub async fn run(listener: Async<TcpListener>, app: Rc<App>, executor: Rc<LocalExecutor<'static>>) {
     let per_ip = Rc::new(PerIp::default());
+    let pending = Rc::new(Pending::default());
     let max_per_ip = app.hub.limits().max_per_ip;
+    let busy = Response::error(503, "too many connections; try again later").bytes();
+    let mut spare = Spare::open();
+    let accept_log = RateLimit::new(ACCEPT_LOG_EVERY);
     loop {
+        if pending.count.get() >= MAX_PENDING {
+            app.metrics.limit_hits(Limit::Connections).inc();
+        }
+        let answering = pending.enter().await;
         match listener.accept().await {
             Ok((mut stream, peer)) => {
                 let _ = stream.get_ref().set_nodelay(true);
                 match per_ip.enter(peer.ip(), max_per_ip) {
                     Some(slot) => {
-                        let handshake = handle(stream, app.clone(), slot, executor.clone());
+                        let handshake =
+                            handle(stream, app.clone(), slot, answering, executor.clone());
                         executor.spawn(handshake).detach();
                     }
                     None => {
@@ -89,14 +151,20 @@ pub async fn run(listener: Async<TcpListener>, app: Rc<App>, executor: Rc<LocalE
                             let too_many =
                                 Response::error(429, "too many connections from your address");
                             let _ = too_many.write_to(&mut stream).await;
+                            drop(answering);
                         };
                         executor.spawn(refuse).detach();
                     }
                 }
             }
             Err(err) => {
-                // Out of descriptors, most likely: back off instead of spinning.
-                warn!("accept failed: {err}");
+                accept_log.report(|held| warn!("accept failed: {err}{held}"));
+                let out_of_files = matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                if out_of_files && spare.refuse_one(listener.get_ref(), &busy) {
+                    app.metrics.limit_hits(Limit::OpenFiles).inc();
+                    continue;
+                }
+                // Back off instead of spinning on an error that would repeat at once.
                 Timer::after(Duration::from_millis(100)).await;
             }
         }
@@ -109,6 +177,7 @@ async fn handle(
     mut stream: Async<TcpStream>,
     app: Rc<App>,
     slot: IpSlot,
+    _answering: PendingSlot,
     executor: Rc<LocalExecutor<'static>>,
 ) {
     let timeout = app.hub.limits().handshake_timeout;
@@ -153,7 +222,13 @@ async fn handle(
         upgrade(stream, request, &app, slot, &executor).await;
     } else {
         let response = route_http(&request, &app);
-        let _ = response.write_to(&mut stream).await;
+        let _ = response
+            .send(&mut stream, &app)
+            .or(async {
+                Timer::after(ANSWER_TIMEOUT).await;
+                Ok(())
+            })
+            .await;
     }
 }
 
@@ -202,6 +277,7 @@ fn dashboard(path: &str) -> Response {
             ("Referrer-Policy", "no-referrer".to_owned()),
         ],
         body: body.as_bytes().to_vec(),
+        pieces: None,
     }
 }
 
@@ -246,12 +322,19 @@ async fn upgrade(
     let (credential, interest) = match dialect {
         Dialect::Blackhole => (
             None,
-            Interest::Blackhole(Subscriptions::new(limits.max_bindings)),
+            Interest::Blackhole(Subscriptions::new(
+                limits.max_bindings,
+                app.interest.share(),
+            )),
         ),
         Dialect::ISymphony => match upgrade_credential(&request, &app.auth) {
             Ok(credential) => (
                 Some(credential.clone()),
-                Interest::ISymphony(Filters::new(credential, limits.max_filters)),
+                Interest::ISymphony(Filters::new(
+                    credential,
+                    limits.max_filters,
+                    app.interest.share(),
+                )),
             ),
             Err(refusal) => {
                 let _ = refusal.write_to(&mut stream).await;
@@ -260,11 +343,17 @@ async fn upgrade(
         },
         Dialect::Cable if extended => (
             None,
-            Interest::Cable(cable::Subscriptions::extended(limits.max_bindings)),
+            Interest::Cable(cable::Subscriptions::extended(
+                limits.max_bindings,
+                app.interest.share(),
+            )),
         ),
         Dialect::Cable => (
             None,
-            Interest::Cable(cable::Subscriptions::new(limits.max_bindings)),
+            Interest::Cable(cable::Subscriptions::new(
+                limits.max_bindings,
+                app.interest.share(),
+            )),
         ),
     };
     // With `--auth`, Blackhole and ActionCable sockets prove who they are after the upgrade,

@@ -108,9 +108,9 @@ impl AsyncWrite for Tcp {
 
 /// tungstenite's read buffer is allocated (and zero-filled) per connection and stays
 /// resident; client messages are small, so a small one costs little and reads the same.
-const READ_BUFFER: usize = 256;
+pub const READ_BUFFER: usize = 256;
 /// Frames are gathered up to this size before a write; a flush writes whatever is there.
-const WRITE_BUFFER: usize = 8 * 1024;
+pub const WRITE_BUFFER: usize = 8 * 1024;
 /// The kernel's send buffer per client socket (Linux doubles it for its bookkeeping). Left
 /// to itself it grows to `net.ipv4.tcp_wmem`'s maximum, 4 MiB by default: memory per client
 /// outside any budget of ours, and minutes of a slow client's backlog hidden from the stall
@@ -133,8 +133,8 @@ pub fn config(limits: &Limits) -> WebSocketConfig {
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(WRITE_BUFFER + 2 * limits.max_message_size)
-        .max_message_size(Some(limits.max_message_size))
-        .max_frame_size(Some(limits.max_message_size))
+        .max_message_size(Some(limits.max_request_size))
+        .max_frame_size(Some(limits.max_request_size))
 }
 
 /// What the connection is doing.

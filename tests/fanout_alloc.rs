@@ -15,6 +15,7 @@ use callwire::dialect::{Dialect, Session};
 use callwire::event::Event;
 use callwire::history::History;
 use callwire::hub::{Client, Hub, Interest};
+use callwire::limits::BytePool;
 use callwire::metrics::Metrics;
 use counting_alloc::allocations_during;
 
@@ -26,9 +27,10 @@ fn subscribed(count: usize) -> (Hub, Vec<Rc<Client>>) {
     let hub = Hub::new(config.limits, Rc::new(Metrics::default()));
     let auth = Rc::new(Auth::open());
     let history = Rc::new(RefCell::new(History::new(&config.limits)));
+    let pool = BytePool::for_interest(&config.limits);
     let clients = (0..count)
         .map(|_| {
-            let interest = Interest::Blackhole(Subscriptions::new(1));
+            let interest = Interest::Blackhole(Subscriptions::new(1, pool.share()));
             let client = hub.register(Dialect::Blackhole, None, interest).unwrap();
             let mut session = BlackholeSession::new(client.clone(), auth.clone(), history.clone());
             let mut replies = Vec::new();

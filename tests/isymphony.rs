@@ -800,7 +800,8 @@ fn fan_out_checks_filters_without_allocating_and_shares_one_frame() {
     ];
     let mut clients = Vec::new();
     for i in 0..50 {
-        let interest = Interest::ISymphony(Filters::new(credential.clone(), 64));
+        let unbounded = callwire::limits::BytePool::new(usize::MAX).share();
+        let interest = Interest::ISymphony(Filters::new(credential.clone(), 64, unbounded));
         let client = hub
             .register(Dialect::ISymphony, Some(credential.clone()), interest)
             .unwrap();

@@ -25,12 +25,12 @@ use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Bytes, Message};
 
 use common::{
-    Callwire, ISYMPHONY_PATH, Socket, TempFile, free_port, read_until_clients, recv, request, send,
+    Callwire, ISYMPHONY_PATH, Socket, TempFile, read_until_clients, recv, request, send,
     set_read_timeout, wait_for,
 };
 
 /// Every label of `callwire_limit_hits_total` (src/metrics.rs, `Limit::as_str`).
-const LIMITS: [&str; 11] = [
+const LIMITS: [&str; 13] = [
     "max_clients",
     "max_per_ip",
     "handshake_timeout",
@@ -39,6 +39,8 @@ const LIMITS: [&str; 11] = [
     "max_bindings",
     "max_filters",
     "idle_timeout",
+    "connections",
+    "open_files",
     "auth_timeout",
     "max_unauthenticated",
     "stall_timeout",
@@ -46,14 +48,6 @@ const LIMITS: [&str; 11] = [
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/// A callwire whose source never delivers: its broker address has no broker behind it.
-fn quiet(extra: &[&str]) -> Callwire {
-    let broker = format!("mqtt://127.0.0.1:{}", free_port());
-    let mut args = vec!["--mqtt", broker.as_str()];
-    args.extend_from_slice(extra);
-    Callwire::start(&args)
-}
 
 /// Every `callwire_limit_hits_total` series from one `/metrics` scrape, by label.
 fn limit_hits(callwire: &Callwire) -> BTreeMap<String, u64> {
@@ -253,7 +247,7 @@ fn send_burst(socket: &mut Socket, messages: &[Value]) {
 
 #[test]
 fn max_clients_refuses_the_upgrade_with_503_and_counts_it() {
-    let callwire = quiet(&["--max-clients", "3"]);
+    let callwire = Callwire::quiet(&["--max-clients", "3"]);
     let mut sockets: Vec<Socket> = (0..3).map(|_| callwire.ws("/")).collect();
 
     // One more, in any dialect: 503 on the upgrade.
@@ -283,7 +277,7 @@ fn max_clients_refuses_the_upgrade_with_503_and_counts_it() {
 
 #[test]
 fn connections_past_max_per_ip_get_429_and_a_closed_one_frees_a_place() {
-    let callwire = quiet(&["--max-per-ip", "3"]);
+    let callwire = Callwire::quiet(&["--max-per-ip", "3"]);
     let mut a = callwire.ws("/");
     let b = callwire.ws(ISYMPHONY_PATH);
     let mut c = callwire.ws("/");
@@ -313,7 +307,7 @@ fn connections_past_max_per_ip_get_429_and_a_closed_one_frees_a_place() {
 
 #[test]
 fn slowloris_clients_are_dropped_at_the_handshake_timeout() {
-    let callwire = quiet(&["--handshake-timeout", "1"]);
+    let callwire = Callwire::quiet(&["--handshake-timeout", "1"]);
     let mut witness = callwire.ws("/");
 
     // Connects and sends nothing.
@@ -372,7 +366,7 @@ fn slowloris_clients_are_dropped_at_the_handshake_timeout() {
 
 #[test]
 fn messages_and_frames_past_max_message_size_are_closed_with_1009() {
-    let callwire = quiet(&["--max-message-size", "1024"]);
+    let callwire = Callwire::quiet(&["--max-message-size", "1024"]);
     let mut witness = callwire.ws("/");
 
     // Exactly at the limit is fine.
@@ -423,7 +417,7 @@ fn messages_and_frames_past_max_message_size_are_closed_with_1009() {
 
 #[test]
 fn blackhole_requests_over_the_rate_are_answered_rate_limit_exceeded() {
-    let callwire = quiet(&["--request-rate", "2", "--request-burst", "3"]);
+    let callwire = Callwire::quiet(&["--request-rate", "2", "--request-burst", "3"]);
     let mut socket = callwire.ws("/");
     let mut other = callwire.ws("/");
 
@@ -487,7 +481,7 @@ fn blackhole_requests_over_the_rate_are_answered_rate_limit_exceeded() {
 
 #[test]
 fn isymphony_filters_over_the_rate_get_no_response_and_are_counted() {
-    let callwire = quiet(&["--request-rate", "2", "--request-burst", "3"]);
+    let callwire = Callwire::quiet(&["--request-rate", "2", "--request-burst", "3"]);
     let mut socket = callwire.ws(ISYMPHONY_PATH);
 
     let values = ["one", "two", "three", "four", "five"];
@@ -506,7 +500,7 @@ fn isymphony_filters_over_the_rate_get_no_response_and_are_counted() {
 
 #[test]
 fn actioncable_subscribes_over_the_rate_get_no_confirm_and_are_counted() {
-    let callwire = quiet(&["--request-rate", "2", "--request-burst", "3"]);
+    let callwire = Callwire::quiet(&["--request-rate", "2", "--request-burst", "3"]);
     let mut socket = cable(&callwire);
 
     let identifiers: Vec<String> = (0..5)
@@ -538,7 +532,7 @@ fn actioncable_subscribes_over_the_rate_get_no_confirm_and_are_counted() {
 
 #[test]
 fn idle_sockets_that_stop_answering_pings_are_closed_and_counted() {
-    let callwire = quiet(&["--ping-interval", "1"]);
+    let callwire = Callwire::quiet(&["--ping-interval", "1"]);
     let mut responsive = callwire.ws("/");
     let mut silent_blackhole = callwire.ws("/");
     let mut silent_isymphony = callwire.ws(ISYMPHONY_PATH);
@@ -574,7 +568,7 @@ fn idle_sockets_that_stop_answering_pings_are_closed_and_counted() {
 
 #[test]
 fn max_bindings_refuses_blackhole_bindings_and_cable_subscriptions() {
-    let callwire = quiet(&["--max-bindings", "2"]);
+    let callwire = Callwire::quiet(&["--max-bindings", "2"]);
 
     // Blackhole: one at a time up to the limit, then refused.
     let mut socket = callwire.ws("/");
@@ -638,7 +632,7 @@ fn max_bindings_refuses_blackhole_bindings_and_cable_subscriptions() {
 
 #[test]
 fn max_filters_refuses_a_filter_message_with_too_many() {
-    let callwire = quiet(&["--max-filters", "2"]);
+    let callwire = Callwire::quiet(&["--max-filters", "2"]);
     let mut socket = callwire.ws(ISYMPHONY_PATH);
     send(&mut socket, filter_message(&["login", "logout"]));
     assert_eq!(recv(&mut socket), filter_success(&["login", "logout"]));
@@ -755,7 +749,7 @@ fn sighup_closes_the_sockets_of_a_removed_credential() {
         "callwire-limits-creds-",
         &credentials_json(&["alice", "bob"]),
     );
-    let callwire = quiet(&["--auth", file.path()]);
+    let callwire = Callwire::quiet(&["--auth", file.path()]);
 
     let mut blackhole_a = blackhole_as(&callwire, SECRET_A);
     let mut blackhole_b = blackhole_as(&callwire, SECRET_B);
@@ -828,7 +822,7 @@ fn sighup_with_a_broken_file_keeps_the_credentials_and_says_why() {
         "callwire-limits-creds-",
         &credentials_json(&["alice", "bob"]),
     );
-    let callwire = quiet(&["--auth", file.path()]);
+    let callwire = Callwire::quiet(&["--auth", file.path()]);
     let mut blackhole_a = blackhole_as(&callwire, SECRET_A);
     let mut isymphony_b = isymphony_as(&callwire, "bob", SECRET_B).unwrap();
     let mut cable_b = cable(&callwire);
@@ -881,7 +875,7 @@ fn sighup_with_a_broken_file_keeps_the_credentials_and_says_why() {
 #[test]
 fn sighup_lets_a_new_credential_in_and_leaves_the_others_alone() {
     let file = TempFile::new("callwire-limits-creds-", &credentials_json(&["alice"]));
-    let callwire = quiet(&["--auth", file.path()]);
+    let callwire = Callwire::quiet(&["--auth", file.path()]);
     let mut blackhole_a = blackhole_as(&callwire, SECRET_A);
     let mut isymphony_a = isymphony_as(&callwire, "alice", SECRET_A).unwrap();
     let mut cable_a = cable(&callwire);

@@ -299,7 +299,10 @@ fn check_reply(frame: &str, request_id: Option<&Value>, expected: Result<Value, 
 fuzz_target!(|data: &[u8]| {
     let script = Script::parse(data);
     let app = app(auth(script.auth));
-    let interest = Interest::Blackhole(Subscriptions::new(LIMITS.max_bindings));
+    let interest = Interest::Blackhole(Subscriptions::new(
+        LIMITS.max_bindings,
+        app.interest.share(),
+    ));
     let client = app
         .hub
         .register(Dialect::Blackhole, None, interest)

@@ -100,7 +100,10 @@ struct Expected<'a> {
 fuzz_target!(|data: &[u8]| {
     let script = Script::parse(data);
     let app = app(auth(script.auth));
-    let interest = Interest::Cable(Subscriptions::new(LIMITS.max_bindings));
+    let interest = Interest::Cable(Subscriptions::new(
+        LIMITS.max_bindings,
+        app.interest.share(),
+    ));
     let client = app
         .hub
         .register(Dialect::Cable, None, interest)

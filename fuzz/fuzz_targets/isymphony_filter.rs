@@ -135,7 +135,11 @@ fuzz_target!(|data: &[u8]| {
     let secret = script.auth.then_some("d35k");
     let credential = app.auth.by_secret(secret).expect("a credential");
     let account = credential.account.clone();
-    let interest = Interest::ISymphony(Filters::new(credential.clone(), LIMITS.max_filters));
+    let interest = Interest::ISymphony(Filters::new(
+        credential.clone(),
+        LIMITS.max_filters,
+        app.interest.share(),
+    ));
     let client = app
         .hub
         .register(Dialect::ISymphony, Some(credential), interest)

@@ -14,7 +14,7 @@ use callwire::dialect::cable::SavedSessions;
 use callwire::event::Event;
 use callwire::history::History;
 use callwire::hub::{Client, Frame, Hub};
-use callwire::limits::Limits;
+use callwire::limits::{BytePool, Limits};
 use callwire::live::LiveState;
 use callwire::metrics::Metrics;
 use callwire::origins::Origins;
@@ -29,10 +29,13 @@ pub const LIMITS: Limits = Limits {
     max_bindings: 4,
     max_filters: 4,
     queue_depth: 64,
+    queue_bytes: 1024 * 1024,
+    queue_bytes_total: 16 * 1024 * 1024,
     stall_timeout: Duration::from_secs(5),
     max_calls: 3,
     events_per_call: 2,
     max_message_size: 64 * 1024,
+    max_request_size: 64 * 1024,
     ping_interval: Duration::from_secs(30),
     max_per_ip: 4,
     handshake_timeout: Duration::from_secs(5),
@@ -111,6 +114,7 @@ pub fn app(auth: Rc<Auth>) -> App {
             Vec::new(),
         ),
         seats: Seats::new(&LIMITS),
+        interest: BytePool::for_interest(&LIMITS),
     }
 }
 

@@ -12,6 +12,7 @@ use crate::dialect::{Session, kazoo_json, push_json_str};
 use crate::event::Event;
 use crate::history::{History, Resume};
 use crate::hub::{Client, Frame, Interest};
+use crate::limits::Held;
 use crate::matcher::{Binding, RoutingKey};
 use crate::metrics::Limit;
 use crate::rng::Rng;
@@ -32,33 +33,54 @@ struct Subscription {
 /// it matches (live or replayed): a replay skips what the socket's subscriptions already
 /// delivered.
 #[derive(Debug)]
-struct Held {
+struct Subscribed {
     subscription: Subscription,
     covers_from: u64,
 }
 
-impl Held {
+impl Subscribed {
     fn takes(&self, account: Option<&str>, key: &RoutingKey<'_>) -> bool {
         crate::event::visible(account, &self.subscription.scope)
             && self.subscription.binding.matches(key)
     }
 }
 
-/// A socket's bindings, in subscription order, at most `--max-bindings` of them.
+/// A socket's bindings, in subscription order, at most `--max-bindings` of them, their room
+/// held in the pool every socket's interest shares.
 #[derive(Debug)]
 pub struct Subscriptions {
-    items: Vec<Held>,
+    items: Vec<Subscribed>,
     limit: usize,
+    /// The room of the bindings and of the socket's name and metadata, in the pool.
+    held: Held,
+    /// Bytes of the socket's name and metadata (kept by its session, held here).
+    named: usize,
 }
 
+/// What one binding holds: it is stored inline (the binding's text and ends, the account).
+const SUBSCRIPTION_BYTES: usize = std::mem::size_of::<Subscribed>();
+
 impl Subscriptions {
-    pub fn new(limit: usize) -> Subscriptions {
+    /// At most `limit` bindings, their room held in `held`'s pool.
+    pub fn new(limit: usize, held: Held) -> Subscriptions {
         Subscriptions {
             // Grown on demand up to `limit`: reserving room for every binding up front would
             // cost each idle socket kilobytes it may never use.
             items: Vec::new(),
             limit,
+            held,
+            named: 0,
         }
+    }
+
+    /// Holds room for `items` bindings and `named` bytes of name and metadata; `false`,
+    /// changing nothing, when that would take the pool past its bound.
+    fn hold(&mut self, items: usize, named: usize) -> bool {
+        if !self.held.resize(items * SUBSCRIPTION_BYTES + named) {
+            return false;
+        }
+        self.named = named;
+        true
     }
 
     /// The frame for this socket, if one of its bindings matches an event its account may
@@ -177,6 +199,10 @@ fn render_event(event: &Event, subscription: &Subscription, data: &str) -> Strin
 /// within `--auth-timeout`.
 const TOKEN_REQUIRED: &str = "authentication token required";
 
+/// What a socket is told when every socket's bindings together have taken their part of the
+/// budget (`limits::INTEREST_PER_CLIENT`).
+const NO_ROOM: &str = "no room for more bindings on this server";
+
 /// One Blackhole socket's request handling.
 pub struct BlackholeSession {
     client: Rc<Client>,
@@ -184,10 +210,10 @@ pub struct BlackholeSession {
     history: Rc<RefCell<History>>,
     /// Set by the first request with a valid token (or at once without `--auth`).
     credential: Option<Rc<Credential>>,
-    /// The socket's friendly name and metadata, kept as the client sent them (boxed: most
-    /// sockets send neither, and an unboxed `Value` is 72 bytes on every socket).
-    name: Option<Box<Value>>,
-    metadata: Option<Box<Value>>,
+    /// The socket's friendly name and metadata, kept as JSON text (a parsed `Value` may take
+    /// many times its text), their room held with the socket's bindings (`Subscriptions`).
+    name: Option<Box<str>>,
+    metadata: Option<Box<str>>,
     ids: Rng,
 }
 
@@ -229,13 +255,31 @@ impl BlackholeSession {
     ) -> Result<Value, String> {
         let credential = self.authenticate(request)?;
         let data = request.get("data").and_then(Value::as_object);
-        for (field, slot) in [("name", &mut self.name), ("metadata", &mut self.metadata)] {
-            if let Some(value) = request
+        let given = |field: &str| {
+            let value = request
                 .get(field)
-                .or_else(|| data.and_then(|d| d.get(field)))
-            {
-                *slot = Some(Box::new(value.clone()));
+                .or_else(|| data.and_then(|d| d.get(field)));
+            value.map(|value| value.to_string().into_boxed_str())
+        };
+        let (name, metadata) = (given("name"), given("metadata"));
+        if name.is_some() || metadata.is_some() {
+            let length = |given: &Option<Box<str>>, kept: &Option<Box<str>>| {
+                given
+                    .as_ref()
+                    .or(kept.as_ref())
+                    .map_or(0, |text| text.len())
+            };
+            let bytes = length(&name, &self.name) + length(&metadata, &self.metadata);
+            let mut interest = self.client.interest.borrow_mut();
+            let Interest::Blackhole(subscriptions) = &mut *interest else {
+                return Err("not a Blackhole socket".to_owned());
+            };
+            if !subscriptions.hold(subscriptions.items.capacity(), bytes) {
+                self.client.metrics.limit_hits(Limit::Bindings).inc();
+                return Err(NO_ROOM.to_owned());
             }
+            self.name = name.or(self.name.take());
+            self.metadata = metadata.or(self.metadata.take());
         }
         match request.get("action") {
             None => Ok(json!({})),
@@ -296,9 +340,15 @@ impl BlackholeSession {
                 }
             }
             let added = wanted.iter().filter(|s| !subscriptions.holds(s)).count();
-            if subscriptions.items.len() + added > subscriptions.limit {
+            let room = subscriptions.items.len() + added;
+            if room > subscriptions.limit {
                 self.client.metrics.limit_hits(Limit::Bindings).inc();
                 return Err(format!("too many bindings (limit {})", subscriptions.limit));
+            }
+            let room = room.max(subscriptions.items.capacity());
+            if !subscriptions.hold(room, subscriptions.named) {
+                self.client.metrics.limit_hits(Limit::Bindings).inc();
+                return Err(NO_ROOM.to_owned());
             }
             let mut history = self.history.borrow_mut();
             history.expire(std::time::Instant::now());
@@ -326,7 +376,7 @@ impl BlackholeSession {
                     .find(|held| held.subscription == subscription)
                 {
                     Some(held) => held.covers_from = held.covers_from.min(covers_from),
-                    None => subscriptions.items.push(Held {
+                    None => subscriptions.items.push(Subscribed {
                         subscription,
                         covers_from,
                     }),
@@ -354,6 +404,8 @@ impl BlackholeSession {
                 }
             }
         }
+        subscriptions.items.shrink_to_fit();
+        subscriptions.hold(subscriptions.items.capacity(), subscriptions.named);
         Ok(json!({ "unsubscribed": unsubscribed, "subscribed": subscriptions.listing() }))
     }
 }
@@ -513,7 +565,8 @@ mod tests {
     fn a_subscribe_since_replays_what_its_bindings_and_account_take_each_once() {
         let hub = Hub::new(cli::limits_from(&[]), Rc::new(Metrics::default()));
         let history = Rc::new(RefCell::new(History::new(hub.limits())));
-        let interest = Interest::Blackhole(Subscriptions::new(8));
+        let pool = crate::limits::BytePool::new(usize::MAX);
+        let interest = Interest::Blackhole(Subscriptions::new(8, pool.share()));
         let client = hub.register(Dialect::Blackhole, None, interest).unwrap();
         let mut session =
             BlackholeSession::new(client.clone(), Rc::new(Auth::open()), history.clone());
@@ -589,7 +642,8 @@ mod tests {
         // client matching replies by id missed its reply (Cargo.toml: `float_roundtrip`).
         // The default limits, as the command line gives them.
         let hub = Hub::new(cli::limits_from(&[]), Rc::new(Metrics::default()));
-        let interest = Interest::Blackhole(Subscriptions::new(1));
+        let pool = crate::limits::BytePool::new(usize::MAX);
+        let interest = Interest::Blackhole(Subscriptions::new(1, pool.share()));
         let client = hub.register(Dialect::Blackhole, None, interest).unwrap();
         let history = Rc::new(RefCell::new(History::new(hub.limits())));
         let mut session = BlackholeSession::new(client, Rc::new(Auth::open()), history);
@@ -617,5 +671,51 @@ mod tests {
                 "{id} came back as {echoed}"
             );
         }
+    }
+
+    #[test]
+    fn every_socket_s_bindings_share_one_pool_and_give_their_room_back() {
+        use crate::limits::BytePool;
+        let limits = cli::limits_from(&[]);
+        let hub = Hub::new(limits, Rc::new(Metrics::default()));
+        // Room for three bindings in all, and a short name.
+        let pool = BytePool::new(3 * SUBSCRIPTION_BYTES + 16);
+        let socket = || {
+            let interest = Interest::Blackhole(Subscriptions::new(32, pool.share()));
+            let client = hub.register(Dialect::Blackhole, None, interest).unwrap();
+            let history = Rc::new(RefCell::new(History::new(hub.limits())));
+            let session = BlackholeSession::new(client.clone(), Rc::new(Auth::open()), history);
+            (client, session)
+        };
+        let ((first, mut one), (second, mut two)) = (socket(), socket());
+        let ask = |session: &mut BlackholeSession, request: Value| -> Value {
+            let mut replies = Vec::new();
+            session.on_text(&request.to_string(), &mut replies);
+            serde_json::from_str(&replies[0]).unwrap()
+        };
+        let subscribe = |bindings: &[&str]| json!({"action": "subscribe", "request_id": 1, "data": {"bindings": bindings}});
+        let reply = ask(&mut one, subscribe(&["call.a", "call.b"]));
+        assert_eq!(reply["status"], "success", "{reply}");
+        let reply = ask(&mut two, subscribe(&["call.c", "call.d"]));
+        assert_eq!(reply["data"]["errors"][0], NO_ROOM, "{reply}");
+        let reply = ask(&mut two, subscribe(&["call.c"]));
+        assert_eq!(reply["status"], "success", "{reply}");
+        assert_eq!(pool.used(), 3 * SUBSCRIPTION_BYTES);
+        let reply = ask(&mut one, json!({"action": "ping", "name": "x".repeat(30)}));
+        assert_eq!(reply["data"]["errors"][0], NO_ROOM, "{reply}");
+        let reply = ask(&mut one, json!({"action": "ping", "name": "desk"}));
+        assert_eq!(reply["status"], "success", "{reply}");
+        // Unsubscribing gives the room back; a socket that goes gives back all it held.
+        let unsubscribe = json!({"action": "unsubscribe", "data": {"binding": "call.a"}});
+        assert_eq!(ask(&mut one, unsubscribe)["status"], "success");
+        assert_eq!(ask(&mut two, subscribe(&["call.d"]))["status"], "success");
+        drop(two);
+        hub.unregister(&second);
+        drop(second);
+        assert_eq!(pool.used(), SUBSCRIPTION_BYTES + "\"desk\"".len());
+        drop(one);
+        hub.unregister(&first);
+        drop(first);
+        assert_eq!(pool.used(), 0);
     }
 }

@@ -30,6 +30,7 @@ use crate::dialect::{Dialect, Session, push_json_str};
 use crate::event::Event;
 use crate::history::{History, Position, Resume};
 use crate::hub::{Client, CloseReason, Frame, Interest};
+use crate::limits::Held;
 use crate::live::{CallChange, ChangeKind};
 use crate::metrics::Limit;
 
@@ -107,6 +108,9 @@ pub enum Refusal {
     TooManyModels,
     /// The socket has `--max-bindings` subscriptions already.
     TooManySubscriptions,
+    /// Every socket's subscriptions together have taken their part of the budget
+    /// (`limits::INTEREST_PER_CLIENT`).
+    NoRoom,
 }
 
 /// Which models and event types a subscription wants: its `events` parameter, by metasmoke's
@@ -118,6 +122,14 @@ pub struct Selector {
 }
 
 impl Selector {
+    /// The bytes the selector's models take.
+    fn footprint(&self) -> usize {
+        self.models.as_ref().map_or(0, |models| {
+            let names: usize = models.iter().map(|(name, _)| name.len()).sum();
+            models.capacity() * std::mem::size_of::<(Box<str>, Types)>() + names
+        })
+    }
+
     /// Parses an `events` parameter, as metasmoke does:
     ///
     /// - absent, `null` or blank (Rails' `present?` is false): every model, create and update;
@@ -272,23 +284,37 @@ pub struct Subscriptions {
     limit: usize,
     /// The socket speaks AnyCable's extended protocol: frames carry positions.
     extended: bool,
+    /// The room the subscriptions take, held in the pool every socket's interest shares.
+    held: Held,
 }
 
 impl Subscriptions {
-    pub fn new(limit: usize) -> Subscriptions {
+    pub fn new(limit: usize, held: Held) -> Subscriptions {
         Subscriptions {
             items: Vec::new(),
             limit,
             extended: false,
+            held,
         }
     }
 
     /// The subscriptions of a socket that speaks AnyCable's extended protocol.
-    pub fn extended(limit: usize) -> Subscriptions {
+    pub fn extended(limit: usize, held: Held) -> Subscriptions {
         Subscriptions {
             extended: true,
-            ..Subscriptions::new(limit)
+            ..Subscriptions::new(limit, held)
         }
+    }
+
+    /// The bytes the subscriptions take: each one, its identifier and its selector's models.
+    fn footprint(&self) -> usize {
+        let subscriptions = self.items.capacity() * std::mem::size_of::<Subscription>();
+        let owned: usize = self
+            .items
+            .iter()
+            .map(|s| s.identifier.len() + s.selector.footprint())
+            .sum();
+        subscriptions + owned
     }
 
     /// The frames this socket gets for an event: per subscription whose account may see it,
@@ -715,22 +741,32 @@ impl CableSession {
                 } else {
                     admit(&self.auth, identifier)
                 };
+                // Where its live frames start: what came before is the history's to answer.
+                let next = self
+                    .extended
+                    .as_ref()
+                    .map_or(0, |extended| extended.history.borrow().last_offset() + 1);
+                let admitted = admitted.and_then(|(credential, selector)| {
+                    // One at a time, exactly: most sockets hold one subscription, and `Vec`'s
+                    // doubling would keep room for three more on each.
+                    subscriptions.items.reserve_exact(1);
+                    subscriptions.items.push(Subscription {
+                        identifier: identifier.as_str().into(),
+                        credential,
+                        selector,
+                        live_from: Some(next),
+                        tag: stream_tag(identifier),
+                    });
+                    if subscriptions.held.resize(subscriptions.footprint()) {
+                        return Ok(());
+                    }
+                    subscriptions.items.pop();
+                    subscriptions.items.shrink_to_fit();
+                    self.client.metrics.limit_hits(Limit::Bindings).inc();
+                    Err(Refusal::NoRoom)
+                });
                 match admitted {
-                    Ok((credential, selector)) => {
-                        let next = self
-                            .extended
-                            .as_ref()
-                            .map_or(0, |extended| extended.history.borrow().last_offset() + 1);
-                        // One at a time, exactly: most sockets hold one subscription, and
-                        // `Vec`'s doubling would keep room for three more on each.
-                        subscriptions.items.reserve_exact(1);
-                        subscriptions.items.push(Subscription {
-                            identifier: identifier.as_str().into(),
-                            credential,
-                            selector,
-                            live_from: Some(next),
-                            tag: stream_tag(identifier),
-                        });
+                    Ok(()) => {
                         self.authenticated = true;
                         replies.push(reply_frame(identifier, "confirm_subscription"));
                         // AnyCable's client asks for what it missed with the subscribe.
@@ -757,6 +793,8 @@ impl CableSession {
                 subscriptions
                     .items
                     .retain(|s| *s.identifier != **identifier);
+                subscriptions.items.shrink_to_fit();
+                subscriptions.held.resize(subscriptions.footprint());
             }
             Some("history") => {
                 if let Some(extended) = &self.extended {
@@ -975,6 +1013,8 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use serde_json::json;
+
+    use crate::limits::BytePool;
 
     use ChangeKind::{Create, Destroy, Update};
 
@@ -1213,7 +1253,7 @@ mod tests {
 
     fn subscriptions(identifiers: &[&str]) -> Subscriptions {
         let open = Auth::open();
-        let mut subscriptions = Subscriptions::new(8);
+        let mut subscriptions = Subscriptions::new(8, BytePool::new(usize::MAX).share());
         for identifier in identifiers {
             let (credential, selector) = admit(&open, identifier).unwrap();
             subscriptions.items.push(Subscription {
@@ -1319,7 +1359,8 @@ mod tests {
             let hub = crate::hub::Hub::new(limits, metrics);
             let history = Rc::new(RefCell::new(History::with_epoch("e1".into(), &limits)));
             let saved = saved.unwrap_or_else(|| Rc::new(SavedSessions::new(4, limits.history_ttl)));
-            let interest = Interest::Cable(Subscriptions::extended(8));
+            let pool = crate::limits::BytePool::new(usize::MAX);
+            let interest = Interest::Cable(Subscriptions::extended(8, pool.share()));
             let client = hub.register(Dialect::Cable, None, interest).unwrap();
             let auth = Rc::new(Auth::open());
             let session = CableSession::extended(

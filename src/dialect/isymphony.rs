@@ -15,6 +15,7 @@ use crate::auth::Credential;
 use crate::dialect::{Session, push_json_str};
 use crate::event::Event;
 use crate::hub::{Client, Frame, Interest};
+use crate::limits::Held;
 use crate::metrics::Limit;
 
 /// The wildcard value: any value, but the property must be present.
@@ -58,16 +59,45 @@ pub struct Filters {
     /// The same filters grouped by property: every group must hold (AND).
     groups: Vec<Group>,
     limit: usize,
+    /// The room the filters take, held in the pool every socket's interest shares.
+    held: Held,
 }
 
 impl Filters {
-    pub fn new(credential: Rc<Credential>, limit: usize) -> Filters {
+    pub fn new(credential: Rc<Credential>, limit: usize, held: Held) -> Filters {
         Filters {
             credential,
             listing: Vec::new(),
             groups: Vec::new(),
             limit,
+            held,
         }
+    }
+
+    /// The bytes the filters take: as sent, and grouped, with every text.
+    fn footprint(&self) -> usize {
+        use std::mem::size_of;
+        let listing: usize = self
+            .listing
+            .iter()
+            .map(|f| f.property.len() + f.value.len())
+            .sum();
+        let groups: usize = self
+            .groups
+            .iter()
+            .map(|group| {
+                let values: usize = group
+                    .values
+                    .iter()
+                    .map(|v| v.text.len() + v.number.as_ref().map_or(0, |n| n.len()))
+                    .sum();
+                group.property.len() + group.values.capacity() * size_of::<Wanted>() + values
+            })
+            .sum();
+        self.listing.capacity() * size_of::<Filter>()
+            + self.groups.capacity() * size_of::<Group>()
+            + listing
+            + groups
     }
 
     /// The frame for this socket, if its account may see the event and its filters let it in.
@@ -94,8 +124,9 @@ impl Filters {
         })
     }
 
-    /// Replaces the filters with `filters`, already checked.
-    fn replace(&mut self, filters: Vec<Filter>) {
+    /// Replaces the filters with `filters`, already checked, if they fit in the pool; else
+    /// keeps the ones in force and says so.
+    fn replace(&mut self, filters: Vec<Filter>) -> Result<(), String> {
         let mut groups: Vec<Group> = Vec::new();
         for filter in &filters {
             let index = match groups.iter().position(|g| g.property == filter.property) {
@@ -119,8 +150,13 @@ impl Filters {
                 });
             }
         }
-        self.listing = filters;
-        self.groups = groups;
+        let listing = std::mem::replace(&mut self.listing, filters);
+        let grouped = std::mem::replace(&mut self.groups, groups);
+        if !self.held.resize(self.footprint()) {
+            (self.listing, self.groups) = (listing, grouped);
+            return Err("no room for more filters on this server".to_owned());
+        }
+        Ok(())
     }
 }
 
@@ -252,7 +288,9 @@ impl ISymphonySession {
             }
             err.to_string()
         })?;
-        filters.replace(requested);
+        filters.replace(requested).inspect_err(|_| {
+            self.client.metrics.limit_hits(Limit::Filters).inc();
+        })?;
         let listing: Vec<Value> = filters
             .listing
             .iter()
@@ -357,16 +395,20 @@ mod tests {
     }
 
     fn filters(pairs: &[(&str, &str)]) -> Filters {
-        let mut filters = Filters::new(crate::auth::Auth::open().by_secret(None).unwrap(), 64);
-        filters.replace(
-            pairs
-                .iter()
-                .map(|(p, v)| Filter {
-                    property: (*p).into(),
-                    value: (*v).into(),
-                })
-                .collect(),
-        );
+        let credential = crate::auth::Auth::open().by_secret(None).unwrap();
+        let unbounded = crate::limits::BytePool::new(usize::MAX).share();
+        let mut filters = Filters::new(credential, 64, unbounded);
+        filters
+            .replace(
+                pairs
+                    .iter()
+                    .map(|(p, v)| Filter {
+                        property: (*p).into(),
+                        value: (*v).into(),
+                    })
+                    .collect(),
+            )
+            .expect("an unbounded pool");
         filters
     }
 

@@ -4,13 +4,18 @@
 //!
 //! Memory is bounded and fixed at start-up: calls live in a slab of `max_calls` slots that
 //! never grows, linked oldest to newest so listing is in start order and the oldest call can be
-//! evicted in constant time when a new one needs room. An index maps call ids to slots. Each
-//! call keeps a ring of its last `events_per_call` events whose payloads share the event's
-//! bytes (a reference count, no copy).
+//! evicted in constant time when a new one needs room. An index maps call ids to slots.
+//!
+//! Each call is bounded in bytes, whatever the PBX sends: its text fields are cut at a length
+//! (at a character boundary), and it keeps its last `events_per_call` events as copies of at
+//! most `CALL_EVENTS_BYTES` of payload in all, a longer payload cut with a mark the REST
+//! listing shows. A copy, not a share: a payload may be a slice of the source's read buffer,
+//! and keeping the slice would keep the whole buffer. `LiveState::bound` is the table's worst
+//! case, `--max-calls` times that of one call.
 
 pub mod shapes;
 
-use std::collections::{BTreeMap, HashMap, VecDeque, vec_deque};
+use std::collections::{HashMap, VecDeque, vec_deque};
 use std::hash::BuildHasher;
 use std::rc::Rc;
 use std::time::SystemTime;
@@ -32,6 +37,17 @@ const ENDS_REMEMBERED: usize = 1024;
 
 /// "No slot": the end of the oldest-to-newest list.
 const NIL: usize = usize::MAX;
+
+/// Longest call id, account or other leg kept, in bytes (an AMQP short string's length).
+pub const MAX_ID_LEN: usize = 255;
+/// Longest number, name, direction or event name kept, in bytes.
+pub const MAX_TEXT_LEN: usize = 128;
+/// Longest routing key kept with a recent event, in bytes.
+pub const MAX_KEY_LEN: usize = 255;
+/// Payload bytes one call keeps across its recent events; one longer payload is cut to it.
+pub const CALL_EVENTS_BYTES: usize = 4 * 1024;
+/// What the allocator adds to each of a call's heap blocks, at most (glibc: 16 bytes).
+const BLOCK_OVERHEAD: usize = 16;
 
 /// Where a call is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,20 +86,41 @@ pub struct Party {
 impl Party {
     /// Fills in what this party lacks from what an event tells.
     fn fill(&mut self, seen: &shapes::PartyRef<'_>) {
-        fill(&mut self.number, seen.number);
-        fill(&mut self.name, seen.name);
+        fill(&mut self.number, seen.number, MAX_TEXT_LEN);
+        fill(&mut self.name, seen.name, MAX_TEXT_LEN);
     }
 }
 
-/// One of a call's recent events, as it came from the broker.
+/// One of a call's recent events, as it came from the broker, its payload copied and cut to
+/// what the call may keep.
 #[derive(Clone, Debug)]
 pub struct RecentEvent {
-    /// The event's routing key.
-    pub routing_key: String,
+    /// The event's routing key (cut at `MAX_KEY_LEN`).
+    pub routing_key: Box<str>,
     /// When callwire received it.
     pub received_at: SystemTime,
-    /// The payload exactly as received (shared with the event, not copied).
+    /// The payload as received, or its first bytes when it was longer than the call keeps.
     pub payload: Bytes,
+    /// The payload's length as received: more than `payload.len()` when it was cut.
+    pub size: usize,
+}
+
+impl RecentEvent {
+    /// Copies what a call keeps of `event`: its own buffer, never a share of the source's.
+    fn kept(event: &Event) -> RecentEvent {
+        let keep = event.payload.len().min(CALL_EVENTS_BYTES);
+        RecentEvent {
+            routing_key: cap(&event.routing_key, MAX_KEY_LEN).into(),
+            received_at: event.received_at,
+            payload: Bytes::copy_from_slice(&event.payload[..keep]),
+            size: event.payload.len(),
+        }
+    }
+
+    /// Whether the payload was cut.
+    pub fn truncated(&self) -> bool {
+        self.payload.len() < self.size
+    }
 }
 
 /// A live call. Serialises as the live API shows it, fields in the documented order.
@@ -115,15 +152,20 @@ pub struct Call {
     pub events: u64,
     /// Whether the call has been bridged: taking it off hold returns it to `bridged`.
     bridged: bool,
-    /// The last events, oldest first, at most `events_per_call`.
+    /// The last events, oldest first, at most `events_per_call` and `CALL_EVENTS_BYTES` of
+    /// payload.
     recent: VecDeque<RecentEvent>,
+    /// Payload bytes in `recent`.
+    recent_bytes: usize,
+    /// The call's place in start order, for resuming a listing between its pieces.
+    pub serial: u64,
 }
 
 impl Call {
     /// A call first seen at `seen`, before that event is applied to it.
-    fn new(seen: &Observation<'_>, events_per_call: usize) -> Call {
+    fn new(seen: &Observation<'_>, events_per_call: usize, serial: u64) -> Call {
         Call {
-            id: Rc::from(seen.id),
+            id: Rc::from(cap(seen.id, MAX_ID_LEN)),
             account: None,
             source: seen.source,
             state: CallState::Ringing,
@@ -137,6 +179,8 @@ impl Call {
             events: 0,
             bridged: false,
             recent: VecDeque::with_capacity(events_per_call),
+            recent_bytes: 0,
+            serial,
         }
     }
 
@@ -144,15 +188,15 @@ impl Call {
     /// keeps the event in the ring.
     fn apply(&mut self, seen: &Observation<'_>, event: &Event, events_per_call: usize) {
         self.events += 1;
-        seen.name.clone_into(&mut self.last_event);
-        fill(&mut self.account, event.account.as_deref());
-        fill(&mut self.direction, seen.direction);
+        cap(seen.name, MAX_TEXT_LEN).clone_into(&mut self.last_event);
+        fill(&mut self.account, event.account.as_deref(), MAX_ID_LEN);
+        fill(&mut self.direction, seen.direction, MAX_TEXT_LEN);
         self.from.fill(&seen.from);
         self.to.fill(&seen.to);
         match (seen.step, seen.other_leg) {
             // A new bridge links a new leg.
-            (Step::Bridge, Some(other)) => self.other_leg = Some(other.to_owned()),
-            (_, other) => fill(&mut self.other_leg, other),
+            (Step::Bridge, Some(other)) => self.other_leg = Some(cap(other, MAX_ID_LEN).to_owned()),
+            (_, other) => fill(&mut self.other_leg, other, MAX_ID_LEN),
         }
         match seen.step {
             // ARI reports every event of an answered channel as `Up`: only the first answer of
@@ -171,14 +215,18 @@ impl Call {
             Step::Start | Step::Answer | Step::End | Step::Left | Step::Other => {}
         }
         if events_per_call > 0 {
-            if self.recent.len() == events_per_call {
-                self.recent.pop_front();
+            let kept = RecentEvent::kept(event);
+            // Room first, so the ring never grows past its capacity.
+            while self.recent.len() == events_per_call
+                || self.recent_bytes + kept.payload.len() > CALL_EVENTS_BYTES
+            {
+                let Some(oldest) = self.recent.pop_front() else {
+                    break;
+                };
+                self.recent_bytes -= oldest.payload.len();
             }
-            self.recent.push_back(RecentEvent {
-                routing_key: event.routing_key.clone(),
-                received_at: event.received_at,
-                payload: event.payload.clone(),
-            });
+            self.recent_bytes += kept.payload.len();
+            self.recent.push_back(kept);
         }
     }
 
@@ -191,6 +239,13 @@ impl Call {
     /// Whether a credential scoped to `scope` may see this call (as `Event::visible_to`).
     pub fn visible_to(&self, scope: &str) -> bool {
         visible(self.account.as_deref(), scope)
+    }
+
+    /// Whether `number` is the calling or the called party's.
+    pub fn has_number(&self, number: &str) -> bool {
+        [&self.from, &self.to]
+            .iter()
+            .any(|party| party.number.as_deref() == Some(number))
     }
 
     /// The call's recent events, oldest first.
@@ -309,49 +364,6 @@ impl IntoIterator for Changes {
     }
 }
 
-/// An extension (any party number) taking part in live calls.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Extension<'a> {
-    /// The number.
-    pub number: &'a str,
-    /// Its name, from the oldest live call that gives one.
-    pub name: Option<&'a str>,
-    /// Its live calls, oldest first (listed by id).
-    pub calls: Vec<CallRef<'a>>,
-}
-
-impl<'a> Extension<'a> {
-    /// Adds `call`, where the extension is `party`.
-    fn add(&mut self, call: &'a Call, party: &'a Party) {
-        if self.name.is_none() {
-            self.name = party.name.as_deref();
-        }
-        // A call from a number to itself lists once.
-        if self.calls.last() != Some(&CallRef(call)) {
-            self.calls.push(CallRef(call));
-        }
-    }
-}
-
-/// One of an extension's live calls: the call itself, not its id, since two accounts may use
-/// one id. Listed as its id; equal only to the same call.
-#[derive(Clone, Copy, Debug)]
-pub struct CallRef<'a>(pub &'a Call);
-
-impl PartialEq for CallRef<'_> {
-    fn eq(&self, other: &Self) -> bool {
-        std::ptr::eq(self.0, other.0)
-    }
-}
-
-impl Eq for CallRef<'_> {}
-
-impl Serialize for CallRef<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.0.id)
-    }
-}
-
 /// One slot of the slab, linked to its older and newer neighbours while it holds a call.
 #[derive(Debug)]
 struct Slot {
@@ -381,6 +393,8 @@ pub struct LiveState {
     live: usize,
     /// Hashes of the ids and accounts of recently ended or evicted calls, oldest first.
     ended: VecDeque<u64>,
+    /// The serial of the next call to start.
+    next_serial: u64,
     metrics: Rc<Metrics>,
 }
 
@@ -401,8 +415,25 @@ impl LiveState {
             index: HashMap::with_capacity(2 * max_calls + 2),
             live: 0,
             ended: VecDeque::with_capacity(ENDS_REMEMBERED),
+            next_serial: 0,
             metrics,
         }
+    }
+
+    /// The most bytes the live calls may hold with these limits: every slot full, every
+    /// text at its cut, every call's recent events at their bound, plus the index and the
+    /// remembered ends.
+    pub fn bound(max_calls: usize, events_per_call: usize) -> usize {
+        use std::mem::size_of;
+        let texts = 3 * (MAX_ID_LEN + BLOCK_OVERHEAD) + 6 * (MAX_TEXT_LEN + BLOCK_OVERHEAD);
+        let recent = events_per_call
+            * (size_of::<RecentEvent>() + MAX_KEY_LEN + 2 * BLOCK_OVERHEAD)
+            + CALL_EVENTS_BYTES.min(events_per_call * CALL_EVENTS_BYTES);
+        // Slab and free list, the index's room for twice the calls (entry plus control byte).
+        let slots = size_of::<Slot>() + size_of::<usize>();
+        let index = 2 * (size_of::<(Rc<str>, usize)>() + 1);
+        let call = slots + index + texts + recent + BLOCK_OVERHEAD;
+        max_calls.max(1) * call + ENDS_REMEMBERED * size_of::<u64>()
     }
 
     /// Applies one event: the call it concerns starts, changes or ends. An event that fits no
@@ -412,7 +443,10 @@ impl LiveState {
         let Some(seen) = shapes::observe(event) else {
             return Changes::default();
         };
-        let account = event.account.as_deref();
+        let account = event
+            .account
+            .as_deref()
+            .map(|account| cap(account, MAX_ID_LEN));
         if let Some(slot) = self.find(seen.id, account) {
             let Some(call) = self.slots[slot].call.as_mut() else {
                 return Changes::default();
@@ -444,7 +478,8 @@ impl LiveState {
         } else {
             None
         };
-        let mut call = Call::new(&seen, self.events_per_call);
+        let mut call = Call::new(&seen, self.events_per_call, self.next_serial);
+        self.next_serial += 1;
         call.apply(&seen, event, self.events_per_call);
         let change = call.change(ChangeKind::Create);
         self.insert(call);
@@ -468,7 +503,7 @@ impl LiveState {
 
     /// The slots of the live calls with id `id`, newest first.
     fn same_id<'a>(&'a self, id: &str) -> impl Iterator<Item = usize> + 'a {
-        let head = self.index.get(id).copied();
+        let head = self.index.get(cap(id, MAX_ID_LEN)).copied();
         std::iter::successors(head, |&slot| {
             Some(self.slots[slot].same_id).filter(|&s| s != NIL)
         })
@@ -499,51 +534,6 @@ impl LiveState {
         self.same_id(id)
             .filter_map(|slot| self.slots[slot].call.as_ref())
             .find(|call| call.visible_to(scope))
-    }
-
-    /// The recent events of the live call `id`, oldest first, if `scope` may see it.
-    pub fn call_events(&self, scope: &str, id: &str) -> Option<vec_deque::Iter<'_, RecentEvent>> {
-        self.call(scope, id).map(Call::recent_events)
-    }
-
-    /// Every number taking part in a live call `scope` may see, with its live calls, in
-    /// number order.
-    pub fn extensions(&self, scope: &str) -> Vec<Extension<'_>> {
-        let mut found: BTreeMap<&str, Extension<'_>> = BTreeMap::new();
-        for call in self.calls(scope) {
-            for party in [&call.from, &call.to] {
-                if let Some(number) = party.number.as_deref() {
-                    found
-                        .entry(number)
-                        .or_insert_with(|| Extension {
-                            number,
-                            name: None,
-                            calls: Vec::new(),
-                        })
-                        .add(call, party);
-                }
-            }
-        }
-        found.into_values().collect()
-    }
-
-    /// The extension `number`, if it takes part in a live call `scope` may see.
-    pub fn extension(&self, scope: &str, number: &str) -> Option<Extension<'_>> {
-        let mut found: Option<Extension<'_>> = None;
-        for call in self.calls(scope) {
-            for party in [&call.from, &call.to] {
-                if let Some(own) = party.number.as_deref().filter(|own| *own == number) {
-                    found
-                        .get_or_insert_with(|| Extension {
-                            number: own,
-                            name: None,
-                            calls: Vec::new(),
-                        })
-                        .add(call, party);
-                }
-            }
-        }
-        found
     }
 
     /// Puts a new call in a free slot, as the newest. The caller has made room.
@@ -630,7 +620,7 @@ impl LiveState {
     }
 
     fn end_key(&self, id: &str, account: Option<&str>) -> u64 {
-        self.index.hasher().hash_one((id, account))
+        self.index.hasher().hash_one((cap(id, MAX_ID_LEN), account))
     }
 }
 
@@ -655,11 +645,24 @@ pub fn visible(account: Option<&str>, scope: &str) -> bool {
     scope == "*" || account == Some(scope)
 }
 
-/// Sets `slot` from `seen` if it is still unknown: later events fill in, never overwrite.
-fn fill(slot: &mut Option<String>, seen: Option<&str>) {
+/// Sets `slot` from `seen`, cut at `max` bytes, if it is still unknown: later events fill in,
+/// never overwrite.
+fn fill(slot: &mut Option<String>, seen: Option<&str>, max: usize) {
     if slot.is_none() {
-        *slot = seen.map(str::to_owned);
+        *slot = seen.map(|seen| cap(seen, max).to_owned());
     }
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+pub fn cap(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 #[cfg(test)]
@@ -1214,7 +1217,7 @@ mod tests {
     }
 
     #[test]
-    fn each_call_keeps_its_last_events_sharing_their_bytes() {
+    fn each_call_keeps_copies_of_its_last_events() {
         let mut live = new_state(4, 4);
         let mut payloads = Vec::new();
         let mut ring = None;
@@ -1233,8 +1236,12 @@ mod tests {
             ring.get_or_insert(recent.capacity());
             assert_eq!(Some(recent.capacity()), ring, "the ring never grows");
         }
-        let recent: Vec<_> = live.call_events("*", "c").unwrap().collect();
-        let keys: Vec<_> = recent.iter().map(|e| e.routing_key.as_str()).collect();
+        let recent: Vec<_> = live
+            .call("*", "c")
+            .map(Call::recent_events)
+            .unwrap()
+            .collect();
+        let keys: Vec<_> = recent.iter().map(|e| &*e.routing_key).collect();
         assert_eq!(
             keys,
             [
@@ -1245,14 +1252,23 @@ mod tests {
             ]
         );
         for (kept, sent) in recent.iter().zip(&payloads[16..]) {
-            assert_eq!(kept.payload.as_ptr(), sent.as_ptr(), "shared, not copied");
+            assert_eq!(kept.payload, sent);
+            assert!(!kept.truncated());
+            // A share of the event's bytes could keep a whole read buffer alive.
+            assert_ne!(kept.payload.as_ptr(), sent.as_ptr(), "copied, not shared");
         }
         assert_eq!(live.call("*", "c").unwrap().events, 20);
 
         let mut none = new_state(4, 0);
         none.apply(&kazoo("CHANNEL_CREATE", "c", None, 0));
         none.apply(&kazoo("CHANNEL_ANSWER", "c", None, 1));
-        assert_eq!(none.call_events("*", "c").unwrap().count(), 0);
+        assert_eq!(
+            none.call("*", "c")
+                .map(Call::recent_events)
+                .unwrap()
+                .count(),
+            0
+        );
         assert_eq!(none.call("*", "c").unwrap().events, 2);
     }
 
@@ -1281,58 +1297,9 @@ mod tests {
         assert!(live.call("a", "a1").is_some() && live.call("*", "a1").is_some());
         assert!(live.call("a", "b1").is_none() && live.call("a", "f1").is_none());
         assert!(live.call("*", "f1").is_some() && live.call("*", "zz").is_none());
-        assert!(live.call_events("a", "b1").is_none());
-        assert_eq!(live.call_events("b", "b1").unwrap().count(), 1);
-        assert_eq!(live.call_events("*", "f1").unwrap().count(), 1);
-
-        let listing = |scope: &str| -> Vec<(String, Vec<String>)> {
-            live.extensions(scope)
-                .into_iter()
-                .map(|ext| {
-                    let calls = ext.calls.iter().map(|call| call.0.id.to_string()).collect();
-                    (ext.number.to_owned(), calls)
-                })
-                .collect()
-        };
-        let owned = |rows: &[(&str, &[&str])]| -> Vec<(String, Vec<String>)> {
-            rows.iter()
-                .map(|(n, calls)| {
-                    let calls = calls.iter().map(|id| id.to_string()).collect();
-                    (n.to_string(), calls)
-                })
-                .collect()
-        };
-        assert_eq!(
-            listing("*"),
-            owned(&[
-                ("+14155550100", &["b1"]),
-                ("201", &["a1", "f1"]),
-                ("202", &["a1", "b1"]),
-                ("203", &["f1"]),
-            ])
-        );
-        assert_eq!(listing("a"), owned(&[("201", &["a1"]), ("202", &["a1"])]));
-        assert_eq!(
-            listing("b"),
-            owned(&[("+14155550100", &["b1"]), ("202", &["b1"])])
-        );
-        assert!(listing("c").is_empty());
-
-        let ext = live.extension("*", "202").unwrap();
-        let ids: Vec<&str> = ext.calls.iter().map(|call| &*call.0.id).collect();
-        assert_eq!((ext.name, ids), (Some("Bea"), vec!["a1", "b1"]));
-        let a_calls = live.extension("a", "202").unwrap().calls;
-        assert_eq!(
-            a_calls.iter().map(|call| &*call.0.id).collect::<Vec<_>>(),
-            ["a1"]
-        );
-        assert_eq!(
-            serde_json::to_value(live.extension("a", "202").unwrap()).unwrap(),
-            json!({"number": "202", "name": null, "calls": ["a1"]})
-        );
-        assert!(live.extension("a", "203").is_none());
-        assert!(live.extension("b", "201").is_none());
-        assert!(live.extension("*", "999").is_none());
+        assert!(live.call("a", "b1").is_none());
+        assert_eq!(live.call("b", "b1").unwrap().recent_events().count(), 1);
+        assert_eq!(live.call("*", "f1").unwrap().recent_events().count(), 1);
     }
 
     /// Values of every wrong type, and extremes of the right one.
@@ -1464,5 +1431,72 @@ mod tests {
                 assert!(other.len() <= 16);
             }
         }
+    }
+
+    #[test]
+    fn a_call_holds_its_bound_in_bytes_whatever_the_pbx_sends() {
+        let (max_calls, events_per_call) = (4, 8);
+        let mut live = new_state(max_calls, events_per_call);
+        let long = "\u{e9}".repeat(40_000);
+        let big = "x".repeat(60_000);
+        for n in 0..3 * max_calls as u64 {
+            for step in 0..events_per_call as u64 + 3 {
+                let name = if step == 0 {
+                    "CHANNEL_CREATE"
+                } else {
+                    "CHANNEL_EXECUTE"
+                };
+                let id = format!("{n}-{long}");
+                let payload = json!({
+                    "Event-Name": name, "Call-ID": id, "Timestamp": GREGORIAN + step,
+                    "Caller-ID-Number": long, "Caller-ID-Name": long, "Callee-ID-Name": long,
+                    "Other-Leg-Call-ID": long, "Call-Direction": long, "Account-ID": long,
+                    "Padding": big,
+                });
+                let mut e = event(&payload);
+                e.routing_key = format!("call.{name}.{long}");
+                live.apply(&e);
+                // Later events of the same call find it by its cut id.
+                assert_eq!(live.len(), (n as usize + 1).min(max_calls));
+            }
+        }
+        let mut held = 0;
+        for call in live.calls("*") {
+            let texts = [
+                Some(&*call.id),
+                call.account.as_deref(),
+                call.direction.as_deref(),
+                call.from.number.as_deref(),
+                call.from.name.as_deref(),
+                call.to.name.as_deref(),
+                call.other_leg.as_deref(),
+                Some(call.last_event.as_str()),
+            ];
+            for text in texts.into_iter().flatten() {
+                assert!(text.len() <= MAX_ID_LEN, "{}", text.len());
+                held += text.len();
+            }
+            assert!(call.last_event.len() <= MAX_TEXT_LEN);
+            assert!(call.from.name.as_deref().unwrap().len() <= MAX_TEXT_LEN);
+            assert_eq!(call.events, events_per_call as u64 + 3);
+            let recent: Vec<_> = call.recent_events().collect();
+            assert!(!recent.is_empty());
+            let payload: usize = recent.iter().map(|e| e.payload.len()).sum();
+            assert!(payload <= CALL_EVENTS_BYTES, "{payload}");
+            for kept in &recent {
+                assert!(kept.truncated(), "a 60 KB payload is cut");
+                assert!(kept.size > 60_000);
+                assert!(kept.routing_key.len() <= MAX_KEY_LEN);
+                held += kept.payload.len() + kept.routing_key.len();
+            }
+        }
+        assert!(
+            held <= LiveState::bound(max_calls, events_per_call),
+            "{held}"
+        );
+        assert!(
+            cap("\u{e9}\u{e9}", 3) == "\u{e9}",
+            "cut at a character boundary"
+        );
     }
 }

@@ -52,9 +52,6 @@ const STABLE_AFTER: Duration = Duration::from_secs(10);
 const BUF_INITIAL: usize = 4 * 1024;
 const BUF_KEEP: usize = 64 * 1024;
 const READ_CHUNK_MAX: usize = 256 * 1024;
-/// Payloads smaller than this are copied out of the read buffer, so that an event kept for
-/// long does not keep the whole buffer it arrived in alive.
-const COPY_BELOW: usize = 16 * 1024;
 /// The longest packet other than PUBLISH a broker may send us (a SUBACK is 2 + one byte per
 /// filter).
 const NON_PUBLISH_MAX: usize = 64 * 1024;
@@ -822,11 +819,10 @@ impl Driver {
         }
         if let Some((topic, payload)) = delivery {
             let key = event::topic_to_routing_key(&topic, self.opts.strip_prefix.as_deref());
-            let payload = if payload.len() < COPY_BELOW {
-                Bytes::copy_from_slice(&payload)
-            } else {
-                payload
-            };
+            // A copy, always: a share of the read buffer would keep the whole buffer alive as
+            // long as any frame of the event is queued, and the buffer could not be compacted
+            // after a burst (issue 16: it stayed at megabytes).
+            let payload = Bytes::copy_from_slice(&payload);
             self.deliver.deliver(Event::new(key, payload));
         }
         Ok(())

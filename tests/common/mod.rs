@@ -74,6 +74,35 @@ pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) 
     }
 }
 
+/// The `callwire` binary, to run under a limit of `open_files` open files, soft and hard.
+pub fn limit_open_files(open_files: u64) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_callwire"));
+    let limit = libc::rlimit {
+        rlim_cur: open_files as libc::rlim_t,
+        rlim_max: open_files as libc::rlim_t,
+    };
+    // SAFETY: only setrlimit, async-signal-safe, runs between fork and exec.
+    unsafe {
+        command.pre_exec(move || match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        });
+    }
+    command
+}
+
+/// A field of `/proc/<pid>/status` given in kB (`VmRSS`, `VmHWM`), in bytes.
+pub fn status_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    kb * 1024
+}
+
 /// A temporary file, removed when dropped.
 pub struct TempFile(pub PathBuf);
 
@@ -107,8 +136,26 @@ impl Callwire {
     /// system chose from its "listening on" log line: no window in which another test could
     /// take the port. (A test that sets `--log-level` above info cannot use this.)
     pub fn start(args: &[&str]) -> Callwire {
+        Callwire::start_command(Command::new(env!("CARGO_BIN_EXE_callwire")), args)
+    }
+
+    /// A callwire whose source never delivers: its broker address has no broker behind it.
+    pub fn quiet(extra: &[&str]) -> Callwire {
+        let broker = format!("mqtt://127.0.0.1:{}", free_port());
+        let mut args = vec!["--mqtt", broker.as_str()];
+        args.extend_from_slice(extra);
+        Callwire::start(&args)
+    }
+
+    /// As `start`, under a limit of `open_files` open files, soft and hard (what
+    /// `prlimit --nofile=N:N` sets).
+    pub fn start_with_open_files(open_files: u64, args: &[&str]) -> Callwire {
+        Callwire::start_command(limit_open_files(open_files), args)
+    }
+
+    fn start_command(mut command: Command, args: &[&str]) -> Callwire {
         let log = std::env::temp_dir().join(format!("{}.log", unique("callwire-test-")));
-        let child = Command::new(env!("CARGO_BIN_EXE_callwire"))
+        let child = command
             .args(args)
             .args(["--listen", "127.0.0.1:0"])
             .stdout(Stdio::null())
