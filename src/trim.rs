@@ -22,6 +22,7 @@ pub const EVERY: Duration = Duration::from_secs(2);
 /// own threshold starts at 128 KiB and rises to the largest block freed, so after one large
 /// message every later one would go to the heap. Events are a few kilobytes; a block this
 /// large is rare enough that its `mmap` costs nothing that shows.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 const OWN_PAGES_FROM: usize = 32 * 1024;
 
 /// Sets the allocator up for memory that goes back: at start-up, before anything is allocated

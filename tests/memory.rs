@@ -337,9 +337,13 @@ fn settled_rss(callwire: &Callwire) -> u64 {
     }
 }
 
-/// A callwire fed from `<prefix>/#` on the shared Mosquitto, once it is connected.
+/// A callwire fed from `<prefix>/#` on the shared Mosquitto, once it is connected. Its history
+/// of recent events is kept small: that store is meant to hold the latest events after a
+/// burst (up to `--history-bytes`, its own part of the budget, until they age out), so with the
+/// default 4 MiB the attack's last events would stay resident by design and hide whether the
+/// other stores gave their memory back.
 fn connected_to_mqtt(prefix: &str) -> Callwire {
-    let callwire = Callwire::start_mqtt(1883, prefix, &[]);
+    let callwire = Callwire::start_mqtt(1883, prefix, &["--history-bytes", "65536"]);
     wait_for("the source", Duration::from_secs(10), || {
         callwire.healthz().0 == 200
     });
