@@ -79,13 +79,13 @@ fn serve(config: Config) -> ExitCode {
         );
     }
     let executor = Rc::new(LocalExecutor::new());
-    // Boxed behind `dyn`, so block_on cannot inline the bridge's poll into this frame: inlined,
-    // the frame was 53 KiB of stack, touched at start-up and resident for the process's life.
     info!("{}", Budget::new(&config.limits).line());
     info!(
         "open files: {} needed, limit {open_files}",
         fds::needed(&config.limits)
     );
+    // Boxed behind `dyn`, so block_on cannot inline the bridge's poll into this frame: rustc
+    // probes every page of a large frame on entry, and those pages would stay resident.
     let bridge = run(config, auth, listener, executor.clone()).boxed_local();
     smol::block_on(executor.run(bridge));
     ExitCode::SUCCESS
