@@ -29,6 +29,7 @@ pub mod matcher;
 pub mod metrics;
 pub mod notify;
 pub mod origins;
+pub mod percent;
 pub mod rest;
 pub mod rng;
 pub mod seats;

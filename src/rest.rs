@@ -15,6 +15,7 @@ use crate::history::{History, Resume};
 use crate::http::{Pieces, Request, Response};
 use crate::listing;
 use crate::live::{self, LiveState, MAX_ID_LEN};
+use crate::percent;
 use crate::source::Commands;
 
 /// The Kazoo call events a Blackhole client can bind to, as Crossbar lists them.
@@ -330,27 +331,12 @@ fn segments(path: &str) -> Option<Vec<String>> {
     rest.split('/').map(percent_decode).collect()
 }
 
+/// A non-empty segment, percent-decoded.
 fn percent_decode(segment: &str) -> Option<String> {
     if segment.is_empty() {
         return None;
     }
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            // Two hex digits exactly: `from_str_radix` alone would also take a sign (`%+1`).
-            let hex = segment
-                .get(i + 1..i + 3)
-                .filter(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    percent::decode(segment).ok()
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ use smol::net::TcpStream;
 use crate::event::{self, Event};
 use crate::logging::{RateLimit, held_back};
 use crate::metrics::{DropReason, Metrics};
+use crate::percent;
 use crate::rng::Rng;
 use crate::source::{Backoff, Deliver, SourceStatus, room};
 
@@ -236,28 +237,13 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// A user name or password from the URL, percent-decoded, within MQTT's length limit.
 fn percent_decode(text: &str) -> Result<String, String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or("bad percent-encoding ('%' must be followed by two hex digits)")?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    if out.len() > usize::from(u16::MAX) {
+    let text = percent::decode(text).map_err(|e| e.to_string())?;
+    if text.len() > usize::from(u16::MAX) {
         return Err("longer than MQTT allows (65535 bytes)".to_owned());
     }
-    String::from_utf8(out).map_err(|_| "not UTF-8 after percent-decoding".to_owned())
+    Ok(text)
 }
 
 /// `callwire-` and up to 14 hex digits from the process id and the clock: unique per process
@@ -1232,6 +1218,8 @@ mod tests {
         assert!(parse_err("mqtt://ho st").contains("invalid host"));
         assert!(parse_err("mqtt://:pw@host").contains("empty user name"));
         assert!(parse_err("mqtt://bob%zz:pw@host").contains("percent-encoding"));
+        // A sign is not a hex digit (this copy once took `%+1` for byte 1).
+        assert!(parse_err("mqtt://bob%+1:pw@host").contains("percent-encoding"));
         assert!(parse_err("mqtt://bob:%ff@host").contains("UTF-8"));
         for e in [
             parse_err("mqtt://bob:hunter2@host:x"),
