@@ -160,7 +160,9 @@ async fn run(
     // One timer pings every ActionCable socket.
     executor.spawn(cable::send_pings(app.clone())).detach();
     executor.spawn(reload_on_hangup(app.clone())).detach();
-    executor.spawn(trim::run()).detach();
+    if trim::NEEDED {
+        executor.spawn(trim::run()).detach();
+    }
     // One task closes the clients too slow to take what is queued for them (hub.rs).
     let watching = app.clone();
     executor

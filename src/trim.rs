@@ -16,6 +16,10 @@ use smol::Timer;
 /// How often freed memory is given back.
 pub const EVERY: Duration = Duration::from_secs(2);
 
+/// Whether this build's allocator needs the help: glibc's does, musl's mallocng (the static
+/// builds callwire ships) does not, and a timer there would only wake an idle gateway.
+pub const NEEDED: bool = cfg!(all(target_os = "linux", target_env = "gnu"));
+
 /// Blocks at least this large get pages of their own from the system (glibc's
 /// `M_MMAP_THRESHOLD`), handed back the moment they are freed: frames and payloads of tens of
 /// kilobytes, which an attack sends by the thousand, never spread through the heap. glibc's
