@@ -19,10 +19,9 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use serde_json::{Value, json};
 use tungstenite::Message;
 
+use common::kazoo_reference::blackhole_data;
 use common::proxy::Proxy;
-use common::{
-    Callwire, Socket, blackhole_data, drain, request, set_read_timeout, unique, wait_for,
-};
+use common::{Callwire, Socket, drain, request, set_read_timeout, unique, wait_for};
 
 const RABBIT_PORT: u16 = 5672;
 

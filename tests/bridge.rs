@@ -7,9 +7,9 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::kazoo_reference::blackhole_data;
 use common::{
-    Callwire, PrivateMosquitto, Socket, blackhole_data, drain, mosquitto_pub, recv, request,
-    unique, wait_for,
+    Callwire, PrivateMosquitto, Socket, drain, mosquitto_pub, recv, request, unique, wait_for,
 };
 use serde_json::{Value, json};
 use tungstenite::Message;

@@ -18,9 +18,10 @@ use serde_json::{Value, json};
 use tungstenite::Message;
 use tungstenite::stream::MaybeTlsStream;
 
+use common::kazoo_reference::blackhole_data;
 use common::proxy::Proxy;
 use common::script::Script;
-use common::{Callwire, PrivateMosquitto, TempFile, blackhole_data, mosquitto_pub, wait_for};
+use common::{Callwire, PrivateMosquitto, TempFile, mosquitto_pub, wait_for};
 
 const SEED: u64 = 19;
 const MANAGER: &str = "manag3rpa55word";

@@ -12,8 +12,8 @@ use callwire::dialect::blackhole::{BlackholeSession, Subscriptions};
 use callwire::hub::Interest;
 use callwire::matcher::{MAX_BINDING_LEN, MAX_BINDING_SEGMENTS, MAX_KEY_SEGMENTS};
 use callwire_fuzz::{
-    CREDENTIALS, LIMITS, Script, Step, app, auth, drain, event, json, reference_account,
-    reference_matches, visible,
+    CREDENTIALS, LIMITS, Script, Step, app, auth, blackhole_data, drain, event, json,
+    reference_account, reference_matches, visible,
 };
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value, json};
@@ -230,49 +230,6 @@ impl Model {
     }
 }
 
-/// An event's `data` as blackhole.md says Kazoo sends it: for an object payload, Kazoo's
-/// optional default headers (but `Account-ID` and `Call-ID`) deleted at the top level, then
-/// every key of every object (inside arrays too) with `-` as `_` and the ASCII and Latin-1
-/// capitals in lower case, members whose value is null dropped; any other JSON as it was; a
-/// payload that is not JSON as a string.
-fn reference_data(json: Option<&Value>, payload: &[u8]) -> Value {
-    const PRIVATE: [&str; 14] = [
-        "Access-Group", "Defer-Response", "Destination-Server", "Geo-Location", "Log-ID",
-        "Node", "Queue-ID", "Raw-Headers", "Server-ID", "Request-From-PID", "Reply-To-PID",
-        "AMQP-Broker", "AMQP-Zone", "Deliver-To-PID",
-    ];
-    fn key(text: &str) -> String {
-        text.chars()
-            .map(|c| match c {
-                '-' => '_',
-                'A'..='Z' | 'À'..='Þ' if c != '×' => c.to_lowercase().next().unwrap_or(c),
-                other => other,
-            })
-            .collect()
-    }
-    fn value(v: &Value) -> Value {
-        match v {
-            Value::Object(map) => object(map, &[]),
-            Value::Array(items) => Value::Array(items.iter().map(value).collect()),
-            other => other.clone(),
-        }
-    }
-    fn object(map: &Map<String, Value>, skip: &[&str]) -> Value {
-        let mut out = Map::new();
-        for (k, v) in map {
-            if !v.is_null() && !skip.contains(&k.as_str()) {
-                out.insert(key(k), value(v));
-            }
-        }
-        Value::Object(out)
-    }
-    match json {
-        Some(Value::Object(map)) => object(map, &PRIVATE),
-        Some(other) => other.clone(),
-        None => Value::String(String::from_utf8_lossy(payload).into_owned()),
-    }
-}
-
 /// Checks a reply frame: one JSON object with the request's id (or a generated one) and the
 /// status and data the model expects.
 fn check_reply(frame: &str, request_id: Option<&Value>, expected: Result<Value, String>) {
@@ -360,7 +317,7 @@ fuzz_target!(|data: &[u8]| {
                     })
                     .unwrap_or_else(|| key.split('.').nth(1).unwrap_or(""))
                     .to_owned();
-                let data = reference_data(event.json.as_ref(), payload);
+                let data = blackhole_data(payload);
                 app.deliver(event);
                 let frames = drain(&client);
                 let delivered = Delivered {

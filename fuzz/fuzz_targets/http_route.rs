@@ -118,7 +118,11 @@ fn expected_status(request: &Request, app: &App) -> u16 {
     match path {
         // A catalogue request with a credential that is wrong is refused, as the live API's.
         "/v2/websockets" if method == "GET" && authorization.is_some() => {
-            return if account_of(authorization).is_some() { 200 } else { 401 };
+            return if account_of(authorization).is_some() {
+                200
+            } else {
+                401
+            };
         }
         "/healthz" | "/metrics" | "/v2/websockets" => return get(true),
         "/" | "/dashboard.js" | "/dashboard.css" if method == "GET" => return 200,

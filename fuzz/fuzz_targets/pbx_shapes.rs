@@ -156,7 +156,8 @@ impl Model {
         if self.ended.len() == 1024 {
             self.ended.pop_front();
         }
-        self.ended.push_back((call.id.clone(), call.account.clone()));
+        self.ended
+            .push_back((call.id.clone(), call.account.clone()));
     }
 
     fn apply(

@@ -23,6 +23,11 @@ use callwire::seats::Seats;
 use callwire::source::{Commands, SourceKind, SourceStatus};
 use serde_json::Value;
 
+// The contract's oracle for Blackhole event data, the same file the integration tests use.
+#[path = "../../tests/common/kazoo_reference.rs"]
+mod kazoo_reference;
+pub use kazoo_reference::blackhole_data;
+
 /// Small limits, so that the fuzzer reaches every bound quickly.
 pub const LIMITS: Limits = Limits {
     max_clients: 4,
