@@ -18,7 +18,7 @@ use crate::live::LiveState;
 use crate::rest::Catalogue;
 use crate::server::MAX_PENDING;
 use crate::source::amqp::PREFETCH;
-use crate::ws::{READ_BUFFER, WRITE_BUFFER};
+use crate::ws::{CONTROL_BUFFER, READ_BUFFER};
 
 /// What one connected client costs besides the bounds below, whatever it does: its task and
 /// `ws::Connection`, the hub's `Client`, tungstenite's state, the reactor's registration and the
@@ -51,7 +51,7 @@ pub enum Part {
     Bindings,
     /// Each client's incoming message, as tungstenite assembles it (`ws`).
     WsRead,
-    /// Each client's frame being written, in tungstenite's write buffer (`ws`).
+    /// Each client's control frames being written, in tungstenite's write buffer (`ws`).
     WsWrite,
     /// Frames queued to clients: `--queue-bytes-total` (`hub`).
     Queues,
@@ -59,6 +59,9 @@ pub enum Part {
     LiveCalls,
     /// Recent events kept for clients that resume: `--history-bytes` and its slots (`history`).
     History,
+    /// Frames replayed to clients that resumed, until written: twice `--history-bytes`
+    /// (`history::replay_bytes`, charged by `dialect`).
+    Replays,
     /// Connections being answered: request heads, REST answers (`server`, `http`, `listing`),
     /// and the one client request being parsed (`dialect`).
     Requests,
@@ -69,7 +72,7 @@ pub enum Part {
 }
 
 impl Part {
-    pub const ALL: [Part; 10] = [
+    pub const ALL: [Part; 11] = [
         Part::Clients,
         Part::Bindings,
         Part::WsRead,
@@ -77,6 +80,7 @@ impl Part {
         Part::Queues,
         Part::LiveCalls,
         Part::History,
+        Part::Replays,
         Part::Requests,
         Part::Broker,
         Part::Catalogue,
@@ -91,6 +95,7 @@ impl Part {
             Part::Queues => "queues",
             Part::LiveCalls => "live_calls",
             Part::History => "history",
+            Part::Replays => "replays",
             Part::Requests => "requests",
             Part::Broker => "broker",
             Part::Catalogue => "catalogue",
@@ -116,13 +121,14 @@ impl Budget {
                 // A frame being read and a fragmented message being assembled, each up to the
                 // limit, beside the read buffer.
                 Part::WsRead => clients * (READ_BUFFER + 2 * limits.max_request_size),
-                // tungstenite writes out once it holds `WRITE_BUFFER`, so it holds that and
-                // one frame at most.
-                Part::WsWrite => clients * (WRITE_BUFFER + frame),
+                // Text frames are written from the queues' bytes (`text_frames`); tungstenite
+                // holds only control frames, and refuses more than `CONTROL_BUFFER` of them.
+                Part::WsWrite => clients * CONTROL_BUFFER,
                 // Distinct frames, however many queues share them (`hub::Charge`).
                 Part::Queues => limits.queue_bytes_total,
                 Part::LiveCalls => LiveState::bound(limits.max_calls, limits.events_per_call),
                 Part::History => history::worst_case_bytes(limits),
+                Part::Replays => history::replay_bytes(limits),
                 Part::Requests => {
                     MAX_PENDING * pending_connection() + PARSED_PER_BYTE * limits.max_request_size
                 }

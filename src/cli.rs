@@ -83,8 +83,8 @@ pub struct Args {
     #[argh(option, default = "64")]
     pub max_unauthenticated: usize,
 
-    /// most websocket clients at once (default 1024)
-    #[argh(option, default = "1024")]
+    /// most websocket clients at once (default 512)
+    #[argh(option, default = "512")]
     pub max_clients: usize,
 
     /// most bindings one Blackhole socket may hold (default 32)
@@ -105,8 +105,8 @@ pub struct Args {
     pub queue_bytes: usize,
 
     /// bytes queued to all clients, a frame shared by many counted once; past it frames are
-    /// dropped and counted, from half of it the broker waits (default 16777216)
-    #[argh(option, default = "16 * 1024 * 1024")]
+    /// dropped and counted, from half of it the broker waits (default 8388608)
+    #[argh(option, default = "8 * 1024 * 1024")]
     pub queue_bytes_total: usize,
 
     /// seconds a frame may wait for a client before it is closed as too slow (default 5)
@@ -154,8 +154,8 @@ pub struct Args {
     #[argh(option, default = "40")]
     pub request_burst: u32,
 
-    /// bytes of recent events kept so that clients can resume after a drop (default 4194304)
-    #[argh(option, default = "4 * 1024 * 1024")]
+    /// bytes of recent events kept so that clients can resume after a drop (default 2097152)
+    #[argh(option, default = "2 * 1024 * 1024")]
     pub history_bytes: usize,
 
     /// seconds an event stays in the history of recent events (default 300)

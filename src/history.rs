@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use crate::event::{self, Event};
-use crate::limits::Limits;
+use crate::limits::{BytePool, Held, Limits};
 use crate::rng::Rng;
 
 /// Where an event stands in the bridge's history.
@@ -86,6 +86,13 @@ pub fn worst_case_bytes(limits: &Limits) -> usize {
     limits.history_bytes + most_entries.next_power_of_two() * ENTRY_SLOT
 }
 
+/// The most bytes of replayed frames waiting to be written, every socket's together: room for
+/// the whole history rendered twice over, so that resumes after an outage that dropped every
+/// client are answered in turn while the sockets take them.
+pub fn replay_bytes(limits: &Limits) -> usize {
+    2 * limits.history_bytes
+}
+
 /// What a client asked to resume from, judged against the history.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Resume {
@@ -111,6 +118,8 @@ pub struct History {
     /// from a time before either cannot be whole.
     started_at: SystemTime,
     dropped_through: Option<SystemTime>,
+    /// The frames rendered for resumes and not yet written, every socket's together.
+    replays: Rc<BytePool>,
 }
 
 impl History {
@@ -130,7 +139,14 @@ impl History {
             ttl: limits.history_ttl,
             started_at: SystemTime::now(),
             dropped_through: None,
+            replays: BytePool::new(replay_bytes(limits)),
         }
+    }
+
+    /// A socket's share of the room for replayed frames: a resume whose frames do not fit
+    /// beside the others waiting to be written is answered as not recovered.
+    pub fn replay_share(&self) -> Held {
+        self.replays.share()
     }
 
     pub fn epoch(&self) -> &Rc<str> {

@@ -26,9 +26,10 @@
 //!
 //! Writing never happens here: pushing to a queue is a bounded, non-blocking step. A frame
 //! queued to an empty queue wakes its connection, which writes everything queued by the time
-//! it runs in one `write`. The source places a bounded number of events per turn and then lets
-//! the connections run, so under load each round of writes carries what queued during the
-//! last one, and with a trickle nothing waits.
+//! it runs in one vectored `write` (`text_frames`); a frame stays queued, and counted, until
+//! the socket has taken all of it. The source places a bounded number of events per turn and
+//! then lets the connections run, so under load each round of writes carries what queued
+//! during the last one, and with a trickle nothing waits.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -279,7 +280,15 @@ impl Client {
         }
     }
 
-    /// Takes the oldest queued frame: the client's progress, which may let the source go on.
+    /// Lends the queued frames, oldest first, to be written; they stay queued (and counted)
+    /// until the socket has taken them and the connection pops them.
+    pub fn with_queued<R>(&self, f: impl FnOnce(&mut dyn Iterator<Item = &Frame>) -> R) -> R {
+        let outbox = self.outbox.borrow();
+        f(&mut outbox.frames.iter().map(|(frame, _, _)| frame))
+    }
+
+    /// Takes the oldest queued frame once it is written: the client's progress, which may let
+    /// the source go on.
     pub fn pop(&self) -> Option<Frame> {
         let mut outbox = self.outbox.borrow_mut();
         let (frame, _, _) = outbox.frames.pop_front()?;

@@ -109,6 +109,16 @@ pub struct Held {
 }
 
 impl Held {
+    /// The share held now.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// How much more the share could grow now.
+    pub fn room(&self) -> usize {
+        self.pool.max - self.pool.used.get()
+    }
+
     /// Makes the share `bytes`; `false`, changing nothing, when growing it would take the pool
     /// past its bound.
     pub fn resize(&mut self, bytes: usize) -> bool {

@@ -86,10 +86,13 @@ pub enum Limit {
     Unauthenticated,
     /// `--stall-timeout`: a socket was closed as too slow.
     StallTimeout,
+    /// The replays waiting to be written had taken their part of the budget: a resume was
+    /// answered as not recovered (`history::replay_bytes`).
+    Replay,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 13] = [
+    pub const ALL: [Limit; 14] = [
         Limit::MaxClients,
         Limit::PerIp,
         Limit::HandshakeTimeout,
@@ -103,6 +106,7 @@ impl Limit {
         Limit::AuthTimeout,
         Limit::Unauthenticated,
         Limit::StallTimeout,
+        Limit::Replay,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -120,6 +124,7 @@ impl Limit {
             Limit::AuthTimeout => "auth_timeout",
             Limit::Unauthenticated => "max_unauthenticated",
             Limit::StallTimeout => "stall_timeout",
+            Limit::Replay => "replay",
         }
     }
 }

@@ -5,11 +5,12 @@
 //! is the connection's state and nothing more, which is what an idle socket costs (an `async
 //! fn` would also carry every nested future's state and a second copy of its arguments). Each
 //! poll handles whichever is ready (a message from the client, queued frames, the hub asking
-//! for a close, the timer). Writes feed every ready frame to tungstenite and flush once, so a
-//! burst becomes one `write`.
+//! for a close, the timer). Text frames (replies and what the hub queued) go out from their
+//! shared bytes, a batch per vectored write (`text_frames`); tungstenite reads the client's
+//! messages and writes only control frames, flushed before any text frame starts.
 
 use std::future::Future;
-use std::io::{self, Read};
+use std::io::{self, IoSlice, Read};
 use std::net::TcpStream;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -30,6 +31,7 @@ use crate::hub::{Client, CloseReason, Frame, Outgoing};
 use crate::limits::{Limits, TokenBucket};
 use crate::metrics::Limit;
 use crate::seats::Seat;
+use crate::text_frames::TextWriter;
 
 /// The upgraded socket as tungstenite drives it.
 pub type Socket = WebSocketStream<Tcp>;
@@ -97,6 +99,14 @@ impl AsyncWrite for Tcp {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_flush(cx)
     }
@@ -109,8 +119,9 @@ impl AsyncWrite for Tcp {
 /// tungstenite's read buffer is allocated (and zero-filled) per connection and stays
 /// resident; client messages are small, so a small one costs little and reads the same.
 pub const READ_BUFFER: usize = 256;
-/// Frames are gathered up to this size before a write; a flush writes whatever is there.
-pub const WRITE_BUFFER: usize = 8 * 1024;
+/// The most tungstenite may hold of control frames not yet written: a pong (at most 127
+/// bytes, and one at a time) and a close frame. Text frames never pass through it.
+pub const CONTROL_BUFFER: usize = 512;
 /// The kernel's send buffer per client socket (Linux doubles it for its bookkeeping). Left
 /// to itself it grows to `net.ipv4.tcp_wmem`'s maximum, 4 MiB by default: memory per client
 /// outside any budget of ours, and minutes of a slow client's backlog hidden from the stall
@@ -131,8 +142,9 @@ const STEPS_PER_POLL: usize = 32;
 pub fn config(limits: &Limits) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(WRITE_BUFFER + 2 * limits.max_message_size)
+        // Written at once: a control frame waits only while the socket is full.
+        .write_buffer_size(0)
+        .max_write_buffer_size(CONTROL_BUFFER)
         .max_message_size(Some(limits.max_request_size))
         .max_frame_size(Some(limits.max_request_size))
 }
@@ -169,6 +181,8 @@ pub struct Connection<S> {
     app: Rc<App>,
     /// The session's replies not yet written, the next one last.
     replies: Vec<Frame>,
+    /// How far the socket has taken the text frame being written.
+    writer: TextWriter,
     /// The ping interval while serving; the deadline once closing.
     timer: Timer,
     bucket: TokenBucket,
@@ -208,6 +222,7 @@ impl<S: Session> Connection<S> {
                 Phase::Writing
             },
             replies,
+            writer: TextWriter::default(),
             session,
             app,
             heard_since_tick: false,
@@ -339,24 +354,27 @@ impl<S: Session> Connection<S> {
         }
     }
 
-    /// Writes the replies, then every frame the hub queued, and flushes once. Gives up at once
-    /// if the hub asks for a close while the socket is not draining.
+    /// Writes the replies, then the frames the hub queued, a batch per step, until none is
+    /// left. Gives up at once if the hub asks for a close while the socket is not draining.
     fn poll_writing(&mut self, cx: &mut Context<'_>) -> Poll<Option<Phase>> {
         if let Poll::Ready(reason) = self.client.poll_close(cx) {
             return Poll::Ready(self.goodbye(reason));
         }
-        let (replies, client) = (&mut self.replies, &self.client);
-        let next = || {
-            let frame = match replies.is_empty() {
-                false => replies.pop(),
-                true => client.pop(),
-            };
-            frame.map(Message::Text)
+        let pending = Pending {
+            replies: &mut self.replies,
+            queued: Some(&self.client),
+            farewell: None,
         };
-        let written = ready!(send_all(&mut self.ws, cx, next));
-        // Replies are rare; an idle socket should not keep room for them.
-        self.replies = Vec::new();
-        Poll::Ready(written.ok().map(|()| Phase::Idle))
+        match ready!(write_frames(&mut self.ws, &mut self.writer, cx, pending)) {
+            Ok(true) => Poll::Ready(Some(Phase::Writing)),
+            Ok(false) => {
+                // Replies are rare; an idle socket should not keep room for them.
+                self.replies = Vec::new();
+                self.session.replies_written();
+                Poll::Ready(Some(Phase::Idle))
+            }
+            Err(_) => Poll::Ready(None),
+        }
     }
 
     /// The hub asked for a close: the dialect's goodbye, then a close frame (1008 for a client
@@ -365,6 +383,11 @@ impl<S: Session> Connection<S> {
     /// it), and its goodbye is best effort: it waits at most [`GOODBYE_TIMEOUT`] on a socket
     /// that may never drain.
     fn goodbye(&mut self, reason: CloseReason) -> Option<Phase> {
+        // The frame the socket stopped in was the hub's, and a client too slow has lost its
+        // queue: nothing valid can follow half a frame, so there is no goodbye to say.
+        if reason == CloseReason::TooSlow && self.writer.in_frame() && self.replies.is_empty() {
+            return None;
+        }
         let (code, why) = match reason {
             CloseReason::TooSlow => (CloseCode::Policy, "too slow"),
             CloseReason::Revoked => (CloseCode::Policy, "credential revoked"),
@@ -399,21 +422,26 @@ impl<S: Session> Connection<S> {
         let Phase::Closing(closing) = &mut self.phase else {
             unreachable!("poll_closing outside Phase::Closing");
         };
-        let client = &self.client;
-        let next = || {
-            let queued = closing.queued.then(|| client.pop()).flatten();
-            if queued.is_none() {
-                closing.queued = false;
-            }
-            let frame = queued.or_else(|| closing.farewell.take());
-            frame.map(Message::Text).or_else(|| {
-                closing
-                    .close
-                    .take()
-                    .map(|close| Message::Close(Some(close)))
-            })
+        let pending = Pending {
+            replies: &mut self.replies,
+            queued: closing.queued.then_some(&*self.client),
+            farewell: Some(&mut closing.farewell),
         };
-        ready!(send_all(&mut self.ws, cx, next)).ok();
+        match ready!(write_frames(&mut self.ws, &mut self.writer, cx, pending)) {
+            // More to write: still closing.
+            Ok(true) => {
+                return Poll::Ready(Some(std::mem::replace(&mut self.phase, Phase::Idle)));
+            }
+            Ok(false) => {}
+            Err(_) => return Poll::Ready(None),
+        }
+        let mut ws = Pin::new(&mut self.ws);
+        if let Some(close) = closing.close.take() {
+            if ws.as_mut().start_send(Message::Close(Some(close))).is_err() {
+                return Poll::Ready(None);
+            }
+        }
+        ready!(ws.poll_flush(cx)).ok();
         Poll::Ready(None)
     }
 }
@@ -445,20 +473,72 @@ impl<S> Drop for Connection<S> {
     }
 }
 
-/// Feeds tungstenite the messages `next` gives, as fast as it takes them, then flushes.
-fn send_all(
+/// The text frames a connection has to write, in the order they go out.
+struct Pending<'a> {
+    /// The session's replies, the next one last.
+    replies: &'a mut Vec<Frame>,
+    /// The client whose queued frames follow, if they are to be written.
+    queued: Option<&'a Client>,
+    /// The dialect's farewell, last.
+    farewell: Option<&'a mut Option<Frame>>,
+}
+
+/// Writes one batch of `pending` and takes what went out off it, after whatever tungstenite
+/// still holds (its frames are whole, and ours must not start inside one). Returns whether
+/// frames are left.
+fn write_frames(
     ws: &mut Socket,
+    writer: &mut TextWriter,
     cx: &mut Context<'_>,
-    mut next: impl FnMut() -> Option<Message>,
-) -> Poll<Result<(), WsError>> {
-    let mut ws = Pin::new(ws);
-    loop {
-        ready!(ws.as_mut().poll_ready(cx))?;
-        match next() {
-            Some(message) => ws.as_mut().start_send(message)?,
-            None => return ws.poll_flush(cx),
+    pending: Pending<'_>,
+) -> Poll<Result<bool, WsError>> {
+    if !writer.in_frame() {
+        ready!(Pin::new(&mut *ws).poll_flush(cx))?;
+    }
+    let Pending {
+        replies,
+        queued,
+        mut farewell,
+    } = pending;
+    let socket = ws.get_mut();
+    let written = {
+        let last = farewell.as_deref().and_then(Option::as_ref);
+        let replies = &replies[..];
+        match queued {
+            Some(client) => {
+                client.with_queued(|frames| write_batch(socket, writer, cx, replies, frames, last))
+            }
+            None => write_batch(socket, writer, cx, replies, &mut std::iter::empty(), last),
+        }
+    };
+    let mut written = ready!(written)?;
+    if written == 0 {
+        return Poll::Ready(Ok(false));
+    }
+    while written > 0 {
+        written -= 1;
+        if replies.pop().is_none() && queued.and_then(Client::pop).is_none() {
+            farewell.as_deref_mut().and_then(Option::take);
         }
     }
+    Poll::Ready(Ok(true))
+}
+
+/// One vectored write of the frames in the order they go out: replies (the next one last in
+/// `replies`), queued frames, the farewell.
+fn write_batch(
+    socket: &mut Tcp,
+    writer: &mut TextWriter,
+    cx: &mut Context<'_>,
+    replies: &[Frame],
+    queued: &mut dyn Iterator<Item = &Frame>,
+    farewell: Option<&Frame>,
+) -> Poll<io::Result<usize>> {
+    let replies = replies.iter().rev().map(|frame| frame.as_bytes());
+    let queued = queued.map(|frame| frame.as_bytes());
+    let farewell = farewell.map(|frame| frame.as_bytes());
+    let mut frames = replies.chain(queued).chain(farewell);
+    writer.poll_write(socket, cx, &mut frames)
 }
 
 /// The close code that explains a read error to the client, if it can still be told.

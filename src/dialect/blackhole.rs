@@ -215,6 +215,8 @@ pub struct BlackholeSession {
     name: Option<Box<str>>,
     metadata: Option<Box<str>>,
     ids: Rng,
+    /// Room for the frames a resume replayed until they are written (`history::replay_bytes`).
+    replaying: Held,
 }
 
 impl BlackholeSession {
@@ -223,10 +225,12 @@ impl BlackholeSession {
         auth: Rc<Auth>,
         history: Rc<RefCell<History>>,
     ) -> BlackholeSession {
+        let replaying = history.borrow().replay_share();
         BlackholeSession {
             client,
             auth,
             history,
+            replaying,
             credential: None,
             name: None,
             metadata: None,
@@ -360,7 +364,16 @@ impl BlackholeSession {
                     .as_ref()
                     .map(|(epoch, offset)| match history.resume(epoch, *offset) {
                         Resume::Recovered { from } => {
-                            render_replay(&history, from, subscriptions, &wanted, replay);
+                            let room = self.replaying.room();
+                            let start = replay.len();
+                            let rendered =
+                                render_replay(&history, from, subscriptions, &wanted, room, replay);
+                            let held = self.replaying.bytes();
+                            if !rendered.is_some_and(|bytes| self.replaying.resize(held + bytes)) {
+                                replay.truncate(start);
+                                self.client.metrics.limit_hits(Limit::Replay).inc();
+                                return false;
+                            }
                             covers_from = offset + 1;
                             true
                         }
@@ -428,15 +441,18 @@ fn scope_for(credential: &Credential, requested: Option<&Value>) -> Result<Scope
 
 /// Renders, in order, the history's events from index `from` that one of `wanted` takes and
 /// that none of the socket's subscriptions already delivered: the rules and the frame of a
-/// live event, each event once, under the first of `wanted` that takes it.
+/// live event, each event once, under the first of `wanted` that takes it. Returns the bytes
+/// rendered, or `None` as soon as they pass `room`.
 fn render_replay(
     history: &History,
     from: usize,
     subscriptions: &Subscriptions,
     wanted: &[Subscription],
+    room: usize,
     replay: &mut Vec<Frame>,
-) {
+) -> Option<usize> {
     let mut renders = Renders::default();
+    let mut bytes = 0;
     for entry in history.entries_from(from) {
         let Some(key) = RoutingKey::split(&entry.routing_key) else {
             continue;
@@ -456,8 +472,14 @@ fn render_replay(
             continue;
         };
         renders.clear();
-        replay.push(renders.frame(&entry.to_event(history.epoch()), subscription));
+        let frame = renders.frame(&entry.to_event(history.epoch()), subscription);
+        bytes += frame.len();
+        if bytes > room {
+            return None;
+        }
+        replay.push(frame);
     }
+    Some(bytes)
 }
 
 /// A subscribe's `since` (delivery.md): `{"epoch": "<epoch>", "offset": <offset>}`.
@@ -524,6 +546,10 @@ impl Session for BlackholeSession {
 
     fn on_binary(&mut self, _data: &[u8], replies: &mut Vec<Frame>) {
         replies.push(self.reply(None, Err("invalid JSON".to_owned())));
+    }
+
+    fn replies_written(&mut self) {
+        self.replaying.resize(0);
     }
 
     fn authenticated(&self) -> bool {
@@ -633,6 +659,48 @@ mod tests {
             json!({"action": "subscribe", "data": {"binding": "x.y", "since": {"offset": 1}}}),
         );
         assert_eq!(reply["status"], "error", "{reply}");
+    }
+
+    #[test]
+    fn replays_waiting_to_be_written_share_a_bounded_room_and_give_it_back() {
+        // A history of 8 KiB: replays may hold 16 KiB until written.
+        let hub = Hub::new(
+            cli::limits_from(&["--history-bytes", "8192"]),
+            Rc::new(Metrics::default()),
+        );
+        let history = Rc::new(RefCell::new(History::new(hub.limits())));
+        let pool = crate::limits::BytePool::new(usize::MAX);
+        let socket = || {
+            let interest = Interest::Blackhole(Subscriptions::new(8, pool.share()));
+            let client = hub.register(Dialect::Blackhole, None, interest).unwrap();
+            BlackholeSession::new(client, Rc::new(Auth::open()), history.clone())
+        };
+        let mut sockets: Vec<BlackholeSession> = (0..4).map(|_| socket()).collect();
+        // Five events of 1 KiB: each socket's replay is about 5.5 KiB of frames.
+        for n in 0..5 {
+            let payload = format!(r#"{{"n":{n},"filler":"{}"}}"#, "x".repeat(1024));
+            let mut event = Event::new(format!("call.E.{n}"), payload.into_bytes().into());
+            history.borrow_mut().record(&mut event);
+        }
+        let epoch = history.borrow().epoch().to_string();
+        let resume = json!({"action": "subscribe", "data": {"binding": "call.#",
+                            "since": {"epoch": epoch, "offset": 0}}});
+        let resume_on = |session: &mut BlackholeSession| ask(session, resume.clone());
+        for session in &mut sockets[..2] {
+            let (reply, replayed) = resume_on(session);
+            assert_eq!(reply["data"]["recovered"], true, "{reply}");
+            assert_eq!(offsets(&replayed), [1, 2, 3, 4, 5]);
+        }
+        // The third does not fit beside the two waiting to be written: told to resync.
+        let (reply, replayed) = resume_on(&mut sockets[2]);
+        assert_eq!(reply["data"]["recovered"], false, "{reply}");
+        assert!(replayed.is_empty());
+        assert_eq!(hub.metrics().limit_hits(Limit::Replay).get(), 1);
+        // Once the first socket's replay is written, its room serves the next resume.
+        sockets[0].replies_written();
+        let (reply, replayed) = resume_on(&mut sockets[3]);
+        assert_eq!(reply["data"]["recovered"], true, "{reply}");
+        assert_eq!(replayed.len(), 5);
     }
 
     #[test]

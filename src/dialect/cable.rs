@@ -32,7 +32,7 @@ use crate::history::{History, Position, Resume};
 use crate::hub::{Client, CloseReason, Frame, Interest};
 use crate::limits::Held;
 use crate::live::{CallChange, ChangeKind};
-use crate::metrics::Limit;
+use crate::metrics::{Limit, Metrics};
 
 /// The subprotocol the official client needs in the upgrade's answer.
 pub const SUBPROTOCOL: &str = "actioncable-v1-json";
@@ -655,6 +655,9 @@ struct Extended {
     sid: Box<str>,
     /// The identifiers restored from the session the upgrade presented, for the welcome.
     restored: Option<Vec<Rc<str>>>,
+    /// Room for the frames a history request replayed until they are written
+    /// (`history::replay_bytes`).
+    replaying: Held,
 }
 
 /// One ActionCable socket's command handling.
@@ -702,12 +705,14 @@ impl CableSession {
                 }
                 ids
             });
+        let replaying = history.borrow().replay_share();
         CableSession {
             client,
             auth,
             // Restored subscriptions' keys were checked again: the socket has proved one.
             authenticated: restored.is_some(),
             extended: Some(Box::new(Extended {
+                replaying,
                 history,
                 saved,
                 sid: session_id(),
@@ -771,14 +776,19 @@ impl CableSession {
                         replies.push(reply_frame(identifier, "confirm_subscription"));
                         // AnyCable's client asks for what it missed with the subscribe.
                         if let (Some(extended), Some(request)) =
-                            (&self.extended, command.get("history"))
+                            (&mut self.extended, command.get("history"))
                         {
                             let history = &mut extended.history.borrow_mut();
+                            let replaying = &mut extended.replaying;
+                            let request = Some(request);
+                            let metrics = &self.client.metrics;
                             answer_history(
                                 subscriptions,
                                 identifier,
                                 history,
-                                Some(request),
+                                request,
+                                replaying,
+                                metrics,
                                 replies,
                             );
                         }
@@ -797,13 +807,18 @@ impl CableSession {
                 subscriptions.held.resize(subscriptions.footprint());
             }
             Some("history") => {
-                if let Some(extended) = &self.extended {
+                if let Some(extended) = &mut self.extended {
                     let history = &mut extended.history.borrow_mut();
+                    let replaying = &mut extended.replaying;
+                    let request = command.get("history");
+                    let metrics = &self.client.metrics;
                     answer_history(
                         subscriptions,
                         identifier,
                         history,
-                        command.get("history"),
+                        request,
+                        replaying,
+                        metrics,
                         replies,
                     );
                 }
@@ -828,6 +843,8 @@ fn answer_history(
     identifier: &str,
     history: &mut History,
     request: Option<&Value>,
+    replaying: &mut Held,
+    metrics: &Metrics,
     replies: &mut Vec<Frame>,
 ) {
     let Some(index) = subscriptions
@@ -841,28 +858,63 @@ fn answer_history(
     history.expire(Instant::now());
     let subscription = &subscriptions.items[index];
     let mut frames = Vec::new();
-    let answered = replay(subscriptions, subscription, history, request, &mut frames);
+    let room = replaying.room();
+    let answered = replay(
+        subscriptions,
+        subscription,
+        history,
+        request,
+        room,
+        &mut frames,
+    );
     let last = history.last_offset();
     let subscription = &mut subscriptions.items[index];
     subscription.live_from.get_or_insert(last + 1);
     match answered {
-        Some(()) => {
+        Replayed::Frames(bytes) if replaying.resize(replaying.bytes() + bytes) => {
             replies.append(&mut frames);
             replies.push(reply_frame(identifier, "confirm_history"));
         }
-        None => replies.push(reply_frame(identifier, "reject_history")),
+        Replayed::Frames(_) | Replayed::NoRoom => {
+            metrics.limit_hits(Limit::Replay).inc();
+            replies.push(reply_frame(identifier, "reject_history"));
+        }
+        Replayed::Lost => replies.push(reply_frame(identifier, "reject_history")),
     }
 }
 
-/// The frames `subscription` missed since the request's position, up to where it went live;
-/// `None` when the history cannot give them all.
+/// What a history request could be answered with.
+enum Replayed {
+    /// Frames of this many bytes, every one the subscription missed.
+    Frames(usize),
+    /// The history no longer holds all it missed, or the request names no position in it.
+    Lost,
+    /// The frames would not fit beside the replays waiting to be written.
+    NoRoom,
+}
+
+/// The frames `subscription` missed since the request's position, up to where it went live,
+/// at most `room` bytes of them.
 fn replay(
     subscriptions: &Subscriptions,
     subscription: &Subscription,
     history: &History,
     request: Option<&Value>,
+    room: usize,
     out: &mut Vec<Frame>,
-) -> Option<()> {
+) -> Replayed {
+    replay_within(subscriptions, subscription, history, request, room, out)
+        .unwrap_or(Replayed::Lost)
+}
+
+fn replay_within(
+    subscriptions: &Subscriptions,
+    subscription: &Subscription,
+    history: &History,
+    request: Option<&Value>,
+    room: usize,
+    out: &mut Vec<Frame>,
+) -> Option<Replayed> {
     let request = request?.as_object()?;
     let tag = subscription.tag;
     let positions = stream_positions(request, tag, history.epoch())?;
@@ -897,6 +949,7 @@ fn replay(
         positions.get(&stream).copied().unwrap_or(unseen_from)
     };
     let mut renders = Renders::default();
+    let mut bytes = 0;
     for entry in missed {
         if wants_calls && entry.offset > seen(Body::Call, "") {
             return None;
@@ -905,9 +958,14 @@ fn replay(
         let family = family_of(&event.routing_key).unwrap_or("");
         let unseen = |body: Body| entry.offset > seen(body, family);
         renders.clear();
+        let before = out.len();
         subscriptions.route_to(subscription, &event, unseen, &mut renders, out);
+        bytes += out[before..].iter().map(|frame| frame.len()).sum::<usize>();
+        if bytes > room {
+            return Some(Replayed::NoRoom);
+        }
     }
-    Some(())
+    Some(Replayed::Frames(bytes))
 }
 
 /// The positions a history request gives for the streams of the subscription tagged `tag`;
@@ -954,6 +1012,12 @@ fn admit(auth: &Auth, identifier: &str) -> Result<(Rc<Credential>, Selector), Re
 impl Session for CableSession {
     fn on_text(&mut self, text: &str, replies: &mut Vec<Frame>) {
         self.handle(text, replies);
+    }
+
+    fn replies_written(&mut self) {
+        if let Some(extended) = &mut self.extended {
+            extended.replaying.resize(0);
+        }
     }
 
     /// Binary frames are ignored, as Rails does.

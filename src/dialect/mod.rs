@@ -60,6 +60,9 @@ pub trait Session {
         None
     }
 
+    /// The replies handed out so far are written: what held room for them may let it go.
+    fn replies_written(&mut self) {}
+
     /// The frame sent right after the upgrade, before any request is read.
     fn greeting(&self) -> Option<Frame> {
         None

@@ -48,8 +48,9 @@ use crate::rng::Rng;
 use crate::source::{Deliver, SourceStatus, room};
 
 /// The prefetch window: deliveries the broker may send before we ack. Bounds what a burst can
-/// pile up in memory to this many messages.
-pub const PREFETCH: u16 = 256;
+/// pile up in memory to this many messages (each up to `--max-message-size`, the budget's
+/// `broker` part); more buys nothing on a LAN, where acks return in well under a millisecond.
+pub const PREFETCH: u16 = 32;
 /// How many publishes [`AmqpPublisher`] queues before it refuses more.
 pub const PUBLISH_QUEUE: usize = 256;
 /// AMQP's longest exchange name, routing key or binding key, in bytes.
