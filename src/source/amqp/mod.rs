@@ -604,16 +604,7 @@ impl Driver {
                     "exchange '{name}' is not a topic exchange; use a topic exchange such as amq.topic"
                 )));
             }
-            channel
-                .exchange_declare(
-                    exchange.clone(),
-                    ExchangeKind::Topic,
-                    passive(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|e| refused_or(e, &format!("checking exchange '{name}'")))?;
-            return Ok(channel);
+            return check_exchange(channel, exchange).await;
         }
         let durable = ExchangeDeclareOptions {
             durable: true,
@@ -648,16 +639,7 @@ impl Driver {
         }
         // The refusal closed that channel.
         let channel = conn.create_channel().await.map_err(lost)?;
-        channel
-            .exchange_declare(
-                exchange.clone(),
-                ExchangeKind::Topic,
-                passive(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| refused_or(e, &format!("checking exchange '{name}'")))?;
-        Ok(channel)
+        check_exchange(channel, exchange).await
     }
 
     /// The connected loop; returns only with the reason the link is gone.
@@ -825,11 +807,22 @@ impl Driver {
     }
 }
 
-fn passive() -> ExchangeDeclareOptions {
-    ExchangeDeclareOptions {
+/// Checks (a passive declaration) that the topic exchange exists; returns the channel.
+async fn check_exchange(channel: Channel, exchange: &ShortString) -> Result<Channel, Failure> {
+    let passive = ExchangeDeclareOptions {
         passive: true,
         ..ExchangeDeclareOptions::default()
-    }
+    };
+    channel
+        .exchange_declare(
+            exchange.clone(),
+            ExchangeKind::Topic,
+            passive,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| refused_or(e, &format!("checking exchange '{exchange}'")))?;
+    Ok(channel)
 }
 
 /// The reply code and text of an error the broker sent.

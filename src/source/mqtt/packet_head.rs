@@ -41,14 +41,21 @@ pub enum PacketHead {
     /// A whole packet of this many bytes, within the limits.
     Ready,
     /// A PUBLISH whose payload is over the maximum; its head (up to the packet id) is here.
-    TooLarge {
-        qos: QoS,
-        topic: std::ops::Range<usize>,
-        pkid: u16,
-        payload_len: usize,
-        frame_len: usize,
-    },
+    TooLarge(OversizedHead),
     Malformed(&'static str),
+}
+
+/// The head of an oversized PUBLISH, as found at the front of the buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct OversizedHead {
+    pub qos: QoS,
+    /// Where the topic is in the buffer.
+    pub topic: std::ops::Range<usize>,
+    /// Zero for QoS 0.
+    pub pkid: u16,
+    pub payload_len: usize,
+    /// The whole packet's length, the bytes to skip.
+    pub frame_len: usize,
 }
 
 /// Reads the fixed header (and for an oversized PUBLISH its topic and packet id) at the front
@@ -115,13 +122,13 @@ pub fn scan(buf: &[u8], max_payload: usize) -> PacketHead {
     if qos != QoS::AtMostOnce && pkid == 0 {
         return PacketHead::Malformed("PUBLISH with packet id 0");
     }
-    PacketHead::TooLarge {
+    PacketHead::TooLarge(OversizedHead {
         qos,
         topic,
         pkid,
         payload_len,
         frame_len,
-    }
+    })
 }
 
 /// The read side: a buffer that starts small, and the bytes still to skip of an oversized
@@ -159,22 +166,16 @@ impl Inbox {
                 Ok(None)
             }
             PacketHead::Malformed(why) => Err(format!("broken stream from the broker: {why}")),
-            PacketHead::TooLarge {
-                qos,
-                topic,
-                pkid,
-                payload_len,
-                frame_len,
-            } => {
-                let topic = String::from_utf8_lossy(&self.buf[topic]).into_owned();
-                let n = frame_len.min(self.buf.len());
+            PacketHead::TooLarge(head) => {
+                let topic = String::from_utf8_lossy(&self.buf[head.topic]).into_owned();
+                let n = head.frame_len.min(self.buf.len());
                 self.buf.advance(n);
-                self.skip = frame_len - n;
+                self.skip = head.frame_len - n;
                 Ok(Some(Inbound::TooLarge(TooLarge {
                     topic,
-                    qos,
-                    pkid,
-                    payload_len,
+                    qos: head.qos,
+                    pkid: head.pkid,
+                    payload_len: head.payload_len,
                 })))
             }
             PacketHead::Ready => match Packet::read(&mut self.buf, usize::MAX) {
