@@ -4,15 +4,16 @@
 pub mod amqp;
 pub mod demo;
 pub mod mqtt;
+mod supervisor;
+mod url;
 
 use std::cell::Cell;
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use crate::event::Event;
-use crate::rng::Rng;
 
 /// Where a source hands each event it takes from the broker, and whether it has room for the
 /// next one. A source takes an event from the broker only when there is room, so a burst waits
@@ -141,63 +142,5 @@ impl SourceStatus {
         if connected {
             self.connections.set(self.connections.get() + 1);
         }
-    }
-}
-
-/// The first delay of a [`Backoff`].
-pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(250);
-/// The longest delay of a [`Backoff`].
-pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(10);
-
-/// Capped exponential backoff with ±25 % jitter, for the brokers' reconnects: 250 ms doubling
-/// to 10 s.
-pub(crate) struct Backoff {
-    next: Duration,
-    rng: Rng,
-}
-
-impl Backoff {
-    pub(crate) fn new(rng: Rng) -> Backoff {
-        Backoff {
-            next: BACKOFF_MIN,
-            rng,
-        }
-    }
-
-    /// Back to the shortest delay (after a connection that lasted).
-    pub(crate) fn reset(&mut self) {
-        self.next = BACKOFF_MIN;
-    }
-
-    /// The delay before the next attempt; each call doubles the base, up to the cap.
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (base * 2).min(BACKOFF_MAX);
-        base.mul_f64(0.75 + 0.5 * self.rng.unit())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_to_cap_with_jitter() {
-        let mut b = Backoff::new(Rng::new(12345));
-        let mut bases = Vec::new();
-        for _ in 0..10 {
-            let base = b.next;
-            let d = b.next_delay();
-            assert!(
-                d >= base.mul_f64(0.75) && d <= base.mul_f64(1.25),
-                "{d:?} vs {base:?}"
-            );
-            bases.push(base);
-        }
-        assert_eq!(bases[0], BACKOFF_MIN);
-        assert_eq!(bases[1], BACKOFF_MIN * 2);
-        assert_eq!(*bases.last().unwrap(), BACKOFF_MAX);
-        b.reset();
-        assert_eq!(b.next, BACKOFF_MIN);
     }
 }
