@@ -75,10 +75,20 @@ pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) 
     }
 }
 
+/// The `callwire` binary the tests run: this build's, or another build of the same source
+/// named by `CALLWIRE_BIN` (the static musl one, to measure its allocator with the memory
+/// attacks).
+pub fn binary() -> std::path::PathBuf {
+    std::env::var_os("CALLWIRE_BIN").map_or_else(
+        || env!("CARGO_BIN_EXE_callwire").into(),
+        std::path::PathBuf::from,
+    )
+}
+
 /// The `callwire` binary, to run under a limit of `open_files` open files, soft and hard.
 pub fn limit_open_files(open_files: u64) -> Command {
     use std::os::unix::process::CommandExt;
-    let mut command = Command::new(env!("CARGO_BIN_EXE_callwire"));
+    let mut command = Command::new(binary());
     let limit = libc::rlimit {
         rlim_cur: open_files as libc::rlim_t,
         rlim_max: open_files as libc::rlim_t,
@@ -137,7 +147,7 @@ impl Callwire {
     /// system chose from its "listening on" log line: no window in which another test could
     /// take the port. (A test that sets `--log-level` above info cannot use this.)
     pub fn start(args: &[&str]) -> Callwire {
-        Callwire::start_command(Command::new(env!("CARGO_BIN_EXE_callwire")), args)
+        Callwire::start_command(Command::new(binary()), args)
     }
 
     /// A callwire whose source never delivers: its broker address has no broker behind it.
