@@ -36,23 +36,20 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use async_tungstenite::tungstenite::Utf8Bytes;
 use smol::Timer;
 
 use crate::auth::{Auth, Credential};
-use crate::dialect::Dialect;
 use crate::dialect::blackhole;
 use crate::dialect::cable;
 use crate::dialect::isymphony;
+use crate::dialect_label::Dialect;
 use crate::event::Event;
+use crate::frame::{CloseReason, Frame};
 use crate::limits::Limits;
 use crate::live::CallChange;
 use crate::logging::RateLimit;
 use crate::matcher::RoutingKey;
 use crate::metrics::{DropReason, Limit, Metrics};
-
-/// One serialised text frame, shared by every client it is queued to.
-pub type Frame = Utf8Bytes;
 
 /// What a client wants to receive, kept in the form its dialect needs.
 #[derive(Debug)]
@@ -110,18 +107,6 @@ impl Renders {
         self.isymphony.clear();
         self.cable.clear();
     }
-}
-
-/// Why the hub wants a client's connection closed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CloseReason {
-    /// A frame waited for it longer than `--stall-timeout`.
-    TooSlow,
-    /// The server is shutting down: say the dialect's goodbye, then close (1001).
-    Shutdown,
-    /// The client's credential was removed from the credentials file (SIGHUP): say so, then
-    /// close (1008).
-    Revoked,
 }
 
 /// What a connection should do next, as the hub sees it.

@@ -21,26 +21,22 @@ use smol::{Async, LocalExecutor, Timer};
 
 use crate::app::App;
 use crate::auth::{Auth, Credential};
+use crate::dialect::Session;
 use crate::dialect::blackhole::{BlackholeSession, Subscriptions};
 use crate::dialect::cable::{self, CableSession};
 use crate::dialect::isymphony::{Filters, ISymphonySession};
-use crate::dialect::{Dialect, Session};
+use crate::dialect_label::Dialect;
 use crate::fds::Spare;
 use crate::http::{self, HeadError, Request, Response};
 use crate::hub::{Full, Interest};
+use crate::limits::MAX_PENDING;
 use crate::logging::RateLimit;
 use crate::metrics::Limit;
 use crate::origins;
 use crate::rest::{self, LiveApi};
 use crate::seats::NoSeat;
+use crate::status;
 use crate::ws::{self, Connection};
-
-/// Connections being answered at once: reading a request head, writing a plain HTTP answer,
-/// or upgrading (a websocket then holds a hub slot instead). Each may hold a request head and
-/// a piece of an answer (the budget's `requests` part). At the bound, accepting pauses until
-/// one is done: the next connections wait in the kernel's listen queue, which costs callwire
-/// nothing, and a burst of reconnecting clients is served in turn rather than refused.
-pub const MAX_PENDING: usize = 128;
 
 /// How long a plain HTTP answer may take to be written: a client that does not read it is
 /// dropped then, and its place given back.
@@ -223,7 +219,7 @@ async fn handle(
     } else {
         let response = route_http(&request, &app);
         let _ = response
-            .send(&mut stream, &app)
+            .send(&mut stream, &app.live)
             .or(async {
                 Timer::after(ANSWER_TIMEOUT).await;
                 Ok(())
@@ -236,8 +232,8 @@ async fn handle(
 /// application's state, public so that the fuzz targets (fuzz/) can drive it.
 pub fn route_http(request: &Request, app: &App) -> Response {
     match (request.method.as_str(), request.path.as_str()) {
-        ("GET", "/healthz") => http::healthz(app),
-        ("GET", "/metrics") => http::metrics(app),
+        ("GET", "/healthz") => status::healthz(app),
+        ("GET", "/metrics") => status::metrics(app),
         ("GET", "/" | "/dashboard.js" | "/dashboard.css") => dashboard(&request.path),
         (_, "/healthz" | "/metrics") => Response::method_not_allowed("GET"),
         (_, "/v2/websockets") => rest::websockets(request, &app.catalogue, &app.auth),

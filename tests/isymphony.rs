@@ -775,8 +775,9 @@ fn a_credential_sees_only_its_own_accounts_events() {
 fn fan_out_checks_filters_without_allocating_and_shares_one_frame() {
     use callwire::auth::Auth;
     use callwire::cli::{Run, parse};
+    use callwire::dialect::Session;
     use callwire::dialect::isymphony::{Filters, ISymphonySession};
-    use callwire::dialect::{Dialect, Session};
+    use callwire::dialect_label::Dialect;
     use callwire::event::Event;
     use callwire::hub::{Hub, Interest};
     use callwire::metrics::Metrics;

@@ -6,7 +6,7 @@
 
 #![no_main]
 
-use callwire::dialect::Dialect;
+use callwire::dialect_label::Dialect;
 use callwire::dialect::Session;
 use callwire::dialect::blackhole::{BlackholeSession, Subscriptions};
 use callwire::hub::Interest;

@@ -8,7 +8,7 @@
 
 use std::rc::Rc;
 
-use callwire::dialect::Dialect;
+use callwire::dialect_label::Dialect;
 use callwire::dialect::Session;
 use callwire::dialect::cable::{CableSession, MAX_IDENTIFIER, Subscriptions};
 use callwire::hub::Interest;

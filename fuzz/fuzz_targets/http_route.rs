@@ -188,7 +188,7 @@ fuzz_target!(|data: &[u8]| {
 
     let app = the_app();
     let mut response = route_http(&request, app);
-    response.collect(app);
+    response.collect(&app.live.borrow());
     assert_eq!(
         response.status,
         expected_status(&request, app),

@@ -5,7 +5,7 @@
 
 #![no_main]
 
-use callwire::dialect::Dialect;
+use callwire::dialect_label::Dialect;
 use callwire::dialect::Session;
 use callwire::dialect::isymphony::{Filters, ISymphonySession};
 use callwire::hub::Interest;

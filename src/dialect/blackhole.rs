@@ -10,8 +10,9 @@ use serde_json::{Map, Value, json};
 use crate::auth::{Auth, Credential};
 use crate::dialect::{Session, kazoo_json, push_json_str};
 use crate::event::Event;
+use crate::frame::Frame;
 use crate::history::{History, Resume};
-use crate::hub::{Client, Frame, Interest};
+use crate::hub::{Client, Interest};
 use crate::limits::Held;
 use crate::matcher::{Binding, RoutingKey};
 use crate::metrics::Limit;
@@ -539,7 +540,7 @@ impl Session for BlackholeSession {
 mod tests {
     use super::*;
     use crate::cli;
-    use crate::dialect::Dialect;
+    use crate::dialect_label::Dialect;
     use crate::hub::Hub;
     use crate::metrics::Metrics;
 

@@ -24,12 +24,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
-use crate::app::App;
 use crate::auth::{Auth, Credential};
-use crate::dialect::{Dialect, Session, push_json_str};
+use crate::dialect::{Session, push_json_str};
+use crate::dialect_label::Dialect;
 use crate::event::Event;
-use crate::history::{History, Position, Resume};
-use crate::hub::{Client, CloseReason, Frame, Interest};
+use crate::event::Position;
+use crate::frame::{CloseReason, Frame};
+use crate::history::{History, Resume};
+use crate::hub::{Client, Hub, Interest};
 use crate::limits::Held;
 use crate::live::{CallChange, ChangeKind};
 use crate::metrics::Limit;
@@ -549,12 +551,11 @@ pub fn ping_frame(now: SystemTime) -> Frame {
 
 /// Pings every ActionCable socket every `PING_INTERVAL`, forever: one timer for the process,
 /// one frame per tick shared by every socket.
-pub async fn send_pings(app: Rc<App>) {
+pub async fn send_pings(hub: &Hub) {
     use futures_lite::StreamExt;
     let mut ticks = smol::Timer::interval(PING_INTERVAL);
     while ticks.next().await.is_some() {
-        app.hub
-            .broadcast(Dialect::Cable, &ping_frame(SystemTime::now()));
+        hub.broadcast(Dialect::Cable, &ping_frame(SystemTime::now()));
     }
 }
 

@@ -14,7 +14,8 @@ use serde_json::{Map, Value, json};
 use crate::auth::Credential;
 use crate::dialect::{Session, push_json_str};
 use crate::event::Event;
-use crate::hub::{Client, Frame, Interest};
+use crate::frame::Frame;
+use crate::hub::{Client, Interest};
 use crate::limits::Held;
 use crate::metrics::Limit;
 
