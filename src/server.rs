@@ -315,51 +315,36 @@ async fn upgrade(
         .map(str::to_owned);
     // iSymphony proves who it is on the upgrade itself; Blackhole later, with a token;
     // ActionCable per subscription, with its key.
-    let (credential, interest) = match dialect {
-        Dialect::Blackhole => (
-            None,
-            Interest::Blackhole(Subscriptions::new(
-                limits.max_bindings,
-                app.interest.share(),
-            )),
-        ),
+    let held = app.interest.share();
+    let interest = match dialect {
+        Dialect::Blackhole => Fresh::Blackhole(Rc::new(RefCell::new(Subscriptions::new(
+            limits.max_bindings,
+            held,
+        )))),
         Dialect::ISymphony => match upgrade_credential(&request, &app.auth) {
-            Ok(credential) => (
-                Some(credential.clone()),
-                Interest::ISymphony(Filters::new(
-                    credential,
-                    limits.max_filters,
-                    app.interest.share(),
-                )),
-            ),
+            Ok(credential) => Fresh::ISymphony(Rc::new(RefCell::new(Filters::new(
+                credential,
+                limits.max_filters,
+                held,
+            )))),
             Err(refusal) => {
                 let _ = refusal.write_to(&mut stream).await;
                 return;
             }
         },
-        Dialect::Cable if extended => (
-            None,
-            Interest::Cable(cable::Subscriptions::extended(
-                limits.max_bindings,
-                app.interest.share(),
-            )),
-        ),
-        Dialect::Cable => (
-            None,
-            Interest::Cable(cable::Subscriptions::new(
-                limits.max_bindings,
-                app.interest.share(),
-            )),
-        ),
+        Dialect::Cable => Fresh::Cable(Rc::new(RefCell::new(match extended {
+            true => cable::Subscriptions::extended(limits.max_bindings, held),
+            false => cable::Subscriptions::new(limits.max_bindings, held),
+        }))),
     };
     // With `--auth`, Blackhole and ActionCable sockets prove who they are after the upgrade,
     // and wait for that on seats of their own.
-    let seat = match credential.is_none() && app.auth.required() {
+    let seat = match !matches!(interest, Fresh::ISymphony(_)) && app.auth.required() {
         true => app.seats.unauthenticated(),
         false => app.seats.authenticated(),
     };
     let registered = seat.and_then(|seat| {
-        let client = app.hub.register(dialect, credential, interest);
+        let client = app.hub.register(dialect, interest.shared());
         client
             .map(|client| (client, seat))
             .map_err(|Full| NoSeat::Clients)
@@ -399,41 +384,60 @@ async fn upgrade(
     let ws = WebSocketStream::from_partially_read(stream, request.rest, Role::Server, Some(config))
         .await;
     let app = app.clone();
-    match dialect {
-        Dialect::Blackhole => {
-            let session =
-                BlackholeSession::new(client.clone(), app.auth.clone(), app.history.clone());
+    match interest {
+        Fresh::Blackhole(subscriptions) => {
+            let (auth, history) = (app.auth.clone(), app.history.clone());
+            let session = BlackholeSession::new(client.clone(), subscriptions, auth, history);
             spawn_connection(
                 executor,
                 Connection::new(ws, client, session, app, seat),
                 slot,
             );
         }
-        Dialect::ISymphony => {
-            let session = ISymphonySession::new(client.clone());
+        Fresh::ISymphony(filters) => {
+            let session = ISymphonySession::new(client.clone(), filters);
             spawn_connection(
                 executor,
                 Connection::new(ws, client, session, app, seat),
                 slot,
             );
         }
-        Dialect::Cable => {
+        Fresh::Cable(subscriptions) => {
             let session = if extended {
                 CableSession::extended(
                     client.clone(),
+                    subscriptions,
                     app.auth.clone(),
                     app.history.clone(),
                     app.cable_sessions.clone(),
                     restore.as_deref(),
                 )
             } else {
-                CableSession::new(client.clone(), app.auth.clone())
+                CableSession::new(client.clone(), subscriptions, app.auth.clone())
             };
             spawn_connection(
                 executor,
                 Connection::new(ws, client, session, app, seat),
                 slot,
             );
+        }
+    }
+}
+
+/// A new socket's interest, typed until its session is made: the hub gets it as its
+/// `Interest`, the session as its own state.
+enum Fresh {
+    Blackhole(Rc<RefCell<Subscriptions>>),
+    ISymphony(Rc<RefCell<Filters>>),
+    Cable(Rc<RefCell<cable::Subscriptions>>),
+}
+
+impl Fresh {
+    fn shared(&self) -> Rc<dyn Interest> {
+        match self {
+            Fresh::Blackhole(subscriptions) => subscriptions.clone(),
+            Fresh::ISymphony(filters) => filters.clone(),
+            Fresh::Cable(subscriptions) => subscriptions.clone(),
         }
     }
 }
@@ -487,6 +491,7 @@ impl<F: Future + Unpin> Future for Counted<F> {
     }
 }
 
+/// The credential an iSymphony upgrade carries in its `Authorization` header (HTTP Basic, as
 /// The credential an iSymphony upgrade carries in its `Authorization` header (HTTP Basic, as
 /// `ws://name:secret@host` URLs send it), or the 401 that refuses it before the upgrade.
 /// Without `--auth`, every upgrade is let in.

@@ -779,7 +779,7 @@ fn fan_out_checks_filters_without_allocating_and_shares_one_frame() {
     use callwire::dialect::isymphony::{Filters, ISymphonySession};
     use callwire::dialect_label::Dialect;
     use callwire::event::Event;
-    use callwire::hub::{Hub, Interest};
+    use callwire::hub::Hub;
     use callwire::metrics::Metrics;
 
     let sanity = allocations_during(|| {
@@ -802,11 +802,10 @@ fn fan_out_checks_filters_without_allocating_and_shares_one_frame() {
     let mut clients = Vec::new();
     for i in 0..50 {
         let unbounded = callwire::limits::BytePool::new(usize::MAX).share();
-        let interest = Interest::ISymphony(Filters::new(credential.clone(), 64, unbounded));
-        let client = hub
-            .register(Dialect::ISymphony, Some(credential.clone()), interest)
-            .unwrap();
-        let mut session = ISymphonySession::new(client.clone());
+        let filters = Filters::new(credential.clone(), 64, unbounded);
+        let filters = std::rc::Rc::new(std::cell::RefCell::new(filters));
+        let client = hub.register(Dialect::ISymphony, filters.clone()).unwrap();
+        let mut session = ISymphonySession::new(client.clone(), filters);
         let mut replies = Vec::new();
         session.on_text(
             &filter(filter_sets[i % filter_sets.len()]).to_string(),

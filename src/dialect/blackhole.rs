@@ -12,7 +12,7 @@ use crate::dialect::{Session, kazoo_json, push_json_str};
 use crate::event::Event;
 use crate::frame::Frame;
 use crate::history::{History, Resume};
-use crate::hub::{Client, Interest};
+use crate::hub::{self, Client, Interest, RenderCache};
 use crate::limits::Held;
 use crate::matcher::{Binding, RoutingKey};
 use crate::metrics::Limit;
@@ -56,6 +56,8 @@ pub struct Subscriptions {
     held: Held,
     /// Bytes of the socket's name and metadata (kept by its session, held here).
     named: usize,
+    /// Set by the first request with a valid token (or at once without `--auth`).
+    credential: Option<Rc<Credential>>,
 }
 
 /// What one binding holds: it is stored inline (the binding's text and ends, the account).
@@ -71,6 +73,7 @@ impl Subscriptions {
             limit,
             held,
             named: 0,
+            credential: None,
         }
     }
 
@@ -118,6 +121,23 @@ impl Subscriptions {
     }
 }
 
+/// The hub asks a socket's bindings for its frames; its session changes them.
+impl Interest for RefCell<Subscriptions> {
+    fn route(
+        &self,
+        event: &Event,
+        key: &RoutingKey<'_>,
+        renders: &mut hub::Renders,
+        out: &mut Vec<Frame>,
+    ) {
+        out.extend(self.borrow().route(event, key, renders.cache()));
+    }
+
+    fn revoked(&self, auth: &Auth) -> bool {
+        (self.borrow().credential.as_ref()).is_some_and(|credential| !auth.holds(credential))
+    }
+}
+
 /// Event frames rendered for the current event, one per distinct (binding, account), and the
 /// event's `data` as Blackhole sends it, rendered once for all of them.
 #[derive(Debug, Default)]
@@ -126,12 +146,14 @@ pub struct Renders {
     data: String,
 }
 
-impl Renders {
-    pub fn clear(&mut self) {
+impl RenderCache for Renders {
+    fn clear(&mut self) {
         self.frames.clear();
         self.data.clear();
     }
+}
 
+impl Renders {
     fn frame(&mut self, event: &Event, subscription: &Subscription) -> Frame {
         if let Some((_, frame)) = self.frames.iter().find(|(s, _)| s == subscription) {
             return frame.clone();
@@ -207,10 +229,10 @@ const NO_ROOM: &str = "no room for more bindings on this server";
 /// One Blackhole socket's request handling.
 pub struct BlackholeSession {
     client: Rc<Client>,
+    /// The socket's bindings and credential, shared with the hub (`client.interest`).
+    subscriptions: Rc<RefCell<Subscriptions>>,
     auth: Rc<Auth>,
     history: Rc<RefCell<History>>,
-    /// Set by the first request with a valid token (or at once without `--auth`).
-    credential: Option<Rc<Credential>>,
     /// The socket's friendly name and metadata, kept as JSON text (a parsed `Value` may take
     /// many times its text), their room held with the socket's bindings (`Subscriptions`).
     name: Option<Box<str>>,
@@ -221,14 +243,15 @@ pub struct BlackholeSession {
 impl BlackholeSession {
     pub fn new(
         client: Rc<Client>,
+        subscriptions: Rc<RefCell<Subscriptions>>,
         auth: Rc<Auth>,
         history: Rc<RefCell<History>>,
     ) -> BlackholeSession {
         BlackholeSession {
             client,
+            subscriptions,
             auth,
             history,
-            credential: None,
             name: None,
             metadata: None,
             ids: Rng::from_clock(),
@@ -271,10 +294,8 @@ impl BlackholeSession {
                     .map_or(0, |text| text.len())
             };
             let bytes = length(&name, &self.name) + length(&metadata, &self.metadata);
-            let mut interest = self.client.interest.borrow_mut();
-            let Interest::Blackhole(subscriptions) = &mut *interest else {
-                return Err("not a Blackhole socket".to_owned());
-            };
+            let mut borrowed = self.subscriptions.borrow_mut();
+            let subscriptions = &mut *borrowed;
             if !subscriptions.hold(subscriptions.items.capacity(), bytes) {
                 self.client.metrics.limit_hits(Limit::Bindings).inc();
                 return Err(NO_ROOM.to_owned());
@@ -296,7 +317,7 @@ impl BlackholeSession {
 
     /// The socket's credential: the one it already proved, or the one its token names now.
     fn authenticate(&mut self, request: &Map<String, Value>) -> Result<Rc<Credential>, String> {
-        if let Some(credential) = &self.credential {
+        if let Some(credential) = &self.subscriptions.borrow().credential {
             return Ok(credential.clone());
         }
         let token = request.get("auth_token").and_then(Value::as_str);
@@ -307,8 +328,7 @@ impl BlackholeSession {
             .auth
             .by_secret(token)
             .ok_or_else(|| "failed to authenticate token".to_owned())?;
-        self.credential = Some(credential.clone());
-        *self.client.credential.borrow_mut() = Some(credential.clone());
+        self.subscriptions.borrow_mut().credential = Some(credential.clone());
         Ok(credential)
     }
 
@@ -325,10 +345,8 @@ impl BlackholeSession {
             Some(_) => since(data)?,
             None => None,
         };
-        let mut interest = self.client.interest.borrow_mut();
-        let Interest::Blackhole(subscriptions) = &mut *interest else {
-            return Err("not a Blackhole socket".to_owned());
-        };
+        let mut borrowed = self.subscriptions.borrow_mut();
+        let subscriptions = &mut *borrowed;
         let requested_here = requested.iter().map(|binding| Subscription {
             binding: binding.clone(),
             scope: scope.clone(),
@@ -528,7 +546,7 @@ impl Session for BlackholeSession {
     }
 
     fn authenticated(&self) -> bool {
-        self.credential.is_some()
+        self.subscriptions.borrow().credential.is_some()
     }
 
     fn auth_refusal(&mut self) -> Option<Frame> {
@@ -555,6 +573,21 @@ mod tests {
         (reply, frames.collect())
     }
 
+    /// A Blackhole socket registered in `hub`, as `server` makes one (without `--auth`).
+    fn socket(
+        hub: &Hub,
+        subscriptions: Subscriptions,
+        history: &Rc<RefCell<History>>,
+    ) -> (Rc<Client>, BlackholeSession) {
+        let subscriptions = Rc::new(RefCell::new(subscriptions));
+        let client = hub
+            .register(Dialect::Blackhole, subscriptions.clone())
+            .unwrap();
+        let auth = Rc::new(Auth::open());
+        let session = BlackholeSession::new(client.clone(), subscriptions, auth, history.clone());
+        (client, session)
+    }
+
     fn offsets(frames: &[Value]) -> Vec<u64> {
         frames
             .iter()
@@ -567,10 +600,7 @@ mod tests {
         let hub = Hub::new(cli::limits_from(&[]), Rc::new(Metrics::default()));
         let history = Rc::new(RefCell::new(History::new(hub.limits())));
         let pool = crate::limits::BytePool::new(usize::MAX);
-        let interest = Interest::Blackhole(Subscriptions::new(8, pool.share()));
-        let client = hub.register(Dialect::Blackhole, None, interest).unwrap();
-        let mut session =
-            BlackholeSession::new(client.clone(), Rc::new(Auth::open()), history.clone());
+        let (client, mut session) = socket(&hub, Subscriptions::new(8, pool.share()), &history);
         let publish = |key: &str, account: &str| {
             let payload = format!(r#"{{"Account-ID":"{account}","Event-Name":"E"}}"#);
             let mut event = Event::new(key.to_owned(), payload.into_bytes().into());
@@ -644,10 +674,8 @@ mod tests {
         // The default limits, as the command line gives them.
         let hub = Hub::new(cli::limits_from(&[]), Rc::new(Metrics::default()));
         let pool = crate::limits::BytePool::new(usize::MAX);
-        let interest = Interest::Blackhole(Subscriptions::new(1, pool.share()));
-        let client = hub.register(Dialect::Blackhole, None, interest).unwrap();
         let history = Rc::new(RefCell::new(History::new(hub.limits())));
-        let mut session = BlackholeSession::new(client, Rc::new(Auth::open()), history);
+        let (_, mut session) = socket(&hub, Subscriptions::new(1, pool.share()), &history);
         for id in [
             "1.3077777777777777e+33",
             "1307777777777777777777777777777777",
@@ -682,11 +710,8 @@ mod tests {
         // Room for three bindings in all, and a short name.
         let pool = BytePool::new(3 * SUBSCRIPTION_BYTES + 16);
         let socket = || {
-            let interest = Interest::Blackhole(Subscriptions::new(32, pool.share()));
-            let client = hub.register(Dialect::Blackhole, None, interest).unwrap();
             let history = Rc::new(RefCell::new(History::new(hub.limits())));
-            let session = BlackholeSession::new(client.clone(), Rc::new(Auth::open()), history);
-            (client, session)
+            socket(&hub, Subscriptions::new(32, pool.share()), &history)
         };
         let ((first, mut one), (second, mut two)) = (socket(), socket());
         let ask = |session: &mut BlackholeSession, request: Value| -> Value {
