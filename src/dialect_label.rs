@@ -12,7 +12,8 @@ pub enum Dialect {
 impl Dialect {
     pub const ALL: [Dialect; 3] = [Dialect::Blackhole, Dialect::ISymphony, Dialect::Cable];
 
-    /// The dialect served at a path (contract: README.md, "One port, routed by path").
+    /// The dialect served at a path (contract: docs/protocols/README.md, "One port, routed by
+    /// path").
     pub fn for_path(path: &str) -> Option<Dialect> {
         match path {
             "/" | "/blackhole" => Some(Dialect::Blackhole),

@@ -124,7 +124,8 @@ impl Limit {
     }
 }
 
-/// Why a request was refused with 403 (contract: README.md, "Browsers and other origins").
+/// Why a request was refused with 403 (contract: docs/protocols/README.md, "Browsers and other
+/// origins").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Forbidden {
     /// Without `--auth`, a `Host` that is neither loopback nor `--allowed-host` (DNS rebinding).

@@ -1,5 +1,6 @@
 //! The one listening port: accepts connections, reads each request head, and routes it by path
-//! to a websocket dialect or a plain HTTP endpoint (contract: README.md, "One port").
+//! to a websocket dialect or a plain HTTP endpoint (contract: docs/protocols/README.md, "One
+//! port").
 //!
 //! The upgrade is answered here, not by tungstenite, so that every refusal (404, 400, 503) is a
 //! proper HTTP answer decided before a client takes a slot.

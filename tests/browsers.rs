@@ -1,8 +1,8 @@
-//! Browsers and other origins (contract: README.md, "Browsers and other origins"; live-api.md,
-//! "Catalogue"): the `Host` and `Origin` checks on every dialect, REST and the dashboard, the
-//! hangup that no other site can send, the authentication deadline and its own bound, unique
-//! secrets, the scoped catalogue, and the stricter request parsing. Everything over real
-//! sockets against the real binary, with the shared Mosquitto as the source; the headless
+//! Browsers and other origins (contract: docs/protocols/README.md, "Browsers and other origins";
+//! live-api.md, "Catalogue"): the `Host` and `Origin` checks on every dialect, REST and the
+//! dashboard, the hangup that no other site can send, the authentication deadline and its own
+//! bound, unique secrets, the scoped catalogue, and the stricter request parsing. Everything over
+//! real sockets against the real binary, with the shared Mosquitto as the source; the headless
 //! Chromium check is in tests/dashboard.rs.
 
 mod common;
