@@ -472,31 +472,23 @@ impl Hub {
             self.metrics.dropped(DropReason::KeyTooDeep).inc();
             return;
         };
-        let now = Instant::now();
-        let mut renders = self.renders.borrow_mut();
-        renders.clear();
-        let mut routed = self.routed.borrow_mut();
-        let slots = self.slots.borrow();
-        for client in slots.iter().flatten() {
-            client
-                .interest
-                .route(event, &key, &mut renders, &mut routed);
-            self.deliver(client, &mut routed, now);
-        }
-        self.done(&mut renders);
+        self.fan_out(|interest, renders, routed| interest.route(event, &key, renders, routed));
     }
 
     /// Fans one change of a live call out to every client that wants it.
     pub fn publish_change(&self, change: &CallChange) {
+        self.fan_out(|interest, renders, routed| interest.route_change(change, renders, routed));
+    }
+
+    /// Asks every client's interest for its frames (`route`) and queues them.
+    fn fan_out(&self, route: impl Fn(&dyn Interest, &mut Renders, &mut Vec<Frame>)) {
         let now = Instant::now();
         let mut renders = self.renders.borrow_mut();
         renders.clear();
         let mut routed = self.routed.borrow_mut();
         let slots = self.slots.borrow();
         for client in slots.iter().flatten() {
-            client
-                .interest
-                .route_change(change, &mut renders, &mut routed);
+            route(&*client.interest, &mut renders, &mut routed);
             self.deliver(client, &mut routed, now);
         }
         self.done(&mut renders);
