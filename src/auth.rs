@@ -1,7 +1,8 @@
 //! Credentials: the `--auth` file, and finding the credential behind a secret.
 //!
-//! One secret serves every dialect (contract: README.md). Secrets are compared in constant
-//! time and never logged, echoed or formatted: `Credential`'s `Debug` leaves the secret out.
+//! One secret serves every dialect (contract: docs/protocols/README.md). Secrets are compared in
+//! constant time and never logged, echoed or formatted: `Credential`'s `Debug` leaves the secret
+//! out.
 
 use std::cell::RefCell;
 use std::fmt;

@@ -12,11 +12,10 @@ use std::fmt::Write;
 
 use crate::history;
 use crate::http::MAX_HEAD;
-use crate::limits::{INTEREST_PER_CLIENT, Limits};
+use crate::limits::{INTEREST_PER_CLIENT, Limits, MAX_PENDING};
 use crate::listing::PIECE_CAPACITY;
 use crate::live::LiveState;
 use crate::rest::Catalogue;
-use crate::server::MAX_PENDING;
 use crate::source::amqp::PREFETCH;
 use crate::ws::{CONTROL_BUFFER, READ_BUFFER};
 

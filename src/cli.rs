@@ -1,4 +1,4 @@
-//! The command line (contract: README.md) and its checks: `callwire [flags]` serves,
+//! The command line (contract: docs/protocols/README.md) and its checks: `callwire [flags]` serves,
 //! `callwire simulate [flags]` publishes simulated PBX traffic.
 //!
 //! Every mistake is one line naming the flag; `main` prints it and exits with code 2.

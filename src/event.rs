@@ -3,12 +3,11 @@
 //! An event is parsed once, here, when it enters the bridge. Everything downstream (the hub,
 //! the dialects, the live state) reads this one parsed form; nothing re-parses the payload.
 
+use std::rc::Rc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use serde_json::Value;
-
-use crate::history::Position;
 
 /// Payload fields that name the event's account, in the contract's order of preference.
 const ACCOUNT_PATHS: [&[&str]; 5] = [
@@ -23,6 +22,16 @@ const ACCOUNT_PATHS: [&[&str]; 5] = [
 
 /// Payload fields that name the event, in order of preference (blackhole.md, `name`).
 const NAME_FIELDS: [&str; 4] = ["Event-Name", "event_name", "type", "event"];
+
+/// Where an event stands in the bridge's history (`history` gives it; delivery.md,
+/// "Positions").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Position {
+    /// Names one unbroken history; a client's position in another epoch means nothing here.
+    pub epoch: Rc<str>,
+    /// From 1 for the epoch's first event, one more for each event after it.
+    pub offset: u64,
+}
 
 /// One event, as taken from the broker.
 #[derive(Debug)]

@@ -8,8 +8,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 
-use crate::limits::Limits;
-use crate::server::MAX_PENDING;
+use crate::limits::{Limits, MAX_PENDING};
 
 /// Descriptors callwire needs for itself: stdin, stdout and stderr, the listener, the reactor
 /// (epoll and its notifier), the signal pipe, the broker connection (and lapin's own reactor),

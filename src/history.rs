@@ -16,18 +16,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use crate::event::{self, Event};
+use crate::event::{self, Event, Position};
 use crate::limits::{BytePool, Held, Limits};
 use crate::rng::Rng;
-
-/// Where an event stands in the bridge's history.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Position {
-    /// Names one unbroken history; a client's position in another epoch means nothing here.
-    pub epoch: Rc<str>,
-    /// From 1 for the epoch's first event, one more for each event after it.
-    pub offset: u64,
-}
 
 /// One event as the history keeps it.
 #[derive(Debug)]

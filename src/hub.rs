@@ -31,98 +31,81 @@
 //! then lets the connections run, so under load each round of writes carries what queued
 //! during the last one, and with a trickle nothing waits.
 
+use std::any::{Any, TypeId};
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use async_tungstenite::tungstenite::Utf8Bytes;
 use smol::Timer;
 
-use crate::auth::{Auth, Credential};
-use crate::dialect::Dialect;
-use crate::dialect::blackhole;
-use crate::dialect::cable;
-use crate::dialect::isymphony;
+use crate::auth::Auth;
+use crate::dialect_label::Dialect;
 use crate::event::Event;
+use crate::frame::{CloseReason, Frame};
 use crate::limits::Limits;
 use crate::live::CallChange;
 use crate::logging::RateLimit;
 use crate::matcher::RoutingKey;
 use crate::metrics::{DropReason, Limit, Metrics};
 
-/// One serialised text frame, shared by every client it is queued to.
-pub type Frame = Utf8Bytes;
-
-/// What a client wants to receive, kept in the form its dialect needs.
-#[derive(Debug)]
-pub enum Interest {
-    Blackhole(blackhole::Subscriptions),
-    ISymphony(isymphony::Filters),
-    Cable(cable::Subscriptions),
-}
-
-impl Interest {
+/// What a client wants to receive, kept by its dialect in the form it needs: each dialect
+/// implements it for its own state (`dialect::*`), shared with its session, so the hub never
+/// names a dialect and a session never asks which dialect a client speaks (anycable-go's hub
+/// defines `HubSession` the same way).
+pub trait Interest: std::fmt::Debug {
     /// Puts the frames this client gets for an event into `out` (a dialect with several
-    /// subscriptions on one socket may send more than one).
+    /// subscriptions on one socket may send more than one), rendering each distinct frame
+    /// once into `renders`.
     fn route(
         &self,
         event: &Event,
         key: &RoutingKey<'_>,
         renders: &mut Renders,
         out: &mut Vec<Frame>,
-    ) {
-        match self {
-            Interest::Blackhole(subscriptions) => {
-                out.extend(subscriptions.route(event, key, &mut renders.blackhole));
-            }
-            Interest::ISymphony(filters) => {
-                out.extend(filters.route(event, &mut renders.isymphony))
-            }
-            Interest::Cable(subscriptions) => {
-                subscriptions.route(event, &mut renders.cable, out);
-            }
-        }
-    }
+    );
 
     /// Puts the frames this client gets for a change of a live call into `out` (only
     /// ActionCable's `calls` model takes them).
-    fn route_change(&self, change: &CallChange, renders: &mut Renders, out: &mut Vec<Frame>) {
-        if let Interest::Cable(subscriptions) = self {
-            subscriptions.route_change(change, &mut renders.cable, out);
-        }
-    }
+    fn route_change(&self, _change: &CallChange, _renders: &mut Renders, _out: &mut Vec<Frame>) {}
+
+    /// Whether the client acts with a credential that `auth` no longer holds (after a reload).
+    fn revoked(&self, auth: &Auth) -> bool;
 }
 
-/// Frames already rendered for the event being fanned out, so each distinct frame is
-/// serialised once. Cleared per event; its storage is kept, so steady state allocates only
-/// the frames themselves.
+/// Frames already rendered for the event being fanned out, one cache per dialect, so each
+/// distinct frame is serialised once. Cleared per event; the caches and their storage are
+/// kept, so steady state allocates only the frames themselves.
 #[derive(Debug, Default)]
 pub struct Renders {
-    pub blackhole: blackhole::Renders,
-    pub isymphony: isymphony::Renders,
-    pub cable: cable::Renders,
+    caches: Vec<Box<dyn RenderCache>>,
+}
+
+/// One dialect's frames for the event being fanned out.
+pub trait RenderCache: Any + std::fmt::Debug {
+    fn clear(&mut self);
 }
 
 impl Renders {
-    fn clear(&mut self) {
-        self.blackhole.clear();
-        self.isymphony.clear();
-        self.cable.clear();
+    /// The cache of type `C`, made on its first use.
+    pub fn cache<C: RenderCache + Default>(&mut self) -> &mut C {
+        let at = match (self.caches.iter()).position(|c| (**c).type_id() == TypeId::of::<C>()) {
+            Some(at) => at,
+            None => {
+                self.caches.push(Box::new(C::default()));
+                self.caches.len() - 1
+            }
+        };
+        let cache: &mut dyn Any = &mut *self.caches[at];
+        cache.downcast_mut().expect("found by its type")
     }
-}
 
-/// Why the hub wants a client's connection closed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CloseReason {
-    /// A frame waited for it longer than `--stall-timeout`.
-    TooSlow,
-    /// The server is shutting down: say the dialect's goodbye, then close (1001).
-    Shutdown,
-    /// The client's credential was removed from the credentials file (SIGHUP): say so, then
-    /// close (1008).
-    Revoked,
+    fn clear(&mut self) {
+        for cache in &mut self.caches {
+            cache.clear();
+        }
+    }
 }
 
 /// What a connection should do next, as the hub sees it.
@@ -244,10 +227,8 @@ impl Drop for Charge {
 pub struct Client {
     slot: usize,
     pub dialect: Dialect,
-    /// Who the client proved to be: an iSymphony socket's from its upgrade; `None` until a
-    /// Blackhole socket's first valid token.
-    pub credential: RefCell<Option<Rc<Credential>>>,
-    pub interest: RefCell<Interest>,
+    /// What it wants, shared with its session, which changes it.
+    pub interest: Rc<dyn Interest>,
     /// Where the client's session counts the limits it hits.
     pub metrics: Rc<Metrics>,
     backpressure: Rc<Backpressure>,
@@ -442,15 +423,13 @@ impl Hub {
     pub fn register(
         &self,
         dialect: Dialect,
-        credential: Option<Rc<Credential>>,
-        interest: Interest,
+        interest: Rc<dyn Interest>,
     ) -> Result<Rc<Client>, Full> {
         let slot = self.free.borrow_mut().pop().ok_or(Full)?;
         let client = Rc::new(Client {
             slot,
             dialect,
-            credential: RefCell::new(credential),
-            interest: RefCell::new(interest),
+            interest,
             metrics: self.metrics.clone(),
             backpressure: self.backpressure.clone(),
             outbox: RefCell::new(Outbox {
@@ -502,33 +481,23 @@ impl Hub {
             self.metrics.dropped(DropReason::KeyTooDeep).inc();
             return;
         };
-        let now = Instant::now();
-        let mut renders = self.renders.borrow_mut();
-        renders.clear();
-        let mut routed = self.routed.borrow_mut();
-        let slots = self.slots.borrow();
-        for client in slots.iter().flatten() {
-            client
-                .interest
-                .borrow()
-                .route(event, &key, &mut renders, &mut routed);
-            self.deliver(client, &mut routed, now);
-        }
-        self.done(&mut renders);
+        self.fan_out(|interest, renders, routed| interest.route(event, &key, renders, routed));
     }
 
     /// Fans one change of a live call out to every client that wants it.
     pub fn publish_change(&self, change: &CallChange) {
+        self.fan_out(|interest, renders, routed| interest.route_change(change, renders, routed));
+    }
+
+    /// Asks every client's interest for its frames (`route`) and queues them.
+    fn fan_out(&self, route: impl Fn(&dyn Interest, &mut Renders, &mut Vec<Frame>)) {
         let now = Instant::now();
         let mut renders = self.renders.borrow_mut();
         renders.clear();
         let mut routed = self.routed.borrow_mut();
         let slots = self.slots.borrow();
         for client in slots.iter().flatten() {
-            client
-                .interest
-                .borrow()
-                .route_change(change, &mut renders, &mut routed);
+            route(&*client.interest, &mut renders, &mut routed);
             self.deliver(client, &mut routed, now);
         }
         self.done(&mut renders);
@@ -602,16 +571,7 @@ impl Hub {
     pub fn close_revoked(&self, auth: &Auth) -> usize {
         let mut closed = 0;
         for client in self.slots.borrow().iter().flatten() {
-            let own = client.credential.borrow().clone();
-            let interest = client.interest.borrow();
-            let subscribed = match &*interest {
-                Interest::Cable(subscriptions) => subscriptions
-                    .credentials()
-                    .find(|c| !auth.holds(c))
-                    .cloned(),
-                _ => None,
-            };
-            if own.is_some_and(|c| !auth.holds(&c)) || subscribed.is_some() {
+            if client.interest.revoked(auth) {
                 client.close(CloseReason::Revoked);
                 closed += 1;
             }
@@ -686,6 +646,7 @@ mod tests {
 
     use super::*;
     use crate::cli;
+    use crate::dialect::blackhole;
     use crate::limits::BytePool;
 
     /// A waker that counts its wakes.
@@ -713,11 +674,10 @@ mod tests {
 
     /// A Blackhole client whose connection waits for frames, and the count of its wakes.
     fn waiting_client(hub: &Hub) -> (Rc<Client>, Arc<Wakes>) {
-        let interest = Interest::Blackhole(blackhole::Subscriptions::new(
-            1,
-            BytePool::new(usize::MAX).share(),
-        ));
-        let client = hub.register(Dialect::Blackhole, None, interest).unwrap();
+        let interest = blackhole::Subscriptions::new(1, BytePool::new(usize::MAX).share());
+        let client = hub
+            .register(Dialect::Blackhole, Rc::new(RefCell::new(interest)))
+            .unwrap();
         let wakes = Wakes::new();
         let waker = Waker::from(wakes.clone());
         assert!(

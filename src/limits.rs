@@ -5,6 +5,13 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+/// Connections being answered at once: reading a request head, writing a plain HTTP answer,
+/// or upgrading (a websocket then holds a hub slot instead). Each may hold a request head and
+/// a piece of an answer (the budget's `requests` part). At the bound, `server` pauses accepting until
+/// one is done: the next connections wait in the kernel's listen queue, which costs callwire
+/// nothing, and a burst of reconnecting clients is served in turn rather than refused.
+pub const MAX_PENDING: usize = 128;
+
 /// Every bound, fixed at start-up (`--max-clients`, `--max-bindings`, ...).
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {

@@ -76,9 +76,10 @@ trait Listing {
 }
 
 fn pieces(mut listing: impl Listing + 'static) -> Pieces {
-    Pieces(Box::new(move |app, out| {
-        listing.fill(&app.live.borrow(), out)
-    }))
+    Pieces {
+        next: Box::new(move |live, out| listing.fill(live, out)),
+        capacity: PIECE_CAPACITY,
+    }
 }
 
 struct Calls {

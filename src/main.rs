@@ -158,7 +158,10 @@ async fn run(
     let address = listener.get_ref().local_addr().unwrap_or(config.listen);
     info!("listening on {address}");
     // One timer pings every ActionCable socket.
-    executor.spawn(cable::send_pings(app.clone())).detach();
+    let pinging = app.clone();
+    executor
+        .spawn(async move { cable::send_pings(&pinging.hub).await })
+        .detach();
     executor.spawn(reload_on_hangup(app.clone())).detach();
     if trim::NEEDED {
         executor.spawn(trim::run()).detach();

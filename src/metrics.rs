@@ -4,7 +4,7 @@
 
 use std::cell::Cell;
 
-use crate::dialect::Dialect;
+use crate::dialect_label::Dialect;
 
 /// A monotonically increasing count.
 #[derive(Debug, Default)]
@@ -75,7 +75,7 @@ pub enum Limit {
     Filters,
     /// `--ping-interval`: an idle socket stopped answering pings.
     IdleTimeout,
-    /// `server::MAX_PENDING` connections were being answered: accepting paused until one was
+    /// `limits::MAX_PENDING` connections were being answered: accepting paused until one was
     /// done.
     Connections,
     /// No file descriptor was left for a new connection: it was answered 503 (`fds::Spare`).
@@ -129,7 +129,8 @@ impl Limit {
     }
 }
 
-/// Why a request was refused with 403 (contract: README.md, "Browsers and other origins").
+/// Why a request was refused with 403 (contract: docs/protocols/README.md, "Browsers and other
+/// origins").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Forbidden {
     /// Without `--auth`, a `Host` that is neither loopback nor `--allowed-host` (DNS rebinding).

@@ -1,5 +1,5 @@
-//! Who may reach callwire from a browser: the `Host` and `Origin` checks (contract: README.md,
-//! "Browsers and other origins").
+//! Who may reach callwire from a browser: the `Host` and `Origin` checks (contract:
+//! docs/protocols/README.md, "Browsers and other origins").
 //!
 //! A browser lets any page it shows open a websocket or send a simple POST to any address, the
 //! gateway's loopback included, and DNS rebinding lets such a page pass for the gateway's own

@@ -199,6 +199,10 @@ impl LiveApi<'_> {
                 let Some(call) = live.call(scope, id) else {
                     return Response::error(404, &no_call(id));
                 };
+                // Not a broker that is down and may come back: this source takes no commands.
+                if let Commands::None = self.commands {
+                    return Response::error(501, "the demo source takes no commands");
+                }
                 match self.commands.hangup(id, call.source.as_str()) {
                     Ok(()) => Response::json(202, &json!({"status": "accepted", "call_id": id})),
                     Err(reason) => Response::error(503, &reason),
@@ -361,6 +365,30 @@ mod tests {
         ] {
             assert!(segments(malformed).is_none(), "{malformed}");
         }
+    }
+
+    #[test]
+    fn a_hangup_on_the_demo_source_is_501_and_an_unknown_call_404() {
+        let limits = crate::cli::limits_from(&[]);
+        let metrics = std::rc::Rc::new(crate::metrics::Metrics::default());
+        let live = RefCell::new(LiveState::new(8, 4, metrics));
+        let payload = json!({"Event-Name": "CHANNEL_CREATE", "Call-ID": "c1"}).to_string();
+        let event = crate::event::Event::new("call.CHANNEL_CREATE.c1".to_owned(), payload.into());
+        live.borrow_mut().apply(&event);
+        let history = RefCell::new(History::new(&limits));
+        let (auth, commands) = (Auth::open(), Commands::None);
+        let api = LiveApi {
+            auth: &auth,
+            live: &live,
+            history: &history,
+            commands: &commands,
+        };
+        let hangup = |id: &str| {
+            let line = format!("POST /rest/live/calls/{id}/hangup HTTP/1.1");
+            api.route(&crate::http::test_request(&line, &[])).status
+        };
+        assert_eq!(hangup("c1"), 501, "no broker will ever take it: not a 503");
+        assert_eq!(hangup("c2"), 404);
     }
 
     /// Records an event of `account` with `size` bytes of padding.

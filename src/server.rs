@@ -1,5 +1,6 @@
 //! The one listening port: accepts connections, reads each request head, and routes it by path
-//! to a websocket dialect or a plain HTTP endpoint (contract: README.md, "One port").
+//! to a websocket dialect or a plain HTTP endpoint (contract: docs/protocols/README.md, "One
+//! port").
 //!
 //! The upgrade is answered here, not by tungstenite, so that every refusal (404, 400, 503) is a
 //! proper HTTP answer decided before a client takes a slot.
@@ -21,26 +22,22 @@ use smol::{Async, LocalExecutor, Timer};
 
 use crate::app::App;
 use crate::auth::{Auth, Credential};
+use crate::dialect::Session;
 use crate::dialect::blackhole::{BlackholeSession, Subscriptions};
 use crate::dialect::cable::{self, CableSession};
 use crate::dialect::isymphony::{Filters, ISymphonySession};
-use crate::dialect::{Dialect, Session};
+use crate::dialect_label::Dialect;
 use crate::fds::Spare;
 use crate::http::{self, HeadError, Request, Response};
 use crate::hub::{Full, Interest};
+use crate::limits::MAX_PENDING;
 use crate::logging::RateLimit;
 use crate::metrics::Limit;
 use crate::origins;
 use crate::rest::{self, LiveApi};
 use crate::seats::NoSeat;
+use crate::status;
 use crate::ws::{self, Connection};
-
-/// Connections being answered at once: reading a request head, writing a plain HTTP answer,
-/// or upgrading (a websocket then holds a hub slot instead). Each may hold a request head and
-/// a piece of an answer (the budget's `requests` part). At the bound, accepting pauses until
-/// one is done: the next connections wait in the kernel's listen queue, which costs callwire
-/// nothing, and a burst of reconnecting clients is served in turn rather than refused.
-pub const MAX_PENDING: usize = 128;
 
 /// How long a plain HTTP answer may take to be written: a client that does not read it is
 /// dropped then, and its place given back.
@@ -223,7 +220,7 @@ async fn handle(
     } else {
         let response = route_http(&request, &app);
         let _ = response
-            .send(&mut stream, &app)
+            .send(&mut stream, &app.live)
             .or(async {
                 Timer::after(ANSWER_TIMEOUT).await;
                 Ok(())
@@ -236,8 +233,8 @@ async fn handle(
 /// application's state, public so that the fuzz targets (fuzz/) can drive it.
 pub fn route_http(request: &Request, app: &App) -> Response {
     match (request.method.as_str(), request.path.as_str()) {
-        ("GET", "/healthz") => http::healthz(app),
-        ("GET", "/metrics") => http::metrics(app),
+        ("GET", "/healthz") => status::healthz(app),
+        ("GET", "/metrics") => status::metrics(app),
         ("GET", "/" | "/dashboard.js" | "/dashboard.css") => dashboard(&request.path),
         (_, "/healthz" | "/metrics") => Response::method_not_allowed("GET"),
         (_, "/v2/websockets") => rest::websockets(request, &app.catalogue, &app.auth),
@@ -319,51 +316,36 @@ async fn upgrade(
         .map(str::to_owned);
     // iSymphony proves who it is on the upgrade itself; Blackhole later, with a token;
     // ActionCable per subscription, with its key.
-    let (credential, interest) = match dialect {
-        Dialect::Blackhole => (
-            None,
-            Interest::Blackhole(Subscriptions::new(
-                limits.max_bindings,
-                app.interest.share(),
-            )),
-        ),
+    let held = app.interest.share();
+    let interest = match dialect {
+        Dialect::Blackhole => Fresh::Blackhole(Rc::new(RefCell::new(Subscriptions::new(
+            limits.max_bindings,
+            held,
+        )))),
         Dialect::ISymphony => match upgrade_credential(&request, &app.auth) {
-            Ok(credential) => (
-                Some(credential.clone()),
-                Interest::ISymphony(Filters::new(
-                    credential,
-                    limits.max_filters,
-                    app.interest.share(),
-                )),
-            ),
+            Ok(credential) => Fresh::ISymphony(Rc::new(RefCell::new(Filters::new(
+                credential,
+                limits.max_filters,
+                held,
+            )))),
             Err(refusal) => {
                 let _ = refusal.write_to(&mut stream).await;
                 return;
             }
         },
-        Dialect::Cable if extended => (
-            None,
-            Interest::Cable(cable::Subscriptions::extended(
-                limits.max_bindings,
-                app.interest.share(),
-            )),
-        ),
-        Dialect::Cable => (
-            None,
-            Interest::Cable(cable::Subscriptions::new(
-                limits.max_bindings,
-                app.interest.share(),
-            )),
-        ),
+        Dialect::Cable => Fresh::Cable(Rc::new(RefCell::new(match extended {
+            true => cable::Subscriptions::extended(limits.max_bindings, held),
+            false => cable::Subscriptions::new(limits.max_bindings, held),
+        }))),
     };
     // With `--auth`, Blackhole and ActionCable sockets prove who they are after the upgrade,
     // and wait for that on seats of their own.
-    let seat = match credential.is_none() && app.auth.required() {
+    let seat = match !matches!(interest, Fresh::ISymphony(_)) && app.auth.required() {
         true => app.seats.unauthenticated(),
         false => app.seats.authenticated(),
     };
     let registered = seat.and_then(|seat| {
-        let client = app.hub.register(dialect, credential, interest);
+        let client = app.hub.register(dialect, interest.shared());
         client
             .map(|client| (client, seat))
             .map_err(|Full| NoSeat::Clients)
@@ -403,41 +385,60 @@ async fn upgrade(
     let ws = WebSocketStream::from_partially_read(stream, request.rest, Role::Server, Some(config))
         .await;
     let app = app.clone();
-    match dialect {
-        Dialect::Blackhole => {
-            let session =
-                BlackholeSession::new(client.clone(), app.auth.clone(), app.history.clone());
+    match interest {
+        Fresh::Blackhole(subscriptions) => {
+            let (auth, history) = (app.auth.clone(), app.history.clone());
+            let session = BlackholeSession::new(client.clone(), subscriptions, auth, history);
             spawn_connection(
                 executor,
                 Connection::new(ws, client, session, app, seat),
                 slot,
             );
         }
-        Dialect::ISymphony => {
-            let session = ISymphonySession::new(client.clone());
+        Fresh::ISymphony(filters) => {
+            let session = ISymphonySession::new(client.clone(), filters);
             spawn_connection(
                 executor,
                 Connection::new(ws, client, session, app, seat),
                 slot,
             );
         }
-        Dialect::Cable => {
+        Fresh::Cable(subscriptions) => {
             let session = if extended {
                 CableSession::extended(
                     client.clone(),
+                    subscriptions,
                     app.auth.clone(),
                     app.history.clone(),
                     app.cable_sessions.clone(),
                     restore.as_deref(),
                 )
             } else {
-                CableSession::new(client.clone(), app.auth.clone())
+                CableSession::new(client.clone(), subscriptions, app.auth.clone())
             };
             spawn_connection(
                 executor,
                 Connection::new(ws, client, session, app, seat),
                 slot,
             );
+        }
+    }
+}
+
+/// A new socket's interest, typed until its session is made: the hub gets it as its
+/// `Interest`, the session as its own state.
+enum Fresh {
+    Blackhole(Rc<RefCell<Subscriptions>>),
+    ISymphony(Rc<RefCell<Filters>>),
+    Cable(Rc<RefCell<cable::Subscriptions>>),
+}
+
+impl Fresh {
+    fn shared(&self) -> Rc<dyn Interest> {
+        match self {
+            Fresh::Blackhole(subscriptions) => subscriptions.clone(),
+            Fresh::ISymphony(filters) => filters.clone(),
+            Fresh::Cable(subscriptions) => subscriptions.clone(),
         }
     }
 }
@@ -491,6 +492,7 @@ impl<F: Future + Unpin> Future for Counted<F> {
     }
 }
 
+/// The credential an iSymphony upgrade carries in its `Authorization` header (HTTP Basic, as
 /// The credential an iSymphony upgrade carries in its `Authorization` header (HTTP Basic, as
 /// `ws://name:secret@host` URLs send it), or the 401 that refuses it before the upgrade.
 /// Without `--auth`, every upgrade is let in.

@@ -27,7 +27,8 @@ use smol::{Async, Timer};
 
 use crate::app::App;
 use crate::dialect::Session;
-use crate::hub::{Client, CloseReason, Frame, Outgoing};
+use crate::frame::{CloseReason, Frame};
+use crate::hub::{Client, Outgoing};
 use crate::limits::{Limits, TokenBucket};
 use crate::metrics::Limit;
 use crate::seats::Seat;

@@ -23,7 +23,7 @@ use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
 use common::script::Script;
-use common::{Callwire, Socket, TempFile, mosquitto_pub, set_read_timeout, unique, wait_for};
+use common::{Callwire, Socket, TempFile, mosquitto_pub, mqtt_callwire, set_read_timeout, unique};
 
 /// The shared Mosquitto every MQTT test here publishes to.
 const BROKER_PORT: u16 = 1883;
@@ -54,27 +54,6 @@ fn quiet_callwire(extra: &[&str]) -> Callwire {
     let mut args = vec!["--mqtt", "mqtt://127.0.0.1:1883", "--mqtt-topic", &topic];
     args.extend_from_slice(extra);
     Callwire::start(&args)
-}
-
-/// A callwire fed from `<prefix>/#` with `<prefix>/` stripped, whose MQTT subscription is
-/// known to be live. `key` must be a `*` credential's secret when `extra` has `--auth`.
-fn mqtt_callwire(prefix: &str, extra: &[&str], key: &str) -> Callwire {
-    let callwire = Callwire::start_mqtt(1883, prefix, extra);
-    wait_for("the MQTT source to connect", TIMEOUT, || {
-        callwire.healthz().1["source"]["connected"] == json!(true)
-    });
-    // The broker may take the subscription a moment after the connection: publish until a
-    // warm-up message comes through (the `warmups` family model).
-    let mut socket = cable(&callwire);
-    let identifier = json!({"channel": "ApiChannel", "key": key, "events": "warmups"}).to_string();
-    assert_eq!(subscribe(&mut socket, &identifier), "confirm_subscription");
-    for n in 0..100 {
-        mosquitto_pub(BROKER_PORT, &format!("{prefix}/warmup/{n}"), "{}");
-        if next_frame_within(&mut socket, Duration::from_millis(100)).is_some() {
-            return callwire;
-        }
-    }
-    panic!("no warm-up message arrived: {}", callwire.log_text());
 }
 
 /// A tungstenite socket on /cable, past its welcome.
@@ -181,7 +160,7 @@ fn triple(kind: &str, class: &str, id: &str) -> (String, String, String) {
 fn official_and_raw_clients_get_the_selected_call_changes() {
     let creds = credentials();
     let prefix = unique("cable-calls");
-    let callwire = mqtt_callwire(&prefix, &["--auth", creds.path()], SECRET_STAR);
+    let callwire = mqtt_callwire(&prefix, &["--auth", creds.path()], Some(SECRET_STAR));
     let url = format!("ws://127.0.0.1:{}/cable", callwire.port);
     let call_id = unique("call-");
 
@@ -594,7 +573,7 @@ fn subscriptions_per_socket_are_bounded_by_max_bindings() {
 #[test]
 fn events_and_family_models() {
     let prefix = unique("cable-models");
-    let callwire = mqtt_callwire(&prefix, &[], "");
+    let callwire = mqtt_callwire(&prefix, &[], None);
     let mut socket = cable(&callwire);
     let all = r#"{"channel":"ApiChannel"}"#;
     let events = r#"{"channel":"ApiChannel","events":"events;faxs#create"}"#;
@@ -681,7 +660,7 @@ fn events_and_family_models() {
 fn account_scoping_follows_each_subscriptions_key() {
     let creds = credentials();
     let prefix = unique("cable-accounts");
-    let callwire = mqtt_callwire(&prefix, &["--auth", creds.path()], SECRET_STAR);
+    let callwire = mqtt_callwire(&prefix, &["--auth", creds.path()], Some(SECRET_STAR));
     let mut socket = cable(&callwire);
     let a = json!({"channel": "ApiChannel", "key": SECRET_A, "events": "calls#create;events"})
         .to_string();

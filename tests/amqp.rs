@@ -144,22 +144,15 @@ fn subscribe(socket: &mut Socket, binding: &str) {
     assert_eq!(reply["status"], "success", "{reply}");
 }
 
-fn connected(callwire: &Callwire) -> bool {
-    let (status, body) = callwire.healthz();
-    status == 200 && body["source"]["kind"] == "amqp" && body["source"]["connected"] == true
-}
-
 fn degraded(callwire: &Callwire) -> bool {
     let (status, body) = callwire.healthz();
     status == 503 && body["status"] == "degraded" && body["source"]["connected"] == false
 }
 
+/// Waits for the AMQP source to connect.
 fn wait_connected(callwire: &Callwire) {
-    wait_for(
-        "the AMQP source to connect",
-        Duration::from_secs(15),
-        || connected(callwire),
-    );
+    callwire.wait_connected(Duration::from_secs(15));
+    assert_eq!(callwire.healthz().1["source"]["kind"], "amqp");
 }
 
 /// The next text frame, raw (to compare payload bytes) and parsed.

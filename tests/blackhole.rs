@@ -7,7 +7,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use tungstenite::client::IntoClientRequest;
@@ -22,8 +22,8 @@ use tungstenite::{Message, WebSocket};
 
 use common::script::Script;
 use common::{
-    Callwire, Socket, TempFile, drain, mosquitto_pub, read_until_clients, request,
-    set_read_timeout, unique, wait_for,
+    Callwire, Socket, TempFile, drain, mosquitto_pub, mqtt_callwire, read_until_clients, request,
+    set_read_timeout, unique,
 };
 
 /// The shared Mosquitto every MQTT test here publishes to.
@@ -57,39 +57,6 @@ fn quiet_callwire(extra: &[&str]) -> Callwire {
     Callwire::start(&args)
 }
 
-/// A callwire fed from `<prefix>/#` on the shared broker, with `<prefix>/` stripped, whose MQTT
-/// subscription is known to be live: `token` must name a `*` credential when `extra` has `--auth`.
-fn mqtt_callwire(prefix: &str, extra: &[&str], token: Option<&str>) -> Callwire {
-    let callwire = Callwire::start_mqtt(1883, prefix, extra);
-    warm_up(&callwire, prefix, token);
-    callwire
-}
-
-/// Waits until the MQTT source is connected, then publishes warm-up messages until one
-/// arrives: the broker may take the subscription a moment after the connection.
-fn warm_up(callwire: &Callwire, prefix: &str, token: Option<&str>) {
-    wait_for(
-        "the MQTT source to connect",
-        Duration::from_secs(10),
-        || callwire.healthz().1["source"]["connected"] == json!(true),
-    );
-    let mut socket = callwire.ws("/");
-    let mut subscribe = json!({"action": "subscribe", "request_id": "warm",
-                               "data": {"binding": "warmup.#"}});
-    if let Some(token) = token {
-        subscribe["auth_token"] = json!(token);
-    }
-    let reply = request(&mut socket, subscribe);
-    assert_eq!(reply["status"], "success", "{reply}");
-    for n in 0..100 {
-        mosquitto_pub(BROKER_PORT, &format!("{prefix}/warmup/{n}"), "{}");
-        if try_recv_text(&mut socket, Duration::from_millis(100)).is_some() {
-            return;
-        }
-    }
-    panic!("no warm-up message arrived: {}", callwire.log_text());
-}
-
 /// Publishes `payload` on `<prefix>/<rest>`.
 fn publish(prefix: &str, rest: &str, payload: &str) {
     mosquitto_pub(BROKER_PORT, &format!("{prefix}/{rest}"), payload);
@@ -104,25 +71,6 @@ fn recv_text(socket: &mut Socket) -> String {
             other => panic!("expected a text frame, got {other:?}"),
         }
     }
-}
-
-/// The next text frame if one comes within `timeout`.
-fn try_recv_text(socket: &mut Socket, timeout: Duration) -> Option<String> {
-    set_read_timeout(socket, timeout);
-    let deadline = Instant::now() + timeout;
-    let mut text = None;
-    while Instant::now() < deadline {
-        match socket.read() {
-            Ok(Message::Text(frame)) => {
-                text = Some(frame.as_str().to_owned());
-                break;
-            }
-            Ok(_) => continue,
-            Err(_) => break,
-        }
-    }
-    set_read_timeout(socket, Duration::from_secs(5));
-    text
 }
 
 /// Sends a JSON request and returns the raw reply text and the reply parsed.

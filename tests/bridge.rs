@@ -23,14 +23,6 @@ fn subscribe(socket: &mut Socket, binding: &str) {
     assert_eq!(reply["status"], "success", "{reply}");
 }
 
-fn wait_connected(callwire: &Callwire) {
-    wait_for(
-        "the MQTT source to connect",
-        Duration::from_secs(10),
-        || callwire.healthz().1["source"]["connected"] == true,
-    );
-}
-
 /// Publishes `probe` until the socket sees it: the broker may take a moment to apply
 /// callwire's subscription after the CONNACK.
 fn await_subscription(socket: &mut Socket, port: u16, topic: &str) {
@@ -56,7 +48,7 @@ fn mqtt_message_reaches_only_the_matching_binding_byte_identical() {
         "--mqtt-strip-prefix",
         &strip,
     ]);
-    wait_connected(&callwire);
+    callwire.wait_connected(Duration::from_secs(10));
     let mut create = callwire.ws("/");
     let mut answer = callwire.ws("/");
     subscribe(&mut create, "call.CHANNEL_CREATE.*");
@@ -98,7 +90,7 @@ fn runs_on_two_threads_in_mqtt_mode() {
         "--mqtt-topic",
         &format!("{prefix}/#"),
     ]);
-    wait_connected(&callwire);
+    callwire.wait_connected(Duration::from_secs(10));
     let mut socket = callwire.ws("/");
     subscribe(&mut socket, "#");
     await_subscription(&mut socket, 1883, &format!("{prefix}/call/x"));
@@ -131,7 +123,7 @@ fn a_broker_restart_is_invisible_to_websocket_clients() {
     let mut broker = PrivateMosquitto::start();
     let url = format!("mqtt://127.0.0.1:{}", broker.port);
     let callwire = Callwire::start(&["--mqtt", &url]);
-    wait_connected(&callwire);
+    callwire.wait_connected(Duration::from_secs(10));
     let mut socket = callwire.ws("/blackhole");
     subscribe(&mut socket, "call.#");
     await_subscription(&mut socket, broker.port, "call/probe");
@@ -146,7 +138,7 @@ fn a_broker_restart_is_invisible_to_websocket_clients() {
         },
     );
     broker.restart();
-    wait_connected(&callwire);
+    callwire.wait_connected(Duration::from_secs(10));
     assert_eq!(callwire.healthz().0, 200);
     // The same socket, never reconnected, receives what is published after the restart.
     await_subscription(&mut socket, broker.port, "call/probe");
@@ -236,7 +228,7 @@ fn a_stalled_client_is_dropped_by_policy_while_others_get_everything() {
         "--max-message-size",
         "200000",
     ]);
-    wait_connected(&callwire);
+    callwire.wait_connected(Duration::from_secs(10));
     let mut healthy = callwire.ws("/");
     let mut stalled = callwire.ws("/");
     subscribe(&mut healthy, "#");
@@ -297,7 +289,7 @@ fn a_burst_at_line_rate_reaches_a_lone_reader_whole() {
     for (count, size) in [(300, 2000), (1000, 200)] {
         let prefix = unique("burst");
         let callwire = Callwire::start_mqtt(1883, &prefix, &[]);
-        wait_connected(&callwire);
+        callwire.wait_connected(Duration::from_secs(10));
         let mut reader = callwire.ws("/");
         subscribe(&mut reader, "call.#");
         await_subscription(&mut reader, 1883, &format!("{prefix}/call/probe"));
@@ -324,7 +316,7 @@ fn a_burst_at_line_rate_reaches_a_reader_whole_while_a_non_reader_is_closed_in_t
     let prefix = unique("burst");
     let stall = Duration::from_secs(2);
     let callwire = Callwire::start_mqtt(broker.port, &prefix, &["--stall-timeout", "2"]);
-    wait_connected(&callwire);
+    callwire.wait_connected(Duration::from_secs(10));
     let mut reader = callwire.ws("/");
     let mut idle = callwire.ws("/");
     subscribe(&mut reader, "call.#");
@@ -347,7 +339,7 @@ fn a_burst_at_line_rate_reaches_a_reader_whole_while_a_non_reader_is_closed_in_t
 fn a_client_reading_20_bytes_a_second_is_closed_as_too_slow_and_readers_get_everything() {
     let prefix = unique("trickle");
     let callwire = Callwire::start_mqtt(1883, &prefix, &["--stall-timeout", "2"]);
-    wait_connected(&callwire);
+    callwire.wait_connected(Duration::from_secs(10));
     let mut reader = callwire.ws("/");
     subscribe(&mut reader, "call.#");
     await_subscription(&mut reader, 1883, &format!("{prefix}/call/probe"));

@@ -1,8 +1,8 @@
-//! Browsers and other origins (contract: README.md, "Browsers and other origins"; live-api.md,
-//! "Catalogue"): the `Host` and `Origin` checks on every dialect, REST and the dashboard, the
-//! hangup that no other site can send, the authentication deadline and its own bound, unique
-//! secrets, the scoped catalogue, and the stricter request parsing. Everything over real
-//! sockets against the real binary, with the shared Mosquitto as the source; the headless
+//! Browsers and other origins (contract: docs/protocols/README.md, "Browsers and other origins";
+//! live-api.md, "Catalogue"): the `Host` and `Origin` checks on every dialect, REST and the
+//! dashboard, the hangup that no other site can send, the authentication deadline and its own
+//! bound, unique secrets, the scoped catalogue, and the stricter request parsing. Everything over
+//! real sockets against the real binary, with the shared Mosquitto as the source; the headless
 //! Chromium check is in tests/dashboard.rs.
 
 mod common;
@@ -101,26 +101,12 @@ fn request_text(method: &str, path: &str, lines: &[(&str, &str)]) -> String {
     text + "\r\n"
 }
 
-/// The value of one sample line of /metrics.
-fn metric(callwire: &Callwire, sample: &str) -> u64 {
-    let (_, body) = callwire.http("GET", "/metrics", &[]);
-    body.lines()
-        .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {sample} in\n{body}"))
-}
-
 fn forbidden(callwire: &Callwire, reason: &str) -> u64 {
-    metric(
-        callwire,
-        &format!("callwire_forbidden_total{{reason=\"{reason}\"}}"),
-    )
+    callwire.metric(&format!("callwire_forbidden_total{{reason=\"{reason}\"}}"))
 }
 
 fn limit_hits(callwire: &Callwire, limit: &str) -> u64 {
-    metric(
-        callwire,
-        &format!("callwire_limit_hits_total{{limit=\"{limit}\"}}"),
-    )
+    callwire.metric(&format!("callwire_limit_hits_total{{limit=\"{limit}\"}}"))
 }
 
 /// A websocket opened with extra request headers; the server's 101 response too.

@@ -1,6 +1,6 @@
 //! The built-in dashboard at `GET /`: what the server sends, and a real browser using it; and
-//! a page of another origin that the same browser shows, refused (README.md, "Browsers and
-//! other origins").
+//! a page of another origin that the same browser shows, refused (docs/protocols/README.md,
+//! "Browsers and other origins").
 //!
 //! The browser tests run tests/browser/dashboard.mjs: Debian's Chromium (/usr/bin/chromium),
 //! driven by playwright-core from npm (`npm ci --prefix tests/browser`; `.ci/run` installs

@@ -10,11 +10,12 @@ use std::rc::Rc;
 use bytes::Bytes;
 use callwire::auth::Auth;
 use callwire::cli;
+use callwire::dialect::Session;
 use callwire::dialect::blackhole::{BlackholeSession, Subscriptions};
-use callwire::dialect::{Dialect, Session};
+use callwire::dialect_label::Dialect;
 use callwire::event::Event;
 use callwire::history::History;
-use callwire::hub::{Client, Hub, Interest};
+use callwire::hub::{Client, Hub};
 use callwire::limits::BytePool;
 use callwire::metrics::Metrics;
 use counting_alloc::allocations_during;
@@ -30,9 +31,12 @@ fn subscribed(count: usize) -> (Hub, Vec<Rc<Client>>) {
     let pool = BytePool::for_interest(&config.limits);
     let clients = (0..count)
         .map(|_| {
-            let interest = Interest::Blackhole(Subscriptions::new(1, pool.share()));
-            let client = hub.register(Dialect::Blackhole, None, interest).unwrap();
-            let mut session = BlackholeSession::new(client.clone(), auth.clone(), history.clone());
+            let subscriptions = Rc::new(RefCell::new(Subscriptions::new(1, pool.share())));
+            let client = hub
+                .register(Dialect::Blackhole, subscriptions.clone())
+                .unwrap();
+            let mut session =
+                BlackholeSession::new(client.clone(), subscriptions, auth.clone(), history.clone());
             let mut replies = Vec::new();
             session.on_text(
                 r#"{"action":"subscribe","data":{"binding":"call.#"}}"#,

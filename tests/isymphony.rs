@@ -148,11 +148,7 @@ impl Bridge {
     /// Waits for the MQTT source, publishes warm-up messages until one arrives, then a barrier:
     /// once the barrier is seen, no warm-up message is still on its way.
     fn warm_up(&self) {
-        wait_for(
-            "the MQTT source to connect",
-            Duration::from_secs(10),
-            || self.callwire.healthz().1["source"]["connected"] == json!(true),
-        );
+        self.callwire.wait_connected(Duration::from_secs(10));
         let mut socket = self.connect(PATH, self.manager);
         set_read_timeout(&socket, Duration::from_millis(100));
         let arrived = (0..100).any(|n| {
@@ -383,14 +379,6 @@ fn raw_upgrade(
         .and_then(|code| code.parse().ok())
         .unwrap_or(0);
     (status, head, String::from_utf8_lossy(&body).into_owned())
-}
-
-/// A metric's value from a `/metrics` scrape.
-fn metric(callwire: &Callwire, series: &str) -> u64 {
-    let (_, body) = callwire.http("GET", "/metrics", &[]);
-    body.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in:\n{body}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -691,7 +679,7 @@ fn a_bad_or_missing_credential_is_refused_with_401_before_the_upgrade() {
     }
     // No refused upgrade took a slot; the right credential is let in.
     assert_eq!(
-        metric(&callwire, "callwire_clients{dialect=\"isymphony\"}"),
+        callwire.metric("callwire_clients{dialect=\"isymphony\"}"),
         0
     );
     let (status, _, _) = raw_upgrade(&callwire, PATH, Some(&basic(MANAGER.0, MANAGER.1)));
@@ -716,7 +704,10 @@ fn both_paths_serve_the_same_dialect() {
     set_filters(&mut short, &[("type", "login"), ("type", "logout")]);
     // The witness and these two (the warm-up socket may take a moment to be gone).
     wait_for("three iSymphony clients", Duration::from_secs(5), || {
-        metric(&bridge.callwire, "callwire_clients{dialect=\"isymphony\"}") == 3
+        bridge
+            .callwire
+            .metric("callwire_clients{dialect=\"isymphony\"}")
+            == 3
     });
     let login = r#"{"type":"login","time":1700000000001,"username":"mikey","seq":1}"#;
     bridge.stream(
@@ -775,10 +766,11 @@ fn a_credential_sees_only_its_own_accounts_events() {
 fn fan_out_checks_filters_without_allocating_and_shares_one_frame() {
     use callwire::auth::Auth;
     use callwire::cli::{Run, parse};
+    use callwire::dialect::Session;
     use callwire::dialect::isymphony::{Filters, ISymphonySession};
-    use callwire::dialect::{Dialect, Session};
+    use callwire::dialect_label::Dialect;
     use callwire::event::Event;
-    use callwire::hub::{Hub, Interest};
+    use callwire::hub::Hub;
     use callwire::metrics::Metrics;
 
     let sanity = allocations_during(|| {
@@ -801,11 +793,10 @@ fn fan_out_checks_filters_without_allocating_and_shares_one_frame() {
     let mut clients = Vec::new();
     for i in 0..50 {
         let unbounded = callwire::limits::BytePool::new(usize::MAX).share();
-        let interest = Interest::ISymphony(Filters::new(credential.clone(), 64, unbounded));
-        let client = hub
-            .register(Dialect::ISymphony, Some(credential.clone()), interest)
-            .unwrap();
-        let mut session = ISymphonySession::new(client.clone());
+        let filters = Filters::new(credential.clone(), 64, unbounded);
+        let filters = std::rc::Rc::new(std::cell::RefCell::new(filters));
+        let client = hub.register(Dialect::ISymphony, filters.clone()).unwrap();
+        let mut session = ISymphonySession::new(client.clone(), filters);
         let mut replies = Vec::new();
         session.on_text(
             &filter(filter_sets[i % filter_sets.len()]).to_string(),

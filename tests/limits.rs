@@ -30,7 +30,7 @@ use common::{
 };
 
 /// Every label of `callwire_limit_hits_total` (src/metrics.rs, `Limit::as_str`).
-const LIMITS: [&str; 13] = [
+const LIMITS: [&str; 14] = [
     "max_clients",
     "max_per_ip",
     "handshake_timeout",
@@ -44,6 +44,7 @@ const LIMITS: [&str; 13] = [
     "auth_timeout",
     "max_unauthenticated",
     "stall_timeout",
+    "replay",
 ];
 
 // ---------------------------------------------------------------------------------------------

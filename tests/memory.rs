@@ -560,21 +560,10 @@ fn amqp_publish(url: &str, exchange: &str, key: &str, payload: &[u8]) {
     });
 }
 
-fn metric(callwire: &Callwire, prefix: &str) -> u64 {
-    let (_, body) = callwire.http("GET", "/metrics", &[]);
-    body.lines()
-        .find_map(|l| l.strip_prefix(prefix))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn dropped_too_large(callwire: &Callwire) -> u64 {
-    metric(
-        callwire,
-        "callwire_events_dropped_total{reason=\"too_large\"}",
-    )
+    callwire.metric("callwire_events_dropped_total{reason=\"too_large\"}")
 }
 
 fn events_in_amqp(callwire: &Callwire) -> u64 {
-    metric(callwire, "callwire_events_in_total{source=\"amqp\"}")
+    callwire.metric("callwire_events_in_total{source=\"amqp\"}")
 }

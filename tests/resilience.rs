@@ -31,7 +31,9 @@ use tungstenite::http::HeaderValue;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
-use common::{Callwire, DIALECTS, Dialect, TempFile, mosquitto_pub, unique, wait_for};
+use common::{
+    Callwire, DIALECTS, Dialect, TempFile, mosquitto_pub, mqtt_callwire, unique, wait_for,
+};
 
 /// The shared Mosquitto the MQTT-fed tests publish to.
 const BROKER_PORT: u16 = 1883;
@@ -808,50 +810,6 @@ fn note_seq(state: &mut Sequence, text: &str) {
     if frame["action"] == "event" {
         state.0.push(frame["data"]["seq"].as_u64().expect("a seq"));
     }
-}
-
-/// A callwire fed from `<prefix>/#` on the shared broker, `<prefix>/` stripped, its MQTT
-/// subscription known to be live (a probe came through a socket that is closed again).
-/// `token`: a `*` credential's secret when `extra` has `--auth`.
-fn mqtt_callwire(prefix: &str, extra: &[&str], token: Option<&str>) -> Callwire {
-    let callwire = Callwire::start_mqtt(1883, prefix, extra);
-    wait_for(
-        "the MQTT source to connect",
-        Duration::from_secs(10),
-        || callwire.healthz().1["source"]["connected"] == true,
-    );
-    let mut ws = open(callwire.port, Dialect::Blackhole, None).unwrap();
-    let mut subscribe = json!({"action": "subscribe", "request_id": "warm",
-                               "data": {"binding": "warmup.#"}});
-    if let Some(token) = token {
-        subscribe["auth_token"] = json!(token);
-    }
-    send_text(&mut ws, &subscribe.to_string()).unwrap();
-    let reply = read_json(&mut ws).expect("a subscribe reply");
-    assert_eq!(reply["status"], "success", "{reply}");
-    ws.get_ref()
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let mut arrived = false;
-    for n in 0..100 {
-        mosquitto_pub(BROKER_PORT, &format!("{prefix}/warmup/{n}"), "{}");
-        if matches!(ws.read(), Ok(Message::Text(_))) {
-            arrived = true;
-            break;
-        }
-    }
-    assert!(
-        arrived,
-        "no warm-up message arrived: {}",
-        callwire.log_text()
-    );
-    drop(ws);
-    wait_for(
-        "the warm-up socket to leave",
-        Duration::from_secs(10),
-        || healthz_clients(&callwire) == 0,
-    );
-    callwire
 }
 
 /// The next text frame (pings skipped), parsed; `None` on a timeout or a closed socket.

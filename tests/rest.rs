@@ -140,23 +140,6 @@ fn ids(calls: &Value) -> Vec<String> {
         .collect()
 }
 
-/// The sum of a metric's samples in a `/metrics` scrape (panics if it has none).
-fn metric(callwire: &Callwire, name: &str) -> u64 {
-    let reply = http(callwire, "GET", "/metrics", &[]);
-    assert_eq!(reply.status, 200);
-    let samples: Vec<u64> = reply
-        .body
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            (series.split('{').next()? == name).then(|| value.parse().ok())?
-        })
-        .collect();
-    assert!(!samples.is_empty(), "no {name} in:\n{}", reply.body);
-    samples.iter().sum()
-}
-
 /// Resident memory of a process, in kB.
 fn vm_rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -371,21 +354,15 @@ fn mqtt_pub_lines(topic: &str, lines: &[String]) {
     assert!(child.wait().unwrap().success(), "mosquitto_pub -l failed");
 }
 
-fn wait_connected(callwire: &Callwire) {
-    wait_for("the source to connect", TIMEOUT, || {
-        callwire.healthz().1["source"]["connected"] == true
-    });
-}
-
 /// Waits until the source is connected and its subscription live: publishes probes (JSON of
 /// no call shape) until `callwire_events_in_total` moves.
 fn warm_up(callwire: &Callwire, feed: &Feed) {
-    wait_connected(callwire);
-    let before = metric(callwire, "callwire_events_in_total");
+    callwire.wait_connected(TIMEOUT);
+    let before = callwire.metric("callwire_events_in_total");
     for n in 0..100 {
         feed.raw(&format!("probe/{n}"), br#"{"probe":true}"#);
         for _ in 0..6 {
-            if metric(callwire, "callwire_events_in_total") > before {
+            if callwire.metric("callwire_events_in_total") > before {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -424,7 +401,7 @@ fn start_amqp(extra: &[&str]) -> (Callwire, Feed) {
     args.extend_from_slice(extra);
     let callwire = Callwire::start(&args);
     // Connected means the exchange is declared: the test may publish to it.
-    wait_connected(&callwire);
+    callwire.wait_connected(TIMEOUT);
     let feed = Feed::Amqp(Box::new(Rabbit::connect(&exchange)));
     warm_up(&callwire, &feed);
     (callwire, feed)
@@ -821,7 +798,7 @@ fn check_lifecycle(callwire: &Callwire, feed: &Feed, profile: Profile) {
     assert!(model.ended, "{profile:?}: the call never ended");
     assert!(calls(callwire).is_empty());
     assert_eq!(callwire.healthz().1["live_calls"], 0);
-    assert_eq!(metric(callwire, "callwire_live_calls"), 0);
+    assert_eq!(callwire.metric("callwire_live_calls"), 0);
     let expected_states: &[&str] = if profile == Profile::AsteriskMqtt {
         &["ringing", "answered"]
     } else {
@@ -1398,10 +1375,10 @@ fn the_catalogue_lists_kazoo_templates_without_a_credential_and_families_seen_wi
     }
     assert!(first["data"].get("conference").is_none(), "{first}");
 
-    let before = metric(&callwire, "callwire_events_in_total");
+    let before = callwire.metric("callwire_events_in_total");
     feed.raw("conference/event/room-1/joined", b"{}");
     wait_for("the conference event", TIMEOUT, || {
-        metric(&callwire, "callwire_events_in_total") > before
+        callwire.metric("callwire_events_in_total") > before
     });
     // A family name can carry a tenant's secrets (live-api.md): only a credential that may
     // see the event's account sees it; this one has none, so only `*`.
@@ -1537,20 +1514,20 @@ fn past_max_calls_the_oldest_are_evicted_and_memory_stays_flat() {
         .map(|p| (call_id(Profile::Kazoo, &p), p.to_string()))
         .collect();
     let topic = format!("{prefix}/call/CHANNEL_CREATE");
-    let base = metric(&callwire, "callwire_events_in_total");
+    let base = callwire.metric("callwire_events_in_total");
     // In batches of 500, each taken in whole before the next: Mosquitto queues at most 1000
     // messages for a subscriber (max_queued_messages) and drops the rest, whoever reads them.
     let feed_calls = |range: std::ops::Range<usize>| {
         for batch in starts[range.clone()].chunks(500) {
             let lines: Vec<String> = batch.iter().map(|(_, p)| p.clone()).collect();
-            let target = metric(&callwire, "callwire_events_in_total") + lines.len() as u64;
+            let target = callwire.metric("callwire_events_in_total") + lines.len() as u64;
             mqtt_pub_lines(&topic, &lines);
             wait_for("a batch of call starts taken in", TIMEOUT, || {
-                metric(&callwire, "callwire_events_in_total") == target
+                callwire.metric("callwire_events_in_total") == target
             });
         }
         assert_eq!(
-            metric(&callwire, "callwire_events_in_total"),
+            callwire.metric("callwire_events_in_total"),
             base + range.end as u64
         );
         let listed = calls(&callwire);
@@ -1563,9 +1540,9 @@ fn past_max_calls_the_oldest_are_evicted_and_memory_stays_flat() {
             newest,
             "exactly the newest {MAX_CALLS}, oldest first"
         );
-        assert_eq!(metric(&callwire, "callwire_live_calls"), MAX_CALLS as u64);
+        assert_eq!(callwire.metric("callwire_live_calls"), MAX_CALLS as u64);
         assert_eq!(
-            metric(&callwire, "callwire_live_calls_evicted_total"),
+            callwire.metric("callwire_live_calls_evicted_total"),
             (range.end - MAX_CALLS) as u64
         );
         assert_eq!(callwire.healthz().1["live_calls"], MAX_CALLS);
@@ -1578,7 +1555,7 @@ fn past_max_calls_the_oldest_are_evicted_and_memory_stays_flat() {
         after_5000 * 10 <= after_1000 * 11,
         "resident memory grew from {after_1000} kB after 1000 calls to {after_5000} kB after 5000"
     );
-    let reported = metric(&callwire, "callwire_process_resident_memory_bytes");
+    let reported = callwire.metric("callwire_process_resident_memory_bytes");
     assert!(
         reported > 0 && reported / 1024 <= after_5000 * 11 / 10,
         "{reported}"
@@ -1605,8 +1582,8 @@ fn garbage_payloads_change_no_call_and_crash_nothing() {
     wait_call(&callwire, &id, 1);
     let listed = calls(&callwire);
     let events = get(&callwire, &format!("/rest/live/calls/{id}/events"), &[]);
-    let base_in = metric(&callwire, "callwire_events_in_total");
-    let base_not_json = metric(&callwire, "callwire_events_not_json_total");
+    let base_in = callwire.metric("callwire_events_in_total");
+    let base_not_json = callwire.metric("callwire_events_not_json_total");
 
     // Random bytes (led by 0xff, never UTF-8, so never JSON), one message each.
     let mut noise = Noise(0x9e37_79b9_7f4a_7c15);
@@ -1640,10 +1617,10 @@ fn garbage_payloads_change_no_call_and_crash_nothing() {
     sent += cuts.len() as u64;
 
     wait_for("every garbage message taken in", TIMEOUT, || {
-        metric(&callwire, "callwire_events_in_total") == base_in + sent
+        callwire.metric("callwire_events_in_total") == base_in + sent
     });
     assert_eq!(
-        metric(&callwire, "callwire_events_not_json_total"),
+        callwire.metric("callwire_events_not_json_total"),
         base_not_json + sent,
         "every one counted as not JSON"
     );

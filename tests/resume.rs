@@ -51,9 +51,7 @@ fn bridge(broker: &PrivateMosquitto, creds: &TempFile, extra: &[&str]) -> Callwi
     let mut args = vec!["--auth", creds.path(), "--queue-depth", "4096"];
     args.extend_from_slice(extra);
     let callwire = Callwire::start_mqtt(broker.port, "pbx", &args);
-    wait_for("the source to connect", Duration::from_secs(10), || {
-        callwire.healthz().1["source"]["connected"] == true
-    });
+    callwire.wait_connected(Duration::from_secs(10));
     callwire
 }
 

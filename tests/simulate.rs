@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use common::{Callwire, PrivateMosquitto, Socket, drain, mosquitto_pub, request, unique, wait_for};
+use common::{Callwire, PrivateMosquitto, Socket, drain, mosquitto_pub, request, unique};
 
 /// The RabbitMQ every AMQP test uses, each with an exchange of its own.
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -34,9 +34,7 @@ fn bridge(source: &[&str], probe: impl Fn()) -> (Callwire, Socket) {
     let mut args = source.to_vec();
     args.extend(["--queue-depth", "4096"]);
     let callwire = Callwire::start(&args);
-    wait_for("the source to connect", Duration::from_secs(10), || {
-        callwire.healthz().1["source"]["connected"] == true
-    });
+    callwire.wait_connected(Duration::from_secs(10));
     let mut socket = callwire.ws("/");
     let reply = request(
         &mut socket,

@@ -6,10 +6,12 @@
 
 #![no_main]
 
-use callwire::dialect::Dialect;
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use callwire::dialect::Session;
 use callwire::dialect::blackhole::{BlackholeSession, Subscriptions};
-use callwire::hub::Interest;
+use callwire::dialect_label::Dialect;
 use callwire::matcher::{MAX_BINDING_LEN, MAX_BINDING_SEGMENTS, MAX_KEY_SEGMENTS};
 use callwire_fuzz::{
     CREDENTIALS, LIMITS, Script, Step, app, auth, blackhole_data, drain, event, json,
@@ -256,15 +258,18 @@ fn check_reply(frame: &str, request_id: Option<&Value>, expected: Result<Value, 
 fuzz_target!(|data: &[u8]| {
     let script = Script::parse(data);
     let app = app(auth(script.auth));
-    let interest = Interest::Blackhole(Subscriptions::new(
-        LIMITS.max_bindings,
-        app.interest.share(),
-    ));
+    let subscriptions = Subscriptions::new(LIMITS.max_bindings, app.interest.share());
+    let subscriptions = Rc::new(RefCell::new(subscriptions));
     let client = app
         .hub
-        .register(Dialect::Blackhole, None, interest)
+        .register(Dialect::Blackhole, subscriptions.clone())
         .expect("a free slot");
-    let mut session = BlackholeSession::new(client.clone(), app.auth.clone(), app.history.clone());
+    let mut session = BlackholeSession::new(
+        client.clone(),
+        subscriptions,
+        app.auth.clone(),
+        app.history.clone(),
+    );
     let mut model = Model {
         required: script.auth,
         account: None,

@@ -6,12 +6,12 @@
 
 #![no_main]
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
-use callwire::dialect::Dialect;
 use callwire::dialect::Session;
 use callwire::dialect::cable::{CableSession, MAX_IDENTIFIER, Subscriptions};
-use callwire::hub::Interest;
+use callwire::dialect_label::Dialect;
 use callwire::live::LiveState;
 use callwire::matcher::MAX_KEY_SEGMENTS;
 use callwire::metrics::Metrics;
@@ -100,15 +100,13 @@ struct Expected<'a> {
 fuzz_target!(|data: &[u8]| {
     let script = Script::parse(data);
     let app = app(auth(script.auth));
-    let interest = Interest::Cable(Subscriptions::new(
-        LIMITS.max_bindings,
-        app.interest.share(),
-    ));
+    let subscriptions = Subscriptions::new(LIMITS.max_bindings, app.interest.share());
+    let subscriptions = Rc::new(RefCell::new(subscriptions));
     let client = app
         .hub
-        .register(Dialect::Cable, None, interest)
+        .register(Dialect::Cable, subscriptions.clone())
         .expect("a free slot");
-    let mut session = CableSession::new(client.clone(), app.auth.clone());
+    let mut session = CableSession::new(client.clone(), subscriptions, app.auth.clone());
     assert_eq!(
         session.greeting().map(|frame| json(&frame)),
         Some(json!({"type": "welcome"}))

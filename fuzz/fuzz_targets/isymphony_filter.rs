@@ -5,10 +5,12 @@
 
 #![no_main]
 
-use callwire::dialect::Dialect;
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use callwire::dialect::Session;
 use callwire::dialect::isymphony::{Filters, ISymphonySession};
-use callwire::hub::Interest;
+use callwire::dialect_label::Dialect;
 use callwire::matcher::MAX_KEY_SEGMENTS;
 use callwire_fuzz::{LIMITS, Script, Step, app, auth, drain, event, json, visible};
 use libfuzzer_sys::fuzz_target;
@@ -135,16 +137,13 @@ fuzz_target!(|data: &[u8]| {
     let secret = script.auth.then_some("d35k");
     let credential = app.auth.by_secret(secret).expect("a credential");
     let account = credential.account.clone();
-    let interest = Interest::ISymphony(Filters::new(
-        credential.clone(),
-        LIMITS.max_filters,
-        app.interest.share(),
-    ));
+    let filters = Filters::new(credential, LIMITS.max_filters, app.interest.share());
+    let filters = Rc::new(RefCell::new(filters));
     let client = app
         .hub
-        .register(Dialect::ISymphony, Some(credential), interest)
+        .register(Dialect::ISymphony, filters.clone())
         .expect("a free slot");
-    let mut session = ISymphonySession::new(client.clone());
+    let mut session = ISymphonySession::new(client.clone(), filters);
     let mut filters: Vec<(String, String)> = Vec::new();
     let mut replies = Vec::new();
     for step in script.steps {

@@ -10,8 +10,9 @@ use serde_json::{Map, Value, json};
 use crate::auth::{Auth, Credential};
 use crate::dialect::{Session, kazoo_json, push_json_str};
 use crate::event::Event;
+use crate::frame::Frame;
 use crate::history::{History, Resume};
-use crate::hub::{Client, Frame, Interest};
+use crate::hub::{self, Client, Interest, RenderCache};
 use crate::limits::Held;
 use crate::matcher::{Binding, RoutingKey};
 use crate::metrics::Limit;
@@ -55,6 +56,8 @@ pub struct Subscriptions {
     held: Held,
     /// Bytes of the socket's name and metadata (kept by its session, held here).
     named: usize,
+    /// Set by the first request with a valid token (or at once without `--auth`).
+    credential: Option<Rc<Credential>>,
 }
 
 /// What one binding holds: it is stored inline (the binding's text and ends, the account).
@@ -70,6 +73,7 @@ impl Subscriptions {
             limit,
             held,
             named: 0,
+            credential: None,
         }
     }
 
@@ -117,6 +121,23 @@ impl Subscriptions {
     }
 }
 
+/// The hub asks a socket's bindings for its frames; its session changes them.
+impl Interest for RefCell<Subscriptions> {
+    fn route(
+        &self,
+        event: &Event,
+        key: &RoutingKey<'_>,
+        renders: &mut hub::Renders,
+        out: &mut Vec<Frame>,
+    ) {
+        out.extend(self.borrow().route(event, key, renders.cache()));
+    }
+
+    fn revoked(&self, auth: &Auth) -> bool {
+        (self.borrow().credential.as_ref()).is_some_and(|credential| !auth.holds(credential))
+    }
+}
+
 /// Event frames rendered for the current event, one per distinct (binding, account), and the
 /// event's `data` as Blackhole sends it, rendered once for all of them.
 #[derive(Debug, Default)]
@@ -125,12 +146,14 @@ pub struct Renders {
     data: String,
 }
 
-impl Renders {
-    pub fn clear(&mut self) {
+impl RenderCache for Renders {
+    fn clear(&mut self) {
         self.frames.clear();
         self.data.clear();
     }
+}
 
+impl Renders {
     fn frame(&mut self, event: &Event, subscription: &Subscription) -> Frame {
         if let Some((_, frame)) = self.frames.iter().find(|(s, _)| s == subscription) {
             return frame.clone();
@@ -206,10 +229,10 @@ const NO_ROOM: &str = "no room for more bindings on this server";
 /// One Blackhole socket's request handling.
 pub struct BlackholeSession {
     client: Rc<Client>,
+    /// The socket's bindings and credential, shared with the hub (`client.interest`).
+    subscriptions: Rc<RefCell<Subscriptions>>,
     auth: Rc<Auth>,
     history: Rc<RefCell<History>>,
-    /// Set by the first request with a valid token (or at once without `--auth`).
-    credential: Option<Rc<Credential>>,
     /// The socket's friendly name and metadata, kept as JSON text (a parsed `Value` may take
     /// many times its text), their room held with the socket's bindings (`Subscriptions`).
     name: Option<Box<str>>,
@@ -222,16 +245,17 @@ pub struct BlackholeSession {
 impl BlackholeSession {
     pub fn new(
         client: Rc<Client>,
+        subscriptions: Rc<RefCell<Subscriptions>>,
         auth: Rc<Auth>,
         history: Rc<RefCell<History>>,
     ) -> BlackholeSession {
         let replaying = history.borrow().replay_share();
         BlackholeSession {
             client,
+            subscriptions,
             auth,
             history,
             replaying,
-            credential: None,
             name: None,
             metadata: None,
             ids: Rng::from_clock(),
@@ -274,10 +298,8 @@ impl BlackholeSession {
                     .map_or(0, |text| text.len())
             };
             let bytes = length(&name, &self.name) + length(&metadata, &self.metadata);
-            let mut interest = self.client.interest.borrow_mut();
-            let Interest::Blackhole(subscriptions) = &mut *interest else {
-                return Err("not a Blackhole socket".to_owned());
-            };
+            let mut borrowed = self.subscriptions.borrow_mut();
+            let subscriptions = &mut *borrowed;
             if !subscriptions.hold(subscriptions.items.capacity(), bytes) {
                 self.client.metrics.limit_hits(Limit::Bindings).inc();
                 return Err(NO_ROOM.to_owned());
@@ -299,7 +321,7 @@ impl BlackholeSession {
 
     /// The socket's credential: the one it already proved, or the one its token names now.
     fn authenticate(&mut self, request: &Map<String, Value>) -> Result<Rc<Credential>, String> {
-        if let Some(credential) = &self.credential {
+        if let Some(credential) = &self.subscriptions.borrow().credential {
             return Ok(credential.clone());
         }
         let token = request.get("auth_token").and_then(Value::as_str);
@@ -310,8 +332,7 @@ impl BlackholeSession {
             .auth
             .by_secret(token)
             .ok_or_else(|| "failed to authenticate token".to_owned())?;
-        self.credential = Some(credential.clone());
-        *self.client.credential.borrow_mut() = Some(credential.clone());
+        self.subscriptions.borrow_mut().credential = Some(credential.clone());
         Ok(credential)
     }
 
@@ -328,10 +349,8 @@ impl BlackholeSession {
             Some(_) => since(data)?,
             None => None,
         };
-        let mut interest = self.client.interest.borrow_mut();
-        let Interest::Blackhole(subscriptions) = &mut *interest else {
-            return Err("not a Blackhole socket".to_owned());
-        };
+        let mut borrowed = self.subscriptions.borrow_mut();
+        let subscriptions = &mut *borrowed;
         let requested_here = requested.iter().map(|binding| Subscription {
             binding: binding.clone(),
             scope: scope.clone(),
@@ -553,7 +572,7 @@ impl Session for BlackholeSession {
     }
 
     fn authenticated(&self) -> bool {
-        self.credential.is_some()
+        self.subscriptions.borrow().credential.is_some()
     }
 
     fn auth_refusal(&mut self) -> Option<Frame> {
@@ -565,7 +584,7 @@ impl Session for BlackholeSession {
 mod tests {
     use super::*;
     use crate::cli;
-    use crate::dialect::Dialect;
+    use crate::dialect_label::Dialect;
     use crate::hub::Hub;
     use crate::metrics::Metrics;
 
@@ -580,6 +599,21 @@ mod tests {
         (reply, frames.collect())
     }
 
+    /// A Blackhole socket registered in `hub`, as `server` makes one (without `--auth`).
+    fn socket(
+        hub: &Hub,
+        subscriptions: Subscriptions,
+        history: &Rc<RefCell<History>>,
+    ) -> (Rc<Client>, BlackholeSession) {
+        let subscriptions = Rc::new(RefCell::new(subscriptions));
+        let client = hub
+            .register(Dialect::Blackhole, subscriptions.clone())
+            .unwrap();
+        let auth = Rc::new(Auth::open());
+        let session = BlackholeSession::new(client.clone(), subscriptions, auth, history.clone());
+        (client, session)
+    }
+
     fn offsets(frames: &[Value]) -> Vec<u64> {
         frames
             .iter()
@@ -592,10 +626,7 @@ mod tests {
         let hub = Hub::new(cli::limits_from(&[]), Rc::new(Metrics::default()));
         let history = Rc::new(RefCell::new(History::new(hub.limits())));
         let pool = crate::limits::BytePool::new(usize::MAX);
-        let interest = Interest::Blackhole(Subscriptions::new(8, pool.share()));
-        let client = hub.register(Dialect::Blackhole, None, interest).unwrap();
-        let mut session =
-            BlackholeSession::new(client.clone(), Rc::new(Auth::open()), history.clone());
+        let (client, mut session) = socket(&hub, Subscriptions::new(8, pool.share()), &history);
         let publish = |key: &str, account: &str| {
             let payload = format!(r#"{{"Account-ID":"{account}","Event-Name":"E"}}"#);
             let mut event = Event::new(key.to_owned(), payload.into_bytes().into());
@@ -670,12 +701,9 @@ mod tests {
         );
         let history = Rc::new(RefCell::new(History::new(hub.limits())));
         let pool = crate::limits::BytePool::new(usize::MAX);
-        let socket = || {
-            let interest = Interest::Blackhole(Subscriptions::new(8, pool.share()));
-            let client = hub.register(Dialect::Blackhole, None, interest).unwrap();
-            BlackholeSession::new(client, Rc::new(Auth::open()), history.clone())
-        };
-        let mut sockets: Vec<BlackholeSession> = (0..4).map(|_| socket()).collect();
+        let mut sockets: Vec<BlackholeSession> = (0..4)
+            .map(|_| socket(&hub, Subscriptions::new(8, pool.share()), &history).1)
+            .collect();
         // Five events of 1 KiB: each socket's replay is about 5.5 KiB of frames.
         for n in 0..5 {
             let payload = format!(r#"{{"n":{n},"filler":"{}"}}"#, "x".repeat(1024));
@@ -711,10 +739,8 @@ mod tests {
         // The default limits, as the command line gives them.
         let hub = Hub::new(cli::limits_from(&[]), Rc::new(Metrics::default()));
         let pool = crate::limits::BytePool::new(usize::MAX);
-        let interest = Interest::Blackhole(Subscriptions::new(1, pool.share()));
-        let client = hub.register(Dialect::Blackhole, None, interest).unwrap();
         let history = Rc::new(RefCell::new(History::new(hub.limits())));
-        let mut session = BlackholeSession::new(client, Rc::new(Auth::open()), history);
+        let (_, mut session) = socket(&hub, Subscriptions::new(1, pool.share()), &history);
         for id in [
             "1.3077777777777777e+33",
             "1307777777777777777777777777777777",
@@ -749,11 +775,8 @@ mod tests {
         // Room for three bindings in all, and a short name.
         let pool = BytePool::new(3 * SUBSCRIPTION_BYTES + 16);
         let socket = || {
-            let interest = Interest::Blackhole(Subscriptions::new(32, pool.share()));
-            let client = hub.register(Dialect::Blackhole, None, interest).unwrap();
             let history = Rc::new(RefCell::new(History::new(hub.limits())));
-            let session = BlackholeSession::new(client.clone(), Rc::new(Auth::open()), history);
-            (client, session)
+            socket(&hub, Subscriptions::new(32, pool.share()), &history)
         };
         let ((first, mut one), (second, mut two)) = (socket(), socket());
         let ask = |session: &mut BlackholeSession, request: Value| -> Value {

@@ -24,14 +24,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
-use crate::app::App;
 use crate::auth::{Auth, Credential};
-use crate::dialect::{Dialect, Session, push_json_str};
+use crate::dialect::{Session, push_json_str};
+use crate::dialect_label::Dialect;
 use crate::event::Event;
-use crate::history::{History, Position, Resume};
-use crate::hub::{Client, CloseReason, Frame, Interest};
+use crate::event::Position;
+use crate::frame::{CloseReason, Frame};
+use crate::history::{History, Resume};
+use crate::hub::{self, Client, Hub, Interest, RenderCache};
 use crate::limits::Held;
 use crate::live::{CallChange, ChangeKind};
+use crate::matcher::RoutingKey;
 use crate::metrics::{Limit, Metrics};
 
 /// The subprotocol the official client needs in the upgrade's answer.
@@ -268,15 +271,6 @@ fn stream_tag(identifier: &str) -> u32 {
     })
 }
 
-impl Subscriptions {
-    /// The credentials the socket's subscriptions were admitted with.
-    pub fn credentials(&self) -> impl Iterator<Item = &Rc<Credential>> {
-        self.items
-            .iter()
-            .map(|subscription| &subscription.credential)
-    }
-}
-
 /// A socket's subscriptions, in subscription order, at most `--max-bindings` of them.
 #[derive(Debug)]
 pub struct Subscriptions {
@@ -437,12 +431,14 @@ pub struct Renders {
     frames: HashMap<Rc<str>, [Option<Frame>; 6]>,
 }
 
-impl Renders {
-    pub fn clear(&mut self) {
+impl RenderCache for Renders {
+    fn clear(&mut self) {
         self.bodies = Default::default();
         self.frames.clear();
     }
+}
 
+impl Renders {
     fn frame(&mut self, at: Addressed<'_>, body: Body, render: impl FnOnce() -> String) -> Frame {
         let slot = body as usize + if at.stream.is_some() { 3 } else { 0 };
         if let Some(frame) = self
@@ -549,12 +545,11 @@ pub fn ping_frame(now: SystemTime) -> Frame {
 
 /// Pings every ActionCable socket every `PING_INTERVAL`, forever: one timer for the process,
 /// one frame per tick shared by every socket.
-pub async fn send_pings(app: Rc<App>) {
+pub async fn send_pings(hub: &Hub) {
     use futures_lite::StreamExt;
     let mut ticks = smol::Timer::interval(PING_INTERVAL);
     while ticks.next().await.is_some() {
-        app.hub
-            .broadcast(Dialect::Cable, &ping_frame(SystemTime::now()));
+        hub.broadcast(Dialect::Cable, &ping_frame(SystemTime::now()));
     }
 }
 
@@ -660,9 +655,34 @@ struct Extended {
     replaying: Held,
 }
 
+/// The hub asks a socket's subscriptions for its frames; its session changes them.
+impl Interest for RefCell<Subscriptions> {
+    fn route(
+        &self,
+        event: &Event,
+        _key: &RoutingKey<'_>,
+        renders: &mut hub::Renders,
+        out: &mut Vec<Frame>,
+    ) {
+        self.borrow().route(event, renders.cache(), out);
+    }
+
+    fn route_change(&self, change: &CallChange, renders: &mut hub::Renders, out: &mut Vec<Frame>) {
+        self.borrow().route_change(change, renders.cache(), out);
+    }
+
+    /// Any of its subscriptions was admitted with a key that is no longer held.
+    fn revoked(&self, auth: &Auth) -> bool {
+        let subscriptions = self.borrow();
+        (subscriptions.items.iter()).any(|subscription| !auth.holds(&subscription.credential))
+    }
+}
+
 /// One ActionCable socket's command handling.
 pub struct CableSession {
     client: Rc<Client>,
+    /// The socket's subscriptions, shared with the hub (`client.interest`).
+    subscriptions: Rc<RefCell<Subscriptions>>,
     auth: Rc<Auth>,
     /// `None` on a plain `actioncable-v1-json` socket (boxed: most sockets are plain).
     extended: Option<Box<Extended>>,
@@ -671,9 +691,14 @@ pub struct CableSession {
 }
 
 impl CableSession {
-    pub fn new(client: Rc<Client>, auth: Rc<Auth>) -> CableSession {
+    pub fn new(
+        client: Rc<Client>,
+        subscriptions: Rc<RefCell<Subscriptions>>,
+        auth: Rc<Auth>,
+    ) -> CableSession {
         CableSession {
             client,
+            subscriptions,
             auth,
             extended: None,
             authenticated: false,
@@ -685,6 +710,7 @@ impl CableSession {
     /// before they go live, so that what they missed comes first, in order.
     pub fn extended(
         client: Rc<Client>,
+        subscriptions: Rc<RefCell<Subscriptions>>,
         auth: Rc<Auth>,
         history: Rc<RefCell<History>>,
         saved: Rc<SavedSessions>,
@@ -694,10 +720,7 @@ impl CableSession {
             .filter(|sid| !sid.is_empty())
             .and_then(|sid| saved.take(sid, &auth))
             .map(|restored| {
-                let mut interest = client.interest.borrow_mut();
-                let Interest::Cable(subscriptions) = &mut *interest else {
-                    return Vec::new();
-                };
+                let mut subscriptions = subscriptions.borrow_mut();
                 let ids = restored.iter().map(|s| s.identifier.clone()).collect();
                 subscriptions.items = restored;
                 for subscription in &mut subscriptions.items {
@@ -708,6 +731,7 @@ impl CableSession {
         let replaying = history.borrow().replay_share();
         CableSession {
             client,
+            subscriptions,
             auth,
             // Restored subscriptions' keys were checked again: the socket has proved one.
             authenticated: restored.is_some(),
@@ -731,10 +755,8 @@ impl CableSession {
         let Some(Value::String(identifier)) = command.get("identifier") else {
             return;
         };
-        let mut interest = self.client.interest.borrow_mut();
-        let Interest::Cable(subscriptions) = &mut *interest else {
-            return;
-        };
+        let mut borrowed = self.subscriptions.borrow_mut();
+        let subscriptions = &mut *borrowed;
         match command.get("command").and_then(Value::as_str) {
             Some("subscribe") => {
                 if subscriptions.find(identifier).is_some() {
@@ -1061,11 +1083,9 @@ impl Drop for CableSession {
         let Some(extended) = &self.extended else {
             return;
         };
-        let mut interest = self.client.interest.borrow_mut();
-        if let Interest::Cable(subscriptions) = &mut *interest
-            && !subscriptions.items.is_empty()
-            && !extended.sid.is_empty()
-        {
+        let mut borrowed = self.subscriptions.borrow_mut();
+        let subscriptions = &mut *borrowed;
+        if !subscriptions.items.is_empty() && !extended.sid.is_empty() {
             let items = std::mem::take(&mut subscriptions.items);
             extended.saved.save(extended.sid.clone(), items);
         }
@@ -1424,11 +1444,12 @@ mod tests {
             let history = Rc::new(RefCell::new(History::with_epoch("e1".into(), &limits)));
             let saved = saved.unwrap_or_else(|| Rc::new(SavedSessions::new(4, limits.history_ttl)));
             let pool = crate::limits::BytePool::new(usize::MAX);
-            let interest = Interest::Cable(Subscriptions::extended(8, pool.share()));
-            let client = hub.register(Dialect::Cable, None, interest).unwrap();
+            let subscriptions = Rc::new(RefCell::new(Subscriptions::extended(8, pool.share())));
+            let client = hub.register(Dialect::Cable, subscriptions.clone()).unwrap();
             let auth = Rc::new(Auth::open());
             let session = CableSession::extended(
                 client.clone(),
+                subscriptions,
                 auth,
                 history.clone(),
                 saved.clone(),

@@ -6,16 +6,19 @@
 //! the event's parsed JSON by reference, numbers are formatted into a stack buffer, and the
 //! frame is rendered once per event (`Renders`) and shared by every iSymphony client.
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::rc::Rc;
 
 use serde_json::{Map, Value, json};
 
-use crate::auth::Credential;
+use crate::auth::{Auth, Credential};
 use crate::dialect::{Session, push_json_str};
 use crate::event::Event;
-use crate::hub::{Client, Frame, Interest};
+use crate::frame::Frame;
+use crate::hub::{self, Client, Interest, RenderCache};
 use crate::limits::Held;
+use crate::matcher::RoutingKey;
 use crate::metrics::Limit;
 
 /// The wildcard value: any value, but the property must be present.
@@ -216,11 +219,13 @@ pub struct Renders {
     frame: Option<Frame>,
 }
 
-impl Renders {
-    pub fn clear(&mut self) {
+impl RenderCache for Renders {
+    fn clear(&mut self) {
         self.frame = None;
     }
+}
 
+impl Renders {
     fn frame(&mut self, event: &Event) -> Frame {
         self.frame
             .get_or_insert_with(|| render_event(event))
@@ -242,14 +247,33 @@ fn render_event(event: &Event) -> Frame {
     Frame::from(out)
 }
 
+/// The hub asks a socket's filters for its frame; its session replaces them.
+impl Interest for RefCell<Filters> {
+    fn route(
+        &self,
+        event: &Event,
+        _key: &RoutingKey<'_>,
+        renders: &mut hub::Renders,
+        out: &mut Vec<Frame>,
+    ) {
+        out.extend(self.borrow().route(event, renders.cache()));
+    }
+
+    fn revoked(&self, auth: &Auth) -> bool {
+        !auth.holds(&self.borrow().credential)
+    }
+}
+
 /// One iSymphony socket's request handling: the filter message.
 pub struct ISymphonySession {
     client: Rc<Client>,
+    /// The socket's filters and credential, shared with the hub (`client.interest`).
+    filters: Rc<RefCell<Filters>>,
 }
 
 impl ISymphonySession {
-    pub fn new(client: Rc<Client>) -> ISymphonySession {
-        ISymphonySession { client }
+    pub fn new(client: Rc<Client>, filters: Rc<RefCell<Filters>>) -> ISymphonySession {
+        ISymphonySession { client, filters }
     }
 
     fn handle(&mut self, text: &str) -> Result<Value, String> {
@@ -278,10 +302,7 @@ impl ISymphonySession {
             }
             None => return Err(format!("missing \"type\": expected {EXAMPLE}")),
         }
-        let mut interest = self.client.interest.borrow_mut();
-        let Interest::ISymphony(filters) = &mut *interest else {
-            return Err("not an iSymphony socket".to_owned());
-        };
+        let mut filters = self.filters.borrow_mut();
         let requested = parse_filters(message.get("filters"), filters.limit).map_err(|err| {
             if let FilterError::TooMany { .. } = err {
                 self.client.metrics.limit_hits(Limit::Filters).inc();

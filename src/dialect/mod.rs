@@ -6,37 +6,7 @@ pub mod cable;
 pub mod isymphony;
 pub mod kazoo_json;
 
-/// The websocket dialects, chosen by the upgrade request's path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dialect {
-    Blackhole,
-    ISymphony,
-    Cable,
-}
-
-impl Dialect {
-    pub const ALL: [Dialect; 3] = [Dialect::Blackhole, Dialect::ISymphony, Dialect::Cable];
-
-    /// The dialect served at a path (contract: README.md, "One port, routed by path").
-    pub fn for_path(path: &str) -> Option<Dialect> {
-        match path {
-            "/" | "/blackhole" => Some(Dialect::Blackhole),
-            "/communication_manager/ws/event" | "/ws/event" => Some(Dialect::ISymphony),
-            "/cable" => Some(Dialect::Cable),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Dialect::Blackhole => "blackhole",
-            Dialect::ISymphony => "isymphony",
-            Dialect::Cable => "actioncable",
-        }
-    }
-}
-
-use crate::hub::{CloseReason, Frame};
+use crate::frame::{CloseReason, Frame};
 
 /// One websocket connection's request handling, in its dialect.
 pub trait Session {

@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use crate::clock;
 use crate::event::Event;
-use crate::history::Position;
+use crate::event::Position;
 use crate::metrics::Metrics;
 use shapes::{CallSource, Observation, Step};
 

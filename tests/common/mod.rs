@@ -261,12 +261,24 @@ impl Callwire {
         (status, body)
     }
 
-    /// One series from a `/metrics` scrape, such as `callwire_clients{dialect="blackhole"}`.
+    /// One series from a `/metrics` scrape, as printed (`callwire_clients{dialect="blackhole"}`),
+    /// or for a bare name (`callwire_events_in_total`) the sum of its family's samples; panics
+    /// when there is none.
     pub fn metric(&self, series: &str) -> u64 {
-        let (_, body) = self.http("GET", "/metrics", &[]);
-        body.lines()
-            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {series} in:\n{body}"))
+        let (status, body) = self.http("GET", "/metrics", &[]);
+        assert_eq!(status, 200, "{body}");
+        let samples: Vec<u64> = body
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| {
+                let (printed, value) = line.rsplit_once(' ')?;
+                let family = printed.split('{').next()?;
+                let wanted = printed == series || (!series.contains('{') && family == series);
+                wanted.then(|| value.parse().ok())?
+            })
+            .collect();
+        assert!(!samples.is_empty(), "no {series} in:\n{body}");
+        samples.iter().sum()
     }
 
     /// Waits up to `within` for the first client closed as too slow.
@@ -293,6 +305,48 @@ impl Callwire {
         let (status, body) = self.http("GET", "/healthz", &[]);
         (status, serde_json::from_str(&body).unwrap_or(Value::Null))
     }
+
+    /// Waits up to `within` for `/healthz` to say the source is connected.
+    pub fn wait_connected(&self, within: Duration) {
+        wait_for("the source to connect", within, || {
+            let (status, body) = self.healthz();
+            status == 200 && body["source"]["connected"] == true
+        });
+    }
+}
+
+/// A callwire fed from `<prefix>/#` on the shared broker, `<prefix>/` stripped, whose MQTT
+/// subscription is known to be live: the broker may take the subscription a moment after the
+/// connection, so warm-up messages are published until one reaches a Blackhole socket, which
+/// is then closed and has left. `token`: a `*` credential's secret when `extra` has `--auth`.
+pub fn mqtt_callwire(prefix: &str, extra: &[&str], token: Option<&str>) -> Callwire {
+    let callwire = Callwire::start_mqtt(1883, prefix, extra);
+    callwire.wait_connected(Duration::from_secs(10));
+    let mut socket = callwire.ws("/");
+    let mut subscribe = serde_json::json!({"action": "subscribe", "request_id": "warm",
+                                           "data": {"binding": "warmup.#"}});
+    if let Some(token) = token {
+        subscribe["auth_token"] = token.into();
+    }
+    let reply = request(&mut socket, subscribe);
+    assert_eq!(reply["status"], "success", "{reply}");
+    set_read_timeout(&socket, Duration::from_millis(100));
+    let arrived = (0..100).any(|n| {
+        mosquitto_pub(1883, &format!("{prefix}/warmup/{n}"), "{}");
+        matches!(socket.read(), Ok(Message::Text(_)))
+    });
+    assert!(
+        arrived,
+        "no warm-up message arrived: {}",
+        callwire.log_text()
+    );
+    drop(socket);
+    wait_for(
+        "the warm-up socket to leave",
+        Duration::from_secs(10),
+        || callwire.healthz().1["clients"] == 0,
+    );
+    callwire
 }
 
 impl Drop for Callwire {
