@@ -74,6 +74,9 @@ pub struct MqttOptions {
     /// Taken off the front of a topic before it becomes a routing key.
     pub strip_prefix: Option<String>,
     pub client_id: String,
+    /// `false` with `--mqtt-session`: the broker keeps the session (subscriptions and the QoS 1
+    /// messages published meanwhile) while callwire is away, under a fixed `client_id`.
+    pub clean_session: bool,
     /// Ping after this long without sending; zero turns keep-alive off.
     pub keep_alive: Duration,
     /// The largest payload delivered; a larger message is skipped and counted.
@@ -90,6 +93,7 @@ impl fmt::Debug for MqttOptions {
             .field("topics", &self.topics)
             .field("strip_prefix", &self.strip_prefix)
             .field("client_id", &self.client_id)
+            .field("clean_session", &self.clean_session)
             .field("keep_alive", &self.keep_alive)
             .field("max_message_size", &self.max_message_size)
             .finish()
@@ -208,6 +212,7 @@ impl MqttOptions {
             topics: Vec::new(),
             strip_prefix: None,
             client_id: default_client_id(),
+            clean_session: true,
             keep_alive: Duration::from_secs(30),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
         })
@@ -544,7 +549,7 @@ impl Driver {
     ) -> Result<ConnectReturnCode, String> {
         let deadline = Instant::now() + CONNECT_TIMEOUT;
         let mut connect = rumqttc::Connect::new(self.opts.client_id.clone());
-        connect.clean_session = true;
+        connect.clean_session = self.opts.clean_session;
         connect.keep_alive = keep_alive_secs(self.opts.keep_alive);
         if let Some(user) = &self.opts.username {
             let password = self.opts.password.clone().unwrap_or_default();
