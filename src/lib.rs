@@ -37,5 +37,6 @@ pub mod server;
 pub mod sim;
 pub mod simulate;
 pub mod source;
+pub mod state;
 pub mod trim;
 pub mod ws;
