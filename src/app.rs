@@ -4,7 +4,7 @@
 //! connection handler. Single-threaded, so its mutable parts are `RefCell`s that are never
 //! held across an `.await`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 use std::task::{Context, Poll};
 
@@ -39,6 +39,9 @@ pub struct App {
     pub seats: Seats,
     /// The room every socket's bindings, filters and subscriptions share.
     pub interest: Rc<BytePool>,
+    /// Set at SIGTERM: the source takes no more events (they stay in the broker), so the state
+    /// saved after it holds every event that was acknowledged.
+    pub stopping: Cell<bool>,
 }
 
 impl App {
@@ -74,13 +77,17 @@ impl Sink for ToApp {
         }
     }
 
-    /// Room is the hub's: no client's queue holds the source.
+    /// Room is the hub's: no client's queue holds the source. A stopping bridge has none.
     fn has_room(&self) -> bool {
-        self.0.upgrade().is_none_or(|app| app.hub.has_room())
+        self.0
+            .upgrade()
+            .is_none_or(|app| !app.stopping.get() && app.hub.has_room())
     }
 
+    /// A stopping bridge never has room again: the process exits.
     fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
         match self.0.upgrade() {
+            Some(app) if app.stopping.get() => Poll::Pending,
             Some(app) => app.hub.poll_room(cx),
             None => Poll::Ready(()),
         }

@@ -17,6 +17,7 @@ use crate::listing::PIECE_CAPACITY;
 use crate::live::LiveState;
 use crate::rest::Catalogue;
 use crate::source::amqp::PREFETCH;
+use crate::state;
 use crate::ws::{CONTROL_BUFFER, READ_BUFFER};
 
 /// What one connected client costs besides the bounds below, whatever it does: its task and
@@ -68,10 +69,13 @@ pub enum Part {
     Broker,
     /// The routing-key families seen (`rest`).
     Catalogue,
+    /// A save to `--state-dir`: the buffer it streams through and one payload in base64
+    /// (`state`), counted whether or not `--state-dir` is given.
+    State,
 }
 
 impl Part {
-    pub const ALL: [Part; 11] = [
+    pub const ALL: [Part; 12] = [
         Part::Clients,
         Part::Bindings,
         Part::WsRead,
@@ -83,6 +87,7 @@ impl Part {
         Part::Requests,
         Part::Broker,
         Part::Catalogue,
+        Part::State,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -98,6 +103,7 @@ impl Part {
             Part::Requests => "requests",
             Part::Broker => "broker",
             Part::Catalogue => "catalogue",
+            Part::State => "state",
         }
     }
 }
@@ -137,6 +143,7 @@ impl Budget {
                     (PREFETCH as usize + PARSED_PER_BYTE) * limits.max_message_size + frame
                 }
                 Part::Catalogue => Catalogue::bound(),
+                Part::State => state::WRITE_BUFFER + limits.max_message_size.div_ceil(3) * 4,
             };
         }
         Budget { parts }

@@ -14,6 +14,7 @@ use crate::origins;
 use crate::sim::Profile;
 use crate::source::amqp::AmqpOptions;
 use crate::source::mqtt::MqttOptions;
+use crate::state::StateConfig;
 
 /// callwire: bridge a PBX's call events from MQTT or AMQP to websocket clients.
 #[derive(FromArgs, Debug)]
@@ -37,6 +38,16 @@ pub struct Args {
     #[argh(option)]
     pub mqtt_strip_prefix: Option<String>,
 
+    /// keep an MQTT session across restarts: a fixed client id, clean_session off, so the
+    /// broker keeps what is published while callwire is away (delivery.md, "Restarts")
+    #[argh(switch)]
+    pub mqtt_session: bool,
+
+    /// MQTT client id (default with --mqtt-session: callwire- and a hash of the host name,
+    /// --listen and the topics, the same at every start; else random per start)
+    #[argh(option)]
+    pub mqtt_client_id: Option<String>,
+
     /// AMQP 0-9-1 broker URL, amqp://user:pass@host:5672/%2f
     #[argh(option)]
     pub amqp: Option<String>,
@@ -48,6 +59,23 @@ pub struct Args {
     /// binding key for callwire's queue; may repeat (default #)
     #[argh(option)]
     pub amqp_binding: Vec<String>,
+
+    /// a named durable AMQP queue that outlives restarts, instead of a private one that goes
+    /// with the connection (default: none)
+    #[argh(option)]
+    pub amqp_queue: Option<String>,
+
+    /// seconds the --amqp-queue may go unused before the broker deletes it (default 3600)
+    #[argh(
+        option,
+        default = "crate::source::amqp::DEFAULT_QUEUE_EXPIRES.as_secs()"
+    )]
+    pub amqp_queue_expires: u64,
+
+    /// bytes the --amqp-queue holds at most while callwire is away; past it the broker drops
+    /// the oldest (default 16777216)
+    #[argh(option, default = "crate::source::amqp::DEFAULT_QUEUE_MAX_BYTES")]
+    pub amqp_queue_max_bytes: u64,
 
     /// no broker: a built-in simulated PBX feeds the bridge
     #[argh(switch)]
@@ -162,6 +190,15 @@ pub struct Args {
     #[argh(option, default = "300")]
     pub history_ttl: u64,
 
+    /// directory where SIGTERM saves the positions, the history and the live calls, and where
+    /// the live calls are saved every --state-interval; read back at start-up (default: none)
+    #[argh(option)]
+    pub state_dir: Option<String>,
+
+    /// seconds between saves of the live calls to --state-dir, when they changed (default 10)
+    #[argh(option, default = "10")]
+    pub state_interval: u64,
+
     /// log level: error, warn, info or debug (default info)
     #[argh(option, default = "String::from(\"info\")")]
     pub log_level: String,
@@ -254,6 +291,8 @@ pub struct Config {
     pub allowed_hosts: Vec<String>,
     pub limits: Limits,
     pub log_level: Level,
+    /// `--state-dir` and `--state-interval`, when given.
+    pub state: Option<StateConfig>,
 }
 
 impl Args {
@@ -327,6 +366,25 @@ impl Args {
         let allowed_hosts = (self.allowed_host.iter())
             .map(|host| origins::parse_allowed_host(host))
             .collect::<Result<_, _>>()?;
+        if self.amqp.is_none() && self.amqp_queue.is_some() {
+            return Err("--amqp-queue: needs --amqp URL".to_owned());
+        }
+        if (self.amqp.is_some() || self.demo)
+            && (self.mqtt_session || self.mqtt_client_id.is_some())
+        {
+            return Err("--mqtt-session and --mqtt-client-id: need the MQTT source".to_owned());
+        }
+        let state = match &self.state_dir {
+            Some(dir) if dir.is_empty() => return Err("--state-dir: expected a directory".into()),
+            Some(dir) => Some(StateConfig {
+                dir: dir.into(),
+                interval: Duration::from_secs(positive(
+                    "--state-interval",
+                    self.state_interval as usize,
+                )? as u64),
+            }),
+            None => None,
+        };
         let source = if self.demo {
             if self.mqtt.is_some() || self.amqp.is_some() {
                 return Err(
@@ -354,6 +412,13 @@ impl Args {
                 self.amqp_binding
             };
             options.max_message_size = limits.max_message_size;
+            options.queue = self.amqp_queue;
+            options.queue_expires = Duration::from_secs(positive(
+                "--amqp-queue-expires",
+                self.amqp_queue_expires as usize,
+            )? as u64);
+            options.queue_max_bytes =
+                positive("--amqp-queue-max-bytes", self.amqp_queue_max_bytes as usize)? as u64;
             options.check()?;
             SourceConfig::Amqp(options)
         } else {
@@ -366,6 +431,20 @@ impl Args {
             };
             options.strip_prefix = self.mqtt_strip_prefix;
             options.max_message_size = limits.max_message_size;
+            options.clean_session = !self.mqtt_session;
+            match self.mqtt_client_id {
+                Some(id) if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) => {
+                    return Err(format!(
+                        "--mqtt-client-id: expected 1 to 256 printable characters, got '{}'",
+                        id.escape_debug()
+                    ));
+                }
+                Some(id) => options.client_id = id,
+                None if self.mqtt_session => {
+                    options.client_id = session_client_id(&host_name(), &listen, &options.topics);
+                }
+                None => {}
+            }
             SourceConfig::Mqtt(options)
         };
         Ok(Config {
@@ -378,8 +457,35 @@ impl Args {
             allowed_hosts,
             limits,
             log_level,
+            state,
         })
     }
+}
+
+/// The client id `--mqtt-session` uses unless `--mqtt-client-id` names one: the same at every
+/// start of one installation (the broker finds its session again), different for two bridges
+/// on one broker (one would take the other's session over). `callwire-` and 14 hex digits of
+/// an FNV-1a hash of the host name, the listen address and the topics: 23 characters, what
+/// every MQTT 3.1.1 broker accepts.
+pub fn session_client_id(host: &str, listen: &SocketAddr, topics: &[String]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let listen = listen.to_string();
+    let parts = [host, listen.as_str()]
+        .into_iter()
+        .chain(topics.iter().map(String::as_str));
+    for part in parts {
+        for byte in part.bytes().chain([0]) {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("callwire-{:014x}", hash & 0x00ff_ffff_ffff_ffff)
+}
+
+/// This machine's name, for the session's client id (empty when the kernel does not say).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_default()
 }
 
 fn positive(flag: &str, value: usize) -> Result<usize, String> {
@@ -601,6 +707,59 @@ mod tests {
         .unwrap();
         assert_eq!(config.allowed_origins, ["https://wallboard.example", "*"]);
         assert_eq!(config.allowed_hosts, ["gateway.lan", "10.0.0.2"]);
+    }
+
+    #[test]
+    fn restart_flags_keep_a_session_a_queue_and_a_state_dir() {
+        let config = parse_args(&["--mqtt-session", "--state-dir", "/tmp/cw"]).unwrap();
+        let SourceConfig::Mqtt(options) = config.source else {
+            panic!("expected MQTT");
+        };
+        assert!(!options.clean_session);
+        assert_eq!(options.client_id.len(), 23, "{}", options.client_id);
+        let again = parse_args(&["--mqtt-session"]).unwrap();
+        let SourceConfig::Mqtt(again) = again.source else {
+            panic!("expected MQTT");
+        };
+        assert_eq!(
+            again.client_id, options.client_id,
+            "the same at every start"
+        );
+        let other = parse_args(&["--mqtt-session", "--mqtt-topic", "pbx/#"]).unwrap();
+        let SourceConfig::Mqtt(other) = other.source else {
+            panic!("expected MQTT");
+        };
+        assert_ne!(other.client_id, options.client_id, "another bridge");
+        let state = config.state.unwrap();
+        assert_eq!(state.dir, std::path::Path::new("/tmp/cw"));
+        assert_eq!(state.interval, Duration::from_secs(10));
+        match parse_args(&["--amqp", "amqp://h", "--amqp-queue", "callwire-gw1"])
+            .unwrap()
+            .source
+        {
+            SourceConfig::Amqp(options) => {
+                assert_eq!(options.queue.as_deref(), Some("callwire-gw1"));
+                assert_eq!(options.queue_expires, Duration::from_secs(3600));
+                assert_eq!(options.queue_max_bytes, 16 * 1024 * 1024);
+            }
+            other => panic!("expected AMQP, got {other:?}"),
+        }
+        for (args, needle) in [
+            (&["--amqp-queue", "q"][..], "--amqp-queue"),
+            (
+                &["--amqp", "amqp://h", "--amqp-queue", "amq.x"],
+                "--amqp-queue",
+            ),
+            (&["--amqp", "amqp://h", "--mqtt-session"], "--mqtt-session"),
+            (&["--mqtt-client-id", ""], "--mqtt-client-id"),
+            (
+                &["--state-dir", "/tmp/x", "--state-interval", "0"],
+                "--state-interval",
+            ),
+        ] {
+            let (message, code) = parse_run(args).unwrap_err();
+            assert!(code == 2 && message.contains(needle), "{args:?}: {message}");
+        }
     }
 
     #[test]

@@ -58,11 +58,26 @@ impl Entry {
         event
     }
 
+    /// When the event entered the bridge (wall clock).
+    pub fn received_at(&self) -> SystemTime {
+        self.received_at
+    }
+
     /// Whether a subscriber scoped to `scope` may see this entry (the rule of
     /// `Event::visible_to`, on the account the history kept).
     pub fn visible_to(&self, scope: &str) -> bool {
         event::visible(self.account.as_deref(), scope)
     }
+}
+
+/// An event as a saved state gives it back (`History::restored`).
+#[derive(Debug)]
+pub struct SavedEntry {
+    pub offset: u64,
+    pub routing_key: Box<str>,
+    pub account: Option<Box<str>>,
+    pub payload: Box<[u8]>,
+    pub received_at: SystemTime,
 }
 
 /// The bytes one entry's slot in the deque takes.
@@ -114,7 +129,7 @@ pub struct History {
 }
 
 impl History {
-    /// A new history under a new epoch (one per start, for now: nothing is saved yet).
+    /// A new history under a new epoch (a start with no saved positions: `state`).
     pub fn new(limits: &Limits) -> History {
         History::with_epoch(new_epoch(), limits)
     }
@@ -140,8 +155,76 @@ impl History {
         self.replays.share()
     }
 
+    /// A history saved at a graceful stop (`state`), going on with its epoch and offsets. The
+    /// saved events are taken back through the same bounds as live ones (bytes, age), so a
+    /// state saved under larger limits yields what these keep. Refused, with the reason, when
+    /// the offsets are not consecutive or not before `next_offset`.
+    pub fn restored(
+        limits: &Limits,
+        epoch: Rc<str>,
+        next_offset: u64,
+        started_at: SystemTime,
+        dropped_through: Option<SystemTime>,
+        entries: impl IntoIterator<Item = SavedEntry>,
+    ) -> Result<History, String> {
+        if next_offset == 0 {
+            return Err("the next offset is 0".to_owned());
+        }
+        let mut history = History::with_epoch(epoch, limits);
+        history.next_offset = next_offset;
+        history.started_at = started_at;
+        history.dropped_through = dropped_through;
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let mut previous = None;
+        for saved in entries {
+            if previous.is_some_and(|p| saved.offset != p + 1) || saved.offset >= next_offset {
+                return Err(format!("event offset {} out of order", saved.offset));
+            }
+            previous = Some(saved.offset);
+            // Its age on the wall clock, carried over to this process's monotonic clock.
+            let age = wall.duration_since(saved.received_at).unwrap_or_default();
+            let entry = Entry {
+                offset: saved.offset,
+                routing_key: saved.routing_key,
+                account: saved.account,
+                payload: saved.payload,
+                at: now.checked_sub(age).unwrap_or(now),
+                received_at: saved.received_at,
+            };
+            let cost = entry.cost();
+            if cost > history.max_bytes {
+                history.entries.clear();
+                history.bytes = 0;
+                history.dropped_through = Some(saved.received_at);
+                continue;
+            }
+            while history.bytes + cost > history.max_bytes {
+                history.pop_oldest();
+            }
+            history.bytes += cost;
+            history.entries.push_back(entry);
+        }
+        history.expire(now);
+        Ok(history)
+    }
+
     pub fn epoch(&self) -> &Rc<str> {
         &self.epoch
+    }
+
+    /// The offset the next event will get.
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset
+    }
+
+    /// When this history began (a resume from an earlier time cannot be whole).
+    pub fn started_at(&self) -> SystemTime {
+        self.started_at
+    }
+
+    /// When the newest event the history dropped had entered.
+    pub fn dropped_through(&self) -> Option<SystemTime> {
+        self.dropped_through
     }
 
     /// The offset of the last event that entered (0 before the first).

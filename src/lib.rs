@@ -39,6 +39,7 @@ pub mod server;
 pub mod sim;
 pub mod simulate;
 pub mod source;
+pub mod state;
 pub mod status;
 pub mod text_frames;
 pub mod trim;

@@ -1,6 +1,6 @@
 //! The `callwire` binary: reads the command line, then runs the bridge on one thread.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::process::ExitCode;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
@@ -23,6 +23,7 @@ use callwire::seats::Seats;
 use callwire::server;
 use callwire::simulate;
 use callwire::source::{Commands, Deliver, SourceKind, SourceStatus, amqp, demo, mqtt};
+use callwire::state;
 use callwire::{fds, trim};
 use callwire::{info, logging, warn};
 use futures_lite::{FutureExt, StreamExt};
@@ -30,6 +31,8 @@ use smol::{Async, LocalExecutor, Timer};
 
 /// How long shutdown waits for clients to take their goodbye.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long the source has, once stopped, to send the acknowledgements of what it handed on.
+const SOURCE_SETTLE: Duration = Duration::from_millis(200);
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -84,9 +87,15 @@ fn serve(config: Config) -> ExitCode {
         "open files: {} needed, limit {open_files}",
         fds::needed(&config.limits)
     );
+    let metrics = Rc::new(Metrics::default());
+    // Before the source connects: a persistent session hands over at once what it kept.
+    let saved = match state::start(config.state.as_ref(), &config.limits, &metrics) {
+        Ok(saved) => saved,
+        Err(message) => return fail(&message, 2),
+    };
     // Boxed behind `dyn`, so block_on cannot inline the bridge's poll into this frame: rustc
     // probes every page of a large frame on entry, and those pages would stay resident.
-    let bridge = run(config, auth, listener, executor.clone()).boxed_local();
+    let bridge = run(config, auth, listener, executor.clone(), metrics, saved).boxed_local();
     smol::block_on(executor.run(bridge));
     ExitCode::SUCCESS
 }
@@ -102,8 +111,9 @@ async fn run(
     auth: Auth,
     listener: Async<std::net::TcpListener>,
     executor: Rc<LocalExecutor<'static>>,
+    metrics: Rc<Metrics>,
+    (history, live): (History, LiveState),
 ) {
-    let metrics = Rc::new(Metrics::default());
     let limits = config.limits;
     let origins = Origins::new(
         config.listen,
@@ -137,12 +147,8 @@ async fn run(
             auth: Rc::new(auth),
             source: status,
             metrics: metrics.clone(),
-            live: RefCell::new(LiveState::new(
-                limits.max_calls,
-                limits.events_per_call,
-                metrics.clone(),
-            )),
-            history: Rc::new(RefCell::new(History::new(&limits))),
+            live: RefCell::new(live),
+            history: Rc::new(RefCell::new(history)),
             cable_sessions: Rc::new(cable::SavedSessions::new(
                 limits.max_clients,
                 limits.history_ttl,
@@ -152,6 +158,7 @@ async fn run(
             origins,
             seats: Seats::new(&limits),
             interest: BytePool::for_interest(&limits),
+            stopping: Cell::new(false),
         }
     });
     // The bound address, not the flag: with port 0 this says which port the system chose.
@@ -165,6 +172,11 @@ async fn run(
     executor.spawn(reload_on_hangup(app.clone())).detach();
     if trim::NEEDED {
         executor.spawn(trim::run()).detach();
+    }
+    if let Some(state) = &config.state {
+        executor
+            .spawn(state::save_on_interval(app.clone(), state.clone()))
+            .detach();
     }
     // One task closes the clients too slow to take what is queued for them (hub.rs).
     let watching = app.clone();
@@ -180,11 +192,20 @@ async fn run(
     // `or` polls its left side first: the accept loop and the signal watch are in place
     // before `ready` tells systemd so.
     if let Err(signal) = serving.or(shutdown_signal()).or(ready).await {
+        // What the broker sends from now on stays there (a persistent session, a durable
+        // queue) for the next start.
+        app.stopping.set(true);
         info!("{signal}: closing {} client(s)", app.hub.len());
         if let Some(notifier) = &notifier {
             notifier.send(&format!("STOPPING=1\nSTATUS={signal}: shutting down"));
         }
         shut_down(&app.hub).await;
+        if let Some(state) = &config.state {
+            // The source acknowledges what it handed on as soon as it runs again; give it
+            // that turn before the save, so nothing saved comes back from the broker.
+            Timer::after(SOURCE_SETTLE).await;
+            state::save_at_shutdown(&app, state);
+        }
     }
 }
 

@@ -62,7 +62,7 @@ fn parse_mib(text: &str) -> f64 {
 
 #[test]
 fn the_budget_is_one_line_at_start_up_and_a_gauge_per_part() {
-    const PARTS: [&str; 11] = [
+    const PARTS: [&str; 12] = [
         "clients",
         "bindings",
         "ws_read",
@@ -74,6 +74,7 @@ fn the_budget_is_one_line_at_start_up_and_a_gauge_per_part() {
         "requests",
         "broker",
         "catalogue",
+        "state",
     ];
     let small = Callwire::quiet(&["--max-clients", "1000"]);
     let large = Callwire::quiet(&["--max-clients", "10000"]);

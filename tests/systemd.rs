@@ -104,6 +104,24 @@ fn split_like_systemd(value: &str) -> Vec<String> {
 }
 
 #[test]
+fn the_unit_and_every_example_keep_state_and_the_broker_keeps_a_session() {
+    let unit = std::fs::read_to_string(UNIT).unwrap();
+    assert!(unit.lines().any(|l| l == "StateDirectory=callwire"));
+    let text = std::fs::read_to_string(ENV_FILE).unwrap();
+    let examples: Vec<&str> = (text.lines())
+        .filter(|l| l.trim_start_matches('#').starts_with("CALLWIRE_OPTS="))
+        .collect();
+    assert!(!examples.is_empty());
+    for line in examples {
+        assert!(line.contains("--state-dir /var/lib/callwire"), "{line}");
+        assert!(
+            line.contains("--mqtt-session") || line.contains("--amqp-queue "),
+            "{line}"
+        );
+    }
+}
+
+#[test]
 fn every_example_in_the_env_file_is_valid_flags() {
     let text = std::fs::read_to_string(ENV_FILE).unwrap();
     let mut examples = 0;

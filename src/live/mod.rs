@@ -13,6 +13,7 @@
 //! and keeping the slice would keep the whole buffer. `LiveState::bound` is the table's worst
 //! case, `--max-calls` times that of one call.
 
+pub mod saved;
 pub mod shapes;
 
 use std::collections::{HashMap, VecDeque, vec_deque};
@@ -395,6 +396,8 @@ pub struct LiveState {
     ended: VecDeque<u64>,
     /// The serial of the next call to start.
     next_serial: u64,
+    /// Counts the events that changed a call: the state's timed save writes only when it moved.
+    generation: u64,
     metrics: Rc<Metrics>,
 }
 
@@ -416,6 +419,7 @@ impl LiveState {
             live: 0,
             ended: VecDeque::with_capacity(ENDS_REMEMBERED),
             next_serial: 0,
+            generation: 0,
             metrics,
         }
     }
@@ -440,6 +444,43 @@ impl LiveState {
     /// PBX shape, the end of an unknown call, and a late event of a call that just ended change
     /// nothing.
     pub fn apply(&mut self, event: &Event) -> Changes {
+        let changes = self.change(event);
+        if changes != Changes::default() {
+            self.generation += 1;
+        }
+        changes
+    }
+
+    /// A number that moves whenever a call changed.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The live calls as the state file keeps them, oldest first.
+    pub fn saved(&self) -> impl Iterator<Item = saved::SavedCall<'_>> {
+        self.calls("*").map(saved::SavedCall::of)
+    }
+
+    /// Takes back a call from the state file, as the newest (restore them oldest first); past
+    /// `--max-calls` the oldest is dropped, as for a live one. A call already live (same id
+    /// and account) is refused, with the reason, as is one the file describes wrongly.
+    pub fn restore(&mut self, saved: saved::SavedCall<'_>) -> Result<(), String> {
+        let call = saved.into_call(self.events_per_call, self.next_serial)?;
+        let account = call.account.as_deref();
+        if self.same_id(&call.id).any(|slot| {
+            self.slots[slot].call.as_ref().map(|c| c.account.as_deref()) == Some(account)
+        }) {
+            return Err(format!("call '{}' is in the file twice", call.id));
+        }
+        if self.live >= self.max_calls {
+            self.evict_oldest();
+        }
+        self.next_serial += 1;
+        self.insert(call);
+        Ok(())
+    }
+
+    fn change(&mut self, event: &Event) -> Changes {
         let Some(seen) = shapes::observe(event) else {
             return Changes::default();
         };

@@ -4,6 +4,7 @@
 
 pub mod kazoo_reference;
 pub mod proxy;
+pub mod resuming;
 pub mod script;
 
 use std::io::{Read, Write};

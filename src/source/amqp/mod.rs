@@ -2,8 +2,8 @@
 //!
 //! One driver future (spawned by main on its `LocalExecutor`) owns the connection: it
 //! connects, declares the topic exchange, declares an exclusive, auto-delete, server-named
-//! queue, binds it with every binding, consumes with a bounded prefetch, hands each delivery
-//! to `deliver` itself (so the hub only ever runs on the main thread), acks in batches, sends
+//! queue (with `--amqp-queue`, a named durable one that outlives restarts), binds it with
+//! every binding, consumes with a bounded prefetch, hands each delivery to `deliver` itself (so the hub only ever runs on the main thread), acks in batches, sends
 //! the publishes queued through [`AmqpPublisher`], and on any loss reconnects after a capped,
 //! jittered backoff, declaring and binding again.
 //!
@@ -32,7 +32,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind, Event as LapinEvent,
@@ -56,6 +56,12 @@ mod kit;
 pub const PREFETCH: u16 = 32;
 /// How many publishes [`AmqpPublisher`] queues before it refuses more.
 pub const PUBLISH_QUEUE: usize = 256;
+/// `--amqp-queue-expires`' default: a named queue unused for an hour goes (a restart takes
+/// seconds, an upgrade minutes; events an hour old describe calls long over).
+pub const DEFAULT_QUEUE_EXPIRES: Duration = Duration::from_secs(3600);
+/// `--amqp-queue-max-bytes`' default: what the broker keeps for callwire while it is away
+/// (at Kazoo's 1-2 KiB per event, some 10 000 events).
+pub const DEFAULT_QUEUE_MAX_BYTES: u64 = 16 * 1024 * 1024;
 /// AMQP's longest exchange name, routing key or binding key, in bytes.
 pub const MAX_SHORT_STRING: usize = 255;
 
@@ -90,6 +96,13 @@ pub struct AmqpOptions {
     pub bindings: Vec<String>,
     /// The largest body delivered; a larger one is acked, dropped and counted.
     pub max_message_size: usize,
+    /// `--amqp-queue`: a named durable queue that outlives callwire's restarts (delivery.md,
+    /// "Restarts"), instead of an exclusive, auto-delete, server-named one.
+    pub queue: Option<String>,
+    /// The named queue's `x-expires`: it goes once unused this long.
+    pub queue_expires: Duration,
+    /// The named queue's `x-max-length-bytes`: past it the broker drops its oldest messages.
+    pub queue_max_bytes: u64,
 }
 
 impl fmt::Debug for AmqpOptions {
@@ -101,6 +114,9 @@ impl fmt::Debug for AmqpOptions {
             .field("exchange", &self.exchange)
             .field("bindings", &self.bindings)
             .field("max_message_size", &self.max_message_size)
+            .field("queue", &self.queue)
+            .field("queue_expires", &self.queue_expires)
+            .field("queue_max_bytes", &self.queue_max_bytes)
             .finish()
     }
 }
@@ -159,6 +175,9 @@ impl AmqpOptions {
             exchange: "callwire".to_owned(),
             bindings: vec!["#".to_owned()],
             max_message_size: 64 * 1024,
+            queue: None,
+            queue_expires: DEFAULT_QUEUE_EXPIRES,
+            queue_max_bytes: DEFAULT_QUEUE_MAX_BYTES,
         })
     }
 
@@ -175,6 +194,15 @@ impl AmqpOptions {
             return Err(format!(
                 "--amqp-exchange: longer than AMQP allows ({MAX_SHORT_STRING} bytes)"
             ));
+        }
+        if let Some(queue) = &self.queue {
+            if queue.is_empty() || queue.len() > MAX_SHORT_STRING || queue.starts_with("amq.") {
+                return Err(format!(
+                    "--amqp-queue: expected a name of 1 to {MAX_SHORT_STRING} bytes not starting \
+                     with 'amq.' (the broker's own), got '{}'",
+                    queue.chars().take(40).collect::<String>()
+                ));
+            }
         }
         if let Some(long) = self.bindings.iter().find(|b| b.len() > MAX_SHORT_STRING) {
             return Err(format!(
@@ -546,16 +574,9 @@ impl Driver {
             .basic_qos(PREFETCH, BasicQosOptions::default())
             .await
             .map_err(lost)?;
+        let (queue_name, declare, arguments) = self.queue_declaration();
         let queue = channel
-            .queue_declare(
-                ShortString::default(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+            .queue_declare(queue_name, declare, arguments)
             .await
             .map_err(|e| refused_or(e, "declaring the queue"))?;
         let name = queue.name().clone();
@@ -586,6 +607,35 @@ impl Driver {
             .await
             .map_err(|e| refused_or(e, "consuming"))?;
         Ok((channel, Some(consumer), Some(name)))
+    }
+
+    /// The queue to declare: with `--amqp-queue`, the named durable queue, bounded in age and
+    /// bytes for when callwire never comes back; else an exclusive, auto-delete one the server
+    /// names.
+    fn queue_declaration(&self) -> (ShortString, QueueDeclareOptions, FieldTable) {
+        let Some(name) = &self.options.queue else {
+            let private = QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            };
+            return (ShortString::default(), private, FieldTable::default());
+        };
+        let mut arguments = FieldTable::default();
+        let expires_ms = i64::try_from(self.options.queue_expires.as_millis()).unwrap_or(i64::MAX);
+        arguments.insert("x-expires".into(), AMQPValue::LongLongInt(expires_ms));
+        let max_bytes = i64::try_from(self.options.queue_max_bytes).unwrap_or(i64::MAX);
+        arguments.insert(
+            "x-max-length-bytes".into(),
+            AMQPValue::LongLongInt(max_bytes),
+        );
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        // `check` has kept the name within a short string's length.
+        let name = ShortString::try_new(name.as_str()).unwrap_or_default();
+        (name, durable, arguments)
     }
 
     /// Declares the topic exchange if missing. One that exists as a topic exchange with other

@@ -292,7 +292,7 @@ impl Driver {
     ) -> Result<ConnectReturnCode, String> {
         let deadline = Instant::now() + CONNECT_TIMEOUT;
         let mut connect = rumqttc::Connect::new(self.opts.client_id.clone());
-        connect.clean_session = true;
+        connect.clean_session = self.opts.clean_session;
         connect.keep_alive = keep_alive_secs(self.opts.keep_alive);
         if let Some(user) = &self.opts.username {
             let password = self.opts.password.clone().unwrap_or_default();

@@ -25,6 +25,9 @@ pub struct MqttOptions {
     /// Taken off the front of a topic before it becomes a routing key.
     pub strip_prefix: Option<String>,
     pub client_id: String,
+    /// `false` with `--mqtt-session`: the broker keeps the session (subscriptions and the QoS 1
+    /// messages published meanwhile) while callwire is away, under a fixed `client_id`.
+    pub clean_session: bool,
     /// Ping after this long without sending; zero turns keep-alive off.
     pub keep_alive: Duration,
     /// The largest payload delivered; a larger message is skipped and counted.
@@ -41,6 +44,7 @@ impl fmt::Debug for MqttOptions {
             .field("topics", &self.topics)
             .field("strip_prefix", &self.strip_prefix)
             .field("client_id", &self.client_id)
+            .field("clean_session", &self.clean_session)
             .field("keep_alive", &self.keep_alive)
             .field("max_message_size", &self.max_message_size)
             .finish()
@@ -135,6 +139,7 @@ impl MqttOptions {
             topics: Vec::new(),
             strip_prefix: None,
             client_id: default_client_id(),
+            clean_session: true,
             keep_alive: Duration::from_secs(30),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
         })
