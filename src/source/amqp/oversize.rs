@@ -96,6 +96,12 @@ impl Skipped {
         Some(skips.swap_remove(at).body_size)
     }
 
+    /// The skips waiting for the driver, oldest first but for ones taken out of order (for
+    /// checks: the fuzz target's).
+    pub fn skips(&self) -> Vec<Skip> {
+        self.lock().to_vec()
+    }
+
     /// How many skips wait for the driver.
     pub fn len(&self) -> usize {
         self.lock().len()
