@@ -1,5 +1,6 @@
 //! The async runtime lapin is given: smol's reactor, and an executor that the AMQP driver runs
-//! on its own thread (instead of smol's global executor and its thread).
+//! on its own thread (instead of smol's global executor and its thread). The TCP stream it
+//! connects reads through the oversized-body filter (`oversize`).
 
 use std::future::Future;
 use std::io::{self, Read, Write};
@@ -14,15 +15,26 @@ use async_rs::Smol;
 use async_rs::traits::{Executor, Reactor, RuntimeKit};
 use async_rs::util::{Task, TaskImpl};
 use futures_lite::{AsyncRead, AsyncWrite, Stream};
+use smol::Async;
+
+use super::oversize::{Filter, Filtered, Skipped};
 
 #[derive(Clone, Debug)]
 pub(super) struct Kit {
     tasks: Arc<smol::Executor<'static>>,
+    /// Bodies larger than this are skipped as they arrive...
+    max_body: u64,
+    /// ...and recorded here for the driver.
+    skipped: Skipped,
 }
 
 impl Kit {
-    pub(super) fn new(tasks: Arc<smol::Executor<'static>>) -> Kit {
-        Kit { tasks }
+    pub(super) fn new(tasks: Arc<smol::Executor<'static>>, max_body: u64, skipped: Skipped) -> Kit {
+        Kit {
+            tasks,
+            max_body,
+            skipped,
+        }
     }
 }
 
@@ -51,7 +63,7 @@ impl Executor for Kit {
 }
 
 impl Reactor for Kit {
-    type TcpStream = <Smol as Reactor>::TcpStream;
+    type TcpStream = Filtered<Async<std::net::TcpStream>>;
     type Sleep = <Smol as Reactor>::Sleep;
 
     fn register<H: Read + Write + AsFd + AsRawFd + Send + 'static>(
@@ -73,7 +85,11 @@ impl Reactor for Kit {
         &self,
         addr: SocketAddr,
     ) -> impl Future<Output = io::Result<Self::TcpStream>> + Send + 'static {
-        Smol.tcp_connect_addr(addr)
+        let (max_body, skipped) = (self.max_body, self.skipped.clone());
+        async move {
+            let socket = Smol.tcp_connect_addr(addr).await?;
+            Ok(Filtered::new(socket, Filter::new(max_body, skipped)))
+        }
     }
 }
 

@@ -7,6 +7,10 @@
 //! the publishes queued through [`AmqpPublisher`], and on any loss reconnects after a capped,
 //! jittered backoff, declaring and binding again.
 //!
+//! A body announced larger than `--max-message-size` never reaches memory: the socket's read
+//! side (`oversize`) hands lapin that delivery empty and drops its body frames as they stream
+//! by, and the driver counts it as `too_large` and acks it.
+//!
 //! Threads: lapin drives each connection's socket from a thread of its own (`lapin-io-loop`,
 //! alive while a connection is up or being made). Everything else lapin runs (its RPC loop,
 //! heartbeats, promise resolution) is spawned on an executor that this driver runs on the main
@@ -49,6 +53,7 @@ use crate::source::url::{self, BrokerUrl, Credential, Path};
 use crate::source::{Deliver, SourceStatus, room};
 
 mod kit;
+pub mod oversize;
 
 /// The prefetch window: deliveries the broker may send before we ack. Bounds what a burst can
 /// pile up in memory to this many messages (each up to `--max-message-size`, the budget's
@@ -337,6 +342,8 @@ pub fn start(
     uri.query.heartbeat.get_or_insert(HEARTBEAT_SECS);
     uri.query.frame_max.get_or_insert(FRAME_MAX);
     let tasks = Arc::new(smol::Executor::new());
+    let max_body = u64::try_from(options.max_message_size).unwrap_or(u64::MAX);
+    let skipped = oversize::Skipped::default();
     let driver = Driver {
         address: options.address(),
         uri,
@@ -347,7 +354,8 @@ pub fn start(
         requests,
         logs: Logs::new("amqp"),
         notice: RateLimit::new(Duration::from_secs(60)),
-        kit: kit::Kit::new(tasks.clone()),
+        kit: kit::Kit::new(tasks.clone(), max_body, skipped.clone()),
+        skipped,
     };
     // lapin's own futures run on `tasks`, driven here, on the caller's thread.
     let run = async move {
@@ -432,6 +440,8 @@ struct Driver {
     /// Rate limit for the notice about an exchange declared with other flags.
     notice: RateLimit,
     kit: kit::Kit,
+    /// Deliveries whose bodies the socket's filter skipped (`oversize`).
+    skipped: oversize::Skipped,
 }
 
 impl Broker for Driver {
@@ -515,7 +525,7 @@ impl Driver {
                 });
                 match attempt.await {
                     Ok(stream) => {
-                        if let Ok(handle) = stream.get_ref().try_clone() {
+                        if let Ok(handle) = stream.get_ref().get_ref().try_clone() {
                             slot.set(handle);
                         }
                         return Ok(lapin::tcp::AsyncTcpStream::Plain(stream));
@@ -733,7 +743,7 @@ impl Driver {
             let wake = future::race(future::or(delivery, event), future::or(request, check)).await;
             let result = match wake {
                 Wake::Delivery(first) => match consumer.as_mut() {
-                    Some(consumer) => self.take_batch(*first, consumer).await,
+                    Some(consumer) => self.take_batch(channel.id(), *first, consumer).await,
                     None => Ok(()),
                 },
                 Wake::Request(Some(queued)) => self.publish(channel, &exchange, queued).await,
@@ -773,6 +783,7 @@ impl Driver {
     /// hands each to `deliver`, then acks them all with one multiple-ack.
     async fn take_batch(
         &mut self,
+        channel: u16,
         first: Option<lapin::Result<Delivery>>,
         consumer: &mut lapin::Consumer,
     ) -> Result<(), String> {
@@ -782,7 +793,7 @@ impl Driver {
         let ended = loop {
             match item {
                 Some(Ok(delivery)) => {
-                    last = Some(self.take(delivery));
+                    last = Some(self.take(channel, delivery));
                     taken += 1;
                 }
                 Some(Err(e)) => break Some(describe(&e)),
@@ -809,18 +820,22 @@ impl Driver {
         }
     }
 
-    /// Hands one delivery on (or drops it when too large); returns its acker.
-    fn take(&mut self, delivery: Delivery) -> lapin::Acker {
+    /// Hands one delivery on (or drops it when too large: skipped by the socket's filter from
+    /// its content header, or, past the filter's room, collected whole); returns its acker.
+    fn take(&mut self, channel: u16, delivery: Delivery) -> lapin::Acker {
         let Delivery {
+            delivery_tag,
             routing_key,
             data,
             acker,
             ..
         } = delivery;
-        if data.len() > self.options.max_message_size {
+        let skipped = self.skipped.take(channel, delivery_tag);
+        let size = skipped.unwrap_or(data.len() as u64);
+        if skipped.is_some() || data.len() > self.options.max_message_size {
             self.logs.too_large(
                 &self.metrics,
-                data.len(),
+                size,
                 routing_key.as_str(),
                 self.options.max_message_size,
             );
