@@ -20,7 +20,7 @@ use crate::event::Event;
 /// in the broker (delivery.md).
 pub trait Sink {
     /// Takes one event.
-    fn deliver(&self, event: Event);
+    fn take(&self, event: Event);
 
     /// Whether an event handed on now has room.
     fn has_room(&self) -> bool;
@@ -31,7 +31,7 @@ pub trait Sink {
 
 /// A sink that only takes events (tests, the simulator's echo check) always has room.
 impl<F: Fn(Event)> Sink for F {
-    fn deliver(&self, event: Event) {
+    fn take(&self, event: Event) {
         self(event)
     }
 
@@ -45,7 +45,7 @@ impl<F: Fn(Event)> Sink for F {
 }
 
 /// Where a source's events go.
-pub type Deliver = Rc<dyn Sink>;
+pub type EventSink = Rc<dyn Sink>;
 
 /// Waits until `sink` has room for the next event.
 pub async fn room(sink: &dyn Sink) {

@@ -3,7 +3,7 @@
 //! One driver future (spawned by main on its `LocalExecutor`) owns the connection: it
 //! connects, declares the topic exchange, declares an exclusive, auto-delete, server-named
 //! queue, binds it with every binding, consumes with a bounded prefetch, hands each delivery
-//! to `deliver` itself (so the hub only ever runs on the main thread), acks in batches, sends
+//! to `sink` itself (so the hub only ever runs on the main thread), acks in batches, sends
 //! the publishes queued through [`AmqpPublisher`], and on any loss reconnects after a capped,
 //! jittered backoff, declaring and binding again.
 //!
@@ -46,7 +46,7 @@ use crate::logging::{RateLimit, held_back};
 use crate::metrics::Metrics;
 use crate::source::supervisor::{self, Broker, Failure, Logs, within};
 use crate::source::url::{self, BrokerUrl, Credential, Path};
-use crate::source::{Deliver, SourceStatus, room};
+use crate::source::{EventSink, SourceStatus, room};
 
 mod kit;
 
@@ -292,13 +292,13 @@ impl AmqpPublisher {
 
 /// Builds the source: a publisher, and the driver future (connect, declare, bind, consume,
 /// reconnect, forever) for the caller to spawn on its `LocalExecutor`. Every delivery is
-/// handed to `deliver` from that future. With `options.bindings` empty the connection is
+/// handed to `sink` from that future. With `options.bindings` empty the connection is
 /// publish-only: it declares the exchange and consumes nothing.
 pub fn start(
     options: AmqpOptions,
     status: Rc<SourceStatus>,
     metrics: Rc<Metrics>,
-    deliver: Deliver,
+    sink: EventSink,
 ) -> (AmqpPublisher, impl Future<Output = ()>) {
     let (queue, requests) = smol::channel::bounded(PUBLISH_QUEUE);
     let publisher = AmqpPublisher {
@@ -315,7 +315,7 @@ pub fn start(
         options,
         status,
         metrics,
-        deliver,
+        sink,
         requests,
         logs: Logs::new("amqp"),
         notice: RateLimit::new(Duration::from_secs(60)),
@@ -342,8 +342,8 @@ enum Wake {
     Check,
 }
 
-/// One connection's socket, shut when the session ends however it ends, so lapin's I/O
-/// thread for it always stops. A socket that arrives after the session gave up (a connect
+/// One connection's socket, shut when the connection ends however it ends, so lapin's I/O
+/// thread for it always stops. A socket that arrives after the connection gave up (a connect
 /// that outlived its timeout) is shut at once.
 #[derive(Clone, Default)]
 struct SocketSlot(Arc<Mutex<(Option<std::net::TcpStream>, bool)>>);
@@ -398,7 +398,7 @@ struct Driver {
     address: String,
     status: Rc<SourceStatus>,
     metrics: Rc<Metrics>,
-    deliver: Deliver,
+    sink: EventSink,
     requests: Receiver<Queued>,
     logs: Logs,
     /// Rate limit for the notice about an exchange declared with other flags.
@@ -408,7 +408,7 @@ struct Driver {
 
 impl Broker for Driver {
     async fn connection(&mut self) -> Failure {
-        self.session().await
+        self.connect_and_serve().await
     }
 
     fn logs(&mut self) -> &mut Logs {
@@ -418,7 +418,7 @@ impl Broker for Driver {
 
 impl Driver {
     /// One connection, from connect to loss.
-    async fn session(&mut self) -> Failure {
+    async fn connect_and_serve(&mut self) -> Failure {
         if let Err(reason) = self.options.check() {
             return Failure::Setup(reason);
         }
@@ -658,11 +658,11 @@ impl Driver {
         loop {
             // A delivery is taken only when the hub has room for it: the rest wait in lapin's
             // prefetch window, unacked, and beyond it in the broker's queue.
-            let deliver = &*self.deliver;
+            let sink = &*self.sink;
             let delivery = async {
                 match consumer.as_mut() {
                     Some(consumer) => {
-                        room(deliver).await;
+                        room(sink).await;
                         Wake::Delivery(Box::new(consumer.next().await))
                     }
                     None => future::pending().await,
@@ -720,7 +720,7 @@ impl Driver {
     }
 
     /// Takes `first` and whatever else is ready while the hub has room (up to [`ACK_BATCH`]),
-    /// hands each to `deliver`, then acks them all with one multiple-ack.
+    /// hands each to `sink`, then acks them all with one multiple-ack.
     async fn take_batch(
         &mut self,
         first: Option<lapin::Result<Delivery>>,
@@ -738,7 +738,7 @@ impl Driver {
                 Some(Err(e)) => break Some(describe(&e)),
                 None => break Some("the broker cancelled the consumer".to_owned()),
             }
-            if taken >= ACK_BATCH || !self.deliver.has_room() {
+            if taken >= ACK_BATCH || !self.sink.has_room() {
                 break None;
             }
             match future::poll_once(consumer.next()).await {
@@ -775,8 +775,8 @@ impl Driver {
                 self.options.max_message_size,
             );
         } else {
-            self.deliver
-                .deliver(Event::new(routing_key.into(), Bytes::from(data)));
+            self.sink
+                .take(Event::new(routing_key.into(), Bytes::from(data)));
         }
         acker
     }

@@ -28,7 +28,7 @@ use smol::net::TcpStream;
 use crate::event::{self, Event};
 use crate::metrics::Metrics;
 use crate::source::supervisor::{self, Broker, Failure, Logs, within};
-use crate::source::{Deliver, SourceStatus, room};
+use crate::source::{EventSink, SourceStatus, room};
 
 mod options;
 pub mod packet_head;
@@ -130,7 +130,7 @@ pub fn start(
     opts: MqttOptions,
     status: Rc<SourceStatus>,
     metrics: Rc<Metrics>,
-    deliver: Deliver,
+    sink: EventSink,
 ) -> (MqttPublisher, impl Future<Output = ()>) {
     let (queue, requests) = smol::channel::bounded(PUBLISH_QUEUE);
     let publisher = MqttPublisher {
@@ -148,7 +148,7 @@ pub fn start(
             opts,
             status,
             metrics,
-            deliver,
+            sink,
             requests,
             requests_open: true,
             retry: VecDeque::new(),
@@ -173,7 +173,7 @@ struct Source {
 
 impl Broker for Source {
     async fn connection(&mut self) -> Failure {
-        self.driver.session(&mut self.state).await
+        self.driver.connect_and_serve(&mut self.state).await
     }
 
     fn after_loss(&mut self) {
@@ -191,7 +191,7 @@ struct Driver {
     address: String,
     status: Rc<SourceStatus>,
     metrics: Rc<Metrics>,
-    deliver: Deliver,
+    sink: EventSink,
     requests: Receiver<Queued>,
     requests_open: bool,
     /// Publishes that were unacknowledged when the last connection dropped.
@@ -226,7 +226,7 @@ impl Driver {
     }
 
     /// One connection, from connect to loss.
-    async fn session(&mut self, state: &mut MqttState) -> Failure {
+    async fn connect_and_serve(&mut self, state: &mut MqttState) -> Failure {
         let mut stream = match self.connect().await {
             Ok(stream) => stream,
             Err(e) => return Failure::Connect(e.to_string()),
@@ -413,7 +413,7 @@ impl Driver {
             };
             // The socket is read only once every packet already buffered is taken: what the
             // hub has no room for stays in the broker (TCP backpressure).
-            let deliver = &*self.deliver;
+            let sink = &*self.sink;
             let read = async {
                 match next {
                     Next::Read => {
@@ -421,7 +421,7 @@ impl Driver {
                         Wake::Read(read.await)
                     }
                     Next::Room => {
-                        room(deliver).await;
+                        room(sink).await;
                         Wake::Take
                     }
                     Next::Turn => {
@@ -480,7 +480,7 @@ impl Driver {
         out: &mut BytesMut,
     ) -> Result<Next, String> {
         for _ in 0..TAKE_PER_TURN {
-            if !self.deliver.has_room() {
+            if !self.sink.has_room() {
                 return Ok(Next::Room);
             }
             match inbox.next(self.opts.max_message_size)? {
@@ -553,7 +553,7 @@ impl Driver {
             // long as any frame of the event is queued, and the buffer could not be compacted
             // after a burst (issue 16: it stayed at megabytes).
             let payload = Bytes::copy_from_slice(&payload);
-            self.deliver.deliver(Event::new(key, payload));
+            self.sink.take(Event::new(key, payload));
         }
         Ok(())
     }
