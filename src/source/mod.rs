@@ -4,6 +4,7 @@
 pub mod amqp;
 pub mod demo;
 pub mod mqtt;
+mod publish_queue;
 mod supervisor;
 mod url;
 

@@ -39,11 +39,12 @@ use lapin::{
     ExchangeKind,
 };
 use smol::Timer;
-use smol::channel::{Receiver, Sender, TrySendError};
+use smol::channel::Receiver;
 
 use crate::event::Event;
 use crate::logging::{RateLimit, held_back};
 use crate::metrics::Metrics;
+use crate::source::publish_queue::{PublishQueue, Refused};
 use crate::source::supervisor::{self, Broker, Failure, Logs, within};
 use crate::source::url::{self, BrokerUrl, Credential, Path};
 use crate::source::{EventSink, SourceStatus, room};
@@ -221,20 +222,18 @@ impl fmt::Display for PublishError {
 
 impl std::error::Error for PublishError {}
 
-/// A handle to publish to the source's exchange through its connection.
-#[derive(Clone)]
-pub struct AmqpPublisher {
-    queue: Sender<Queued>,
-    status: Rc<SourceStatus>,
-}
-
-impl fmt::Debug for AmqpPublisher {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AmqpPublisher")
-            .field("queued", &self.queue.len())
-            .finish()
+impl From<Refused> for PublishError {
+    fn from(refused: Refused) -> PublishError {
+        match refused {
+            Refused::Full => PublishError::Full,
+            Refused::Disconnected => PublishError::Disconnected,
+        }
     }
 }
+
+/// A handle to publish to the source's exchange through its connection.
+#[derive(Clone, Debug)]
+pub struct AmqpPublisher(PublishQueue<Queued>);
 
 struct Queued {
     at: Instant,
@@ -248,12 +247,7 @@ impl AmqpPublisher {
     /// still queued when the link drops is sent after the reconnect, unless it is older than
     /// 30 s by then.
     pub fn publish(&self, routing_key: &str, payload: Bytes) -> Result<(), PublishError> {
-        let queued = self.queued(routing_key, payload)?;
-        match self.queue.try_send(queued) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(PublishError::Full),
-            Err(TrySendError::Closed(_)) => Err(PublishError::Disconnected),
-        }
+        Ok(self.0.push(queued(routing_key, payload)?)?)
     }
 
     /// Like [`publish`](Self::publish), but waits for room in the queue instead of returning
@@ -264,30 +258,23 @@ impl AmqpPublisher {
         routing_key: &str,
         payload: Bytes,
     ) -> Result<(), PublishError> {
-        let queued = self.queued(routing_key, payload)?;
-        self.queue
-            .send(queued)
-            .await
-            .map_err(|_| PublishError::Disconnected)
+        Ok(self.0.push_waiting(queued(routing_key, payload)?).await?)
     }
 
     /// Whether the source is connected (publishes are accepted).
     pub fn connected(&self) -> bool {
-        self.status.connected()
+        self.0.connected()
     }
+}
 
-    fn queued(&self, routing_key: &str, payload: Bytes) -> Result<Queued, PublishError> {
-        let routing_key =
-            ShortString::try_new(routing_key).map_err(|_| PublishError::InvalidRoutingKey)?;
-        if !self.status.connected() {
-            return Err(PublishError::Disconnected);
-        }
-        Ok(Queued {
-            at: Instant::now(),
-            routing_key,
-            payload,
-        })
-    }
+fn queued(routing_key: &str, payload: Bytes) -> Result<Queued, PublishError> {
+    let routing_key =
+        ShortString::try_new(routing_key).map_err(|_| PublishError::InvalidRoutingKey)?;
+    Ok(Queued {
+        at: Instant::now(),
+        routing_key,
+        payload,
+    })
 }
 
 /// Builds the source: a publisher, and the driver future (connect, declare, bind, consume,
@@ -301,10 +288,7 @@ pub fn start(
     sink: EventSink,
 ) -> (AmqpPublisher, impl Future<Output = ()>) {
     let (queue, requests) = smol::channel::bounded(PUBLISH_QUEUE);
-    let publisher = AmqpPublisher {
-        queue,
-        status: status.clone(),
-    };
+    let publisher = AmqpPublisher(PublishQueue::new(queue, status.clone()));
     let mut uri = options.uri.clone();
     uri.query.heartbeat.get_or_insert(HEARTBEAT_SECS);
     uri.query.frame_max.get_or_insert(FRAME_MAX);

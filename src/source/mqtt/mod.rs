@@ -22,11 +22,12 @@ use rumqttc::{
     Subscribe, SubscribeFilter, SubscribeReasonCode,
 };
 use smol::Timer;
-use smol::channel::{Receiver, Sender, TrySendError};
+use smol::channel::Receiver;
 use smol::net::TcpStream;
 
 use crate::event::{self, Event};
 use crate::metrics::Metrics;
+use crate::source::publish_queue::{PublishQueue, Refused};
 use crate::source::supervisor::{self, Broker, Failure, Logs, within};
 use crate::source::{EventSink, SourceStatus, room};
 
@@ -77,20 +78,18 @@ impl fmt::Display for PublishError {
 
 impl std::error::Error for PublishError {}
 
-/// A handle to publish (QoS 1) through the source's connection.
-#[derive(Clone)]
-pub struct MqttPublisher {
-    queue: Sender<Queued>,
-    status: Rc<SourceStatus>,
-}
-
-impl fmt::Debug for MqttPublisher {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MqttPublisher")
-            .field("queued", &self.queue.len())
-            .finish()
+impl From<Refused> for PublishError {
+    fn from(refused: Refused) -> PublishError {
+        match refused {
+            Refused::Full => PublishError::Full,
+            Refused::Disconnected => PublishError::Disconnected,
+        }
     }
 }
+
+/// A handle to publish (QoS 1) through the source's connection.
+#[derive(Clone, Debug)]
+pub struct MqttPublisher(PublishQueue<Queued>);
 
 struct Queued {
     at: Instant,
@@ -108,19 +107,12 @@ impl MqttPublisher {
         if 2 + topic.len() + 2 + payload.len() > MQTT_MAX_REMAINING {
             return Err(PublishError::TooLarge);
         }
-        if !self.status.connected() {
-            return Err(PublishError::Disconnected);
-        }
         let publish = Publish::from_bytes(topic, QoS::AtLeastOnce, payload);
         let queued = Queued {
             at: Instant::now(),
             publish,
         };
-        match self.queue.try_send(queued) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(PublishError::Full),
-            Err(TrySendError::Closed(_)) => Err(PublishError::Disconnected),
-        }
+        Ok(self.0.push(queued)?)
     }
 }
 
@@ -133,10 +125,7 @@ pub fn start(
     sink: EventSink,
 ) -> (MqttPublisher, impl Future<Output = ()>) {
     let (queue, requests) = smol::channel::bounded(PUBLISH_QUEUE);
-    let publisher = MqttPublisher {
-        queue,
-        status: status.clone(),
-    };
+    let publisher = MqttPublisher(PublishQueue::new(queue, status.clone()));
     for topic in &opts.topics {
         if !rumqttc::valid_filter(topic) {
             warn!("mqtt: '{topic}' is not a valid topic filter; the broker may refuse it");
