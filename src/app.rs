@@ -1,7 +1,7 @@
 //! The application's shared state, and the path every event takes through it.
 //!
-//! One `App` per process, shared by `Rc` between the source's deliver callback and every
-//! connection handler. Single-threaded, so its mutable parts are `RefCell`s that are never
+//! One `App` per process, shared by `Rc` between the source's sink and every connection
+//! handler. Single-threaded, so its mutable parts are `RefCell`s that are never
 //! held across an `.await`.
 
 use std::cell::{Cell, RefCell};
@@ -49,7 +49,7 @@ impl App {
     /// the history, notes its routing-key family, applies it to the live calls and fans out
     /// what that changed (ActionCable's `calls`), then fans the event out to the clients that
     /// want it.
-    pub fn deliver(&self, mut event: Event) {
+    pub fn ingest(&self, mut event: Event) {
         self.metrics.events_in.inc();
         self.history.borrow_mut().record(&mut event);
         if event.json.is_none() {
@@ -71,9 +71,9 @@ impl App {
 pub struct ToApp(pub Weak<App>);
 
 impl Sink for ToApp {
-    fn deliver(&self, event: Event) {
+    fn take(&self, event: Event) {
         if let Some(app) = self.0.upgrade() {
-            app.deliver(event);
+            app.ingest(event);
         }
     }
 

@@ -449,7 +449,7 @@ impl Args {
         };
         Ok(Config {
             listen,
-            command_topic: self.command_topic,
+            command_topic: command_topic(self.command_topic)?,
             source,
             auth_file: self.auth,
             insecure_no_auth: self.insecure_no_auth,
@@ -486,6 +486,19 @@ fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_owned())
         .unwrap_or_default()
+}
+
+/// A prefix that `<prefix>/hangup` makes a topic MQTT can publish to, so that only the call a
+/// hangup names can make the broker refuse it (live-api.md).
+fn command_topic(prefix: String) -> Result<String, String> {
+    let topic_len = prefix.len() + "/hangup".len();
+    if prefix.is_empty() || prefix.contains(['+', '#']) || topic_len > usize::from(u16::MAX) {
+        return Err(format!(
+            "--command-topic: expected a topic without wildcards (+, #) and under 65529 bytes, \
+             got '{prefix}'"
+        ));
+    }
+    Ok(prefix)
 }
 
 fn positive(flag: &str, value: usize) -> Result<usize, String> {
@@ -627,6 +640,8 @@ mod tests {
             ),
             (&["--allowed-host", "gateway.lan:80"], "--allowed-host"),
             (&["--log-level", "loud"], "--log-level"),
+            (&["--command-topic", "pbx/+/cmd"], "--command-topic"),
+            (&["--command-topic", ""], "--command-topic"),
             (&["--demo", "--mqtt", "mqtt://127.0.0.1:1883"], "--demo"),
             (&["--amqp", "http://x"], "--amqp"),
             (&["--amqp", "amqp://h", "--mqtt", "mqtt://h"], "--amqp"),

@@ -46,7 +46,7 @@ pub struct Event {
     pub account: Option<String>,
     /// When callwire took it from the broker.
     pub received_at: SystemTime,
-    /// Its place in the history, given when it enters the bridge (`App::deliver`).
+    /// Its place in the history, given when it enters the bridge (`App::ingest`).
     pub position: Option<Position>,
 }
 

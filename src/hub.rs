@@ -498,7 +498,7 @@ impl Hub {
         let slots = self.slots.borrow();
         for client in slots.iter().flatten() {
             route(&*client.interest, &mut renders, &mut routed);
-            self.deliver(client, &mut routed, now);
+            self.queue_to(client, &mut routed, now);
         }
         self.done(&mut renders);
     }
@@ -580,7 +580,7 @@ impl Hub {
     }
 
     /// Queues the frames routed to one client, counting each delivery.
-    fn deliver(&self, client: &Client, routed: &mut Vec<Frame>, now: Instant) {
+    fn queue_to(&self, client: &Client, routed: &mut Vec<Frame>, now: Instant) {
         for frame in routed.drain(..) {
             let Some(charge) = self.charge(&frame) else {
                 self.metrics.dropped(DropReason::QueueFull).inc();

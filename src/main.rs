@@ -22,7 +22,7 @@ use callwire::rest::Catalogue;
 use callwire::seats::Seats;
 use callwire::server;
 use callwire::simulate;
-use callwire::source::{Commands, Deliver, SourceKind, SourceStatus, amqp, demo, mqtt};
+use callwire::source::{Commands, EventSink, SourceKind, SourceStatus, amqp, demo, mqtt};
 use callwire::state;
 use callwire::{fds, trim};
 use callwire::{info, logging, warn};
@@ -129,17 +129,17 @@ async fn run(
         SourceConfig::Amqp(_) => SourceKind::Amqp,
         SourceConfig::Demo { .. } => SourceKind::Demo,
     }));
-    // The source needs somewhere to deliver before the app exists, and the app needs the
+    // The source needs somewhere to send events before the app exists, and the app needs the
     // source's command publisher: the source holds the app weakly (`ToApp`). The source's
     // task cannot run before this function returns, so no event finds it missing.
     let app = Rc::new_cyclic(|app: &Weak<App>| {
-        let deliver: Deliver = Rc::new(ToApp(app.clone()));
+        let sink: EventSink = Rc::new(ToApp(app.clone()));
         let commands = start_source(
             config.source,
             &config.command_topic,
             &status,
             &metrics,
-            deliver,
+            sink,
             &executor,
         );
         App {
@@ -304,7 +304,7 @@ fn start_source(
     command_topic: &str,
     status: &Rc<SourceStatus>,
     metrics: &Rc<Metrics>,
-    deliver: Deliver,
+    sink: EventSink,
     executor: &LocalExecutor<'static>,
 ) -> Commands {
     match source {
@@ -313,8 +313,7 @@ fn start_source(
                 "source: mqtt {}:{} topics {:?}",
                 options.host, options.port, options.topics
             );
-            let (publisher, driver) =
-                mqtt::start(options, status.clone(), metrics.clone(), deliver);
+            let (publisher, driver) = mqtt::start(options, status.clone(), metrics.clone(), sink);
             executor.spawn(driver).detach();
             Commands::Mqtt {
                 publisher,
@@ -328,15 +327,14 @@ fn start_source(
                 options.exchange,
                 options.bindings
             );
-            let (publisher, driver) =
-                amqp::start(options, status.clone(), metrics.clone(), deliver);
+            let (publisher, driver) = amqp::start(options, status.clone(), metrics.clone(), sink);
             executor.spawn(driver).detach();
             Commands::Amqp(publisher)
         }
         SourceConfig::Demo { calls_per_sec } => {
             info!("source: demo PBX, {calls_per_sec} calls/s");
             executor
-                .spawn(demo::run(status.clone(), deliver, calls_per_sec))
+                .spawn(demo::run(status.clone(), sink, calls_per_sec))
                 .detach();
             Commands::None
         }

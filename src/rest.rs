@@ -16,7 +16,7 @@ use crate::http::{Pieces, Request, Response};
 use crate::listing;
 use crate::live::{self, LiveState, MAX_ID_LEN};
 use crate::percent;
-use crate::source::Commands;
+use crate::source::{Commands, HangupError};
 
 /// The Kazoo call events a Blackhole client can bind to, as Crossbar lists them.
 const CALL_EVENTS: [&str; 9] = [
@@ -199,13 +199,9 @@ impl LiveApi<'_> {
                 let Some(call) = live.call(scope, id) else {
                     return Response::error(404, &no_call(id));
                 };
-                // Not a broker that is down and may come back: this source takes no commands.
-                if let Commands::None = self.commands {
-                    return Response::error(501, "the demo source takes no commands");
-                }
                 match self.commands.hangup(id, call.source.as_str()) {
                     Ok(()) => Response::json(202, &json!({"status": "accepted", "call_id": id})),
-                    Err(reason) => Response::error(503, &reason),
+                    Err(err) => Response::error(hangup_status(&err), &err.to_string()),
                 }
             }
             ["extensions"] => listed(method, || Ok(listing::extensions(scope.to_owned()))),
@@ -219,6 +215,16 @@ impl LiveApi<'_> {
             }),
             _ => Response::error(404, &format!("no such resource {}", request.path)),
         }
+    }
+}
+
+/// The status of a hangup the source did not take (live-api.md): 503 asks to try again later,
+/// 422 says this call's command can never be routed, 501 that no broker will ever take one.
+fn hangup_status(err: &HangupError) -> u16 {
+    match err {
+        HangupError::Disconnected | HangupError::Full => 503,
+        HangupError::Unroutable(_) => 422,
+        HangupError::NoBroker => 501,
     }
 }
 
@@ -367,28 +373,71 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_hangup_on_the_demo_source_is_501_and_an_unknown_call_404() {
+    /// A live API over `commands` with one live call for each of `ids`; answers the status of
+    /// a hangup of each id in `hangups`, in turn.
+    fn hangup_statuses(commands: &Commands, ids: &[&str], hangups: &[&str]) -> Vec<u16> {
         let limits = crate::cli::limits_from(&[]);
         let metrics = std::rc::Rc::new(crate::metrics::Metrics::default());
         let live = RefCell::new(LiveState::new(8, 4, metrics));
-        let payload = json!({"Event-Name": "CHANNEL_CREATE", "Call-ID": "c1"}).to_string();
-        let event = crate::event::Event::new("call.CHANNEL_CREATE.c1".to_owned(), payload.into());
-        live.borrow_mut().apply(&event);
+        for id in ids {
+            let payload = json!({"Event-Name": "CHANNEL_CREATE", "Call-ID": id}).to_string();
+            let key = format!("call.CHANNEL_CREATE.{id}");
+            live.borrow_mut()
+                .apply(&crate::event::Event::new(key, payload.into()));
+        }
         let history = RefCell::new(History::new(&limits));
-        let (auth, commands) = (Auth::open(), Commands::None);
+        let auth = Auth::open();
         let api = LiveApi {
             auth: &auth,
             live: &live,
             history: &history,
-            commands: &commands,
+            commands,
         };
-        let hangup = |id: &str| {
+        let hangup = |id: &&str| {
             let line = format!("POST /rest/live/calls/{id}/hangup HTTP/1.1");
             api.route(&crate::http::test_request(&line, &[])).status
         };
-        assert_eq!(hangup("c1"), 501, "no broker will ever take it: not a 503");
-        assert_eq!(hangup("c2"), 404);
+        hangups.iter().map(hangup).collect()
+    }
+
+    #[test]
+    fn a_hangup_on_the_demo_source_is_501_and_an_unknown_call_404() {
+        let statuses = hangup_statuses(&Commands::None, &["c1"], &["c1", "c2"]);
+        assert_eq!(
+            statuses,
+            [501, 404],
+            "no broker will ever take it: not a 503"
+        );
+    }
+
+    /// Each way an AMQP publisher refuses a hangup gets its own status: 503 for what may pass
+    /// later (not connected, queue full), 422 for a call id no routing key can hold.
+    #[test]
+    fn a_refused_hangup_is_503_while_it_may_pass_later_and_422_when_it_never_can() {
+        use crate::source::amqp::{self, AmqpOptions, PUBLISH_QUEUE};
+        use crate::source::{SourceKind, SourceStatus};
+        let status = std::rc::Rc::new(SourceStatus::new(SourceKind::Amqp));
+        // Never polled: the publisher only queues, which is all a hangup waits for.
+        let (publisher, _driver) = amqp::start(
+            AmqpOptions::from_url("amqp://127.0.0.1:1").unwrap(),
+            status.clone(),
+            std::rc::Rc::new(crate::metrics::Metrics::default()),
+            std::rc::Rc::new(|_| {}),
+        );
+        let commands = Commands::Amqp(publisher);
+        // 241 bytes fit the live state (255) but not `command.hangup.<id>` (255).
+        let long = "x".repeat(241);
+        let fits = "y".repeat(240);
+        let ids = ["c1", long.as_str(), fits.as_str()];
+        assert_eq!(hangup_statuses(&commands, &ids, &["c1"]), [503]);
+        status.set_connected(true);
+        let statuses = hangup_statuses(&commands, &ids, &[&long, &fits]);
+        assert_eq!(statuses, [422, 202]);
+        // One queued already (`fits`): fill the rest, then one more is refused for now.
+        let fill = vec!["c1"; PUBLISH_QUEUE - 1];
+        let statuses = hangup_statuses(&commands, &ids, &fill);
+        assert!(statuses.iter().all(|&status| status == 202), "{statuses:?}");
+        assert_eq!(hangup_statuses(&commands, &ids, &["c1"]), [503]);
     }
 
     /// Records an event of `account` with `size` bytes of padding.

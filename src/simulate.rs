@@ -23,7 +23,7 @@ use crate::rng::Rng;
 use crate::sim::{MQTT_PREFIX, Profile, SimMessage, Simulator};
 use crate::source::amqp::{self, AmqpPublisher};
 use crate::source::mqtt::{self, MqttPublisher};
-use crate::source::{Deliver, SourceKind, SourceStatus};
+use crate::source::{EventSink, SourceKind, SourceStatus};
 
 /// How long the broker has to accept the connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -215,7 +215,7 @@ impl Unconfirmed {
 
     /// A sink for the source that counts each of our messages coming back as taken. A copy
     /// the broker sends twice (QoS 1 is at least once) finds nothing left to confirm.
-    fn confirm_echoes(&self) -> Deliver {
+    fn confirm_echoes(&self) -> EventSink {
         let unconfirmed = self.clone();
         Rc::new(move |event: Event| {
             let mut waiting = unconfirmed.0.borrow_mut();

@@ -23,7 +23,10 @@ use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
 use common::script::Script;
-use common::{Callwire, Socket, TempFile, mosquitto_pub, mqtt_callwire, set_read_timeout, unique};
+use common::{
+    Callwire, Credential, Socket, credentials, mosquitto_pub, mqtt_callwire, set_read_timeout,
+    unique,
+};
 
 /// The shared Mosquitto every MQTT test here publishes to.
 const BROKER_PORT: u16 = 1883;
@@ -38,15 +41,11 @@ const SECRET_STAR: &str = "cable-manager-s3cret-9ab4";
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-/// Credentials for account A, account B, and every account (`manager`).
-fn credentials() -> TempFile {
-    let text = json!({"credentials": [
-        {"name": "desk-a", "secret": SECRET_A, "account": ACCOUNT_A},
-        {"name": "desk-b", "secret": SECRET_B, "account": ACCOUNT_B},
-        {"name": "manager", "secret": SECRET_STAR, "account": "*"},
-    ]});
-    TempFile::new("callwire-cable-creds-", &text.to_string())
-}
+const CREDENTIALS: [Credential; 3] = [
+    ("desk-a", SECRET_A, ACCOUNT_A),
+    ("desk-b", SECRET_B, ACCOUNT_B),
+    ("manager", SECRET_STAR, "*"),
+];
 
 /// A callwire whose source delivers nothing (its topic is one no one publishes to).
 fn quiet_callwire(extra: &[&str]) -> Callwire {
@@ -158,7 +157,7 @@ fn triple(kind: &str, class: &str, id: &str) -> (String, String, String) {
 /// for byte.
 #[test]
 fn official_and_raw_clients_get_the_selected_call_changes() {
-    let creds = credentials();
+    let creds = credentials(&CREDENTIALS);
     let prefix = unique("cable-calls");
     let callwire = mqtt_callwire(&prefix, &["--auth", creds.path()], Some(SECRET_STAR));
     let url = format!("ws://127.0.0.1:{}/cable", callwire.port);
@@ -482,7 +481,7 @@ fn commands_sent_with_the_upgrade_are_answered_after_the_welcome() {
 /// identifier are ignored without a reply, and the connection keeps working.
 #[test]
 fn anything_not_understood_is_ignored_and_the_socket_stays() {
-    let creds = credentials();
+    let creds = credentials(&CREDENTIALS);
     let callwire = quiet_callwire(&["--auth", creds.path()]);
     let mut socket = cable(&callwire);
     let good = json!({"channel": "ApiChannel", "key": SECRET_A}).to_string();
@@ -658,7 +657,7 @@ fn events_and_family_models() {
 /// Events and call changes reach a subscription only if its key's account may see them.
 #[test]
 fn account_scoping_follows_each_subscriptions_key() {
-    let creds = credentials();
+    let creds = credentials(&CREDENTIALS);
     let prefix = unique("cable-accounts");
     let callwire = mqtt_callwire(&prefix, &["--auth", creds.path()], Some(SECRET_STAR));
     let mut socket = cable(&callwire);

@@ -22,8 +22,8 @@ use tungstenite::{Message, WebSocket};
 
 use common::script::Script;
 use common::{
-    Callwire, Socket, TempFile, drain, mosquitto_pub, mqtt_callwire, read_until_clients, request,
-    set_read_timeout, unique,
+    Callwire, Credential, Socket, credentials, drain, mosquitto_pub, mqtt_callwire,
+    read_until_clients, request, set_read_timeout, unique,
 };
 
 /// The shared Mosquitto every MQTT test here publishes to.
@@ -38,15 +38,11 @@ const SECRET_STAR: &str = "manager-s3cret-88c0";
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-/// Credentials for account A (`acc-a`), account B (`acc-b`) and every account (`manager`).
-fn credentials() -> TempFile {
-    let text = json!({"credentials": [
-        {"name": "acc-a", "secret": SECRET_A, "account": ACCOUNT_A},
-        {"name": "acc-b", "secret": SECRET_B, "account": ACCOUNT_B},
-        {"name": "manager", "secret": SECRET_STAR, "account": "*"},
-    ]});
-    TempFile::new("callwire-blackhole-creds-", &text.to_string())
-}
+const CREDENTIALS: [Credential; 3] = [
+    ("acc-a", SECRET_A, ACCOUNT_A),
+    ("acc-b", SECRET_B, ACCOUNT_B),
+    ("manager", SECRET_STAR, "*"),
+];
 
 /// A callwire whose source delivers nothing: subscribed to a topic no one publishes to (a
 /// bare callwire would subscribe to `#` on the shared broker and see every other test's events).
@@ -793,7 +789,7 @@ fn request_ids_are_echoed_as_sent_or_generated() {
 
 #[test]
 fn auth_is_checked_until_the_first_valid_token_only() {
-    let creds = credentials();
+    let creds = credentials(&CREDENTIALS);
     let callwire = quiet_callwire(&["--auth", creds.path()]);
     let mut socket = callwire.ws("/");
     let required = "authentication token required";
@@ -878,7 +874,7 @@ fn auth_is_checked_until_the_first_valid_token_only() {
 
 #[test]
 fn account_ids_are_limited_to_the_credential() {
-    let creds = credentials();
+    let creds = credentials(&CREDENTIALS);
     let callwire = quiet_callwire(&["--auth", creds.path()]);
 
     let mut desk = callwire.ws("/");
@@ -933,7 +929,7 @@ fn account_ids_are_limited_to_the_credential() {
 
 #[test]
 fn name_and_metadata_are_accepted_at_the_top_level_or_in_data() {
-    let creds = credentials();
+    let creds = credentials(&CREDENTIALS);
     let callwire = quiet_callwire(&["--auth", creds.path()]);
     let mut socket = callwire.ws("/");
     let name = "My new socket 4e1d";
@@ -983,7 +979,7 @@ fn name_and_metadata_are_accepted_at_the_top_level_or_in_data() {
 #[test]
 fn events_reach_only_their_account() {
     let prefix = unique("bh-acct");
-    let creds = credentials();
+    let creds = credentials(&CREDENTIALS);
     let callwire = mqtt_callwire(&prefix, &["--auth", creds.path()], Some(SECRET_STAR));
     let binding = json!({"binding": "call.CHANNEL_CREATE.*"});
     let mut desk_a = callwire.ws("/");
@@ -1276,7 +1272,7 @@ fn real_pbx_payloads_arrive_in_kazoos_public_normalised_form() {
 #[test]
 fn a_monster_ui_style_client_registers_its_bindings_and_reads_kazoo_names() {
     let prefix = unique("bh-monster");
-    let creds = credentials();
+    let creds = credentials(&CREDENTIALS);
     let callwire = mqtt_callwire(&prefix, &["--auth", creds.path()], Some(SECRET_STAR));
     let url = format!("ws://127.0.0.1:{}/", callwire.port);
     let bindings = ["call.CHANNEL_CREATE.*", "call.CHANNEL_DESTROY.*"];

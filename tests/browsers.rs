@@ -13,8 +13,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    Callwire, DIALECTS, Dialect, ISYMPHONY_PATH, Socket, Subscriber, TempFile, mosquitto_pub, recv,
-    request, unique, wait_for,
+    Callwire, Credential, DIALECTS, Dialect, ISYMPHONY_PATH, Socket, Subscriber, TempFile,
+    credentials, mosquitto_pub, recv, request, unique, wait_for,
 };
 use serde_json::{Value, json};
 use tungstenite::Message;
@@ -29,18 +29,11 @@ const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 const ACME: &str = "acacacacacacacacacacacacacacacac";
 const OTHER: &str = "0707070707070707070707070707070f";
 
-/// Credentials: a manager (every account), a desk of ACME, a desk of OTHER.
-fn credentials() -> TempFile {
-    TempFile::new(
-        "callwire-browsers-",
-        &json!({"credentials": [
-            {"name": "manager", "secret": "manag3r-s3cret", "account": "*"},
-            {"name": "acme", "secret": "acm3-s3cret", "account": ACME},
-            {"name": "other", "secret": "0th3r-s3cret", "account": OTHER},
-        ]})
-        .to_string(),
-    )
-}
+const CREDENTIALS: [Credential; 3] = [
+    ("manager", "manag3r-s3cret", "*"),
+    ("acme", "acm3-s3cret", ACME),
+    ("other", "0th3r-s3cret", OTHER),
+];
 
 fn basic(name: &str, secret: &str) -> String {
     format!(
@@ -259,7 +252,7 @@ fn a_rebinding_host_is_403_on_rest_the_dashboard_and_upgrades_unless_allowed() {
     assert_eq!(forbidden(&allowed, "host"), 0);
 
     // With --auth, the credential is what protects: the Host is not checked.
-    let file = credentials();
+    let file = credentials(&CREDENTIALS);
     let with_auth = Callwire::start(&["--demo", "--auth", file.path()]);
     let (status, _) = raw(&with_auth, &request_text("GET", "/", &rebound));
     assert_eq!(status, 200);
@@ -399,7 +392,7 @@ fn close_code(socket: &mut Socket) -> (Vec<Value>, Option<CloseCode>) {
 
 #[test]
 fn sockets_that_never_authenticate_are_closed_at_the_deadline_and_leave_the_clients_seats_free() {
-    let file = credentials();
+    let file = credentials(&CREDENTIALS);
     // A quiet source: the iSymphony client below must hear its own answers, not calls.
     let prefix = unique("deadline");
     let callwire = Callwire::start_mqtt(
@@ -491,7 +484,7 @@ fn sockets_that_never_authenticate_are_closed_at_the_deadline_and_leave_the_clie
 
 #[test]
 fn a_socket_that_authenticates_in_time_stays_and_takes_a_clients_seat() {
-    let file = credentials();
+    let file = credentials(&CREDENTIALS);
     let callwire = Callwire::start(&[
         "--demo",
         "--auth",
@@ -550,7 +543,7 @@ fn two_credentials_with_one_secret_exit_2_at_start_and_are_refused_on_sighup() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 
     // Running, then the file gains a duplicate: SIGHUP keeps the old credentials.
-    let file = credentials();
+    let file = credentials(&CREDENTIALS);
     let callwire = Callwire::start(&["--demo", "--auth", file.path()]);
     let bearer = |secret: &str| format!("Bearer {secret}");
     assert_eq!(
@@ -610,7 +603,7 @@ fn an_empty_credentials_list_loads_with_a_warning_and_lets_nobody_in() {
 #[test]
 fn the_catalogue_shows_families_only_to_a_credential_of_their_account() {
     let prefix = unique("catalogue");
-    let file = credentials();
+    let file = credentials(&CREDENTIALS);
     let callwire = Callwire::start_mqtt(BROKER_PORT, &prefix, &["--auth", file.path()]);
     wait_for("the source", TIMEOUT, || callwire.healthz().0 == 200);
     for (key, account) in [

@@ -15,7 +15,6 @@ mod counting_alloc;
 use std::cell::Cell;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::Command;
 use std::rc::Rc;
 use std::time::Duration;
@@ -25,7 +24,10 @@ use tungstenite::Message;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::http::HeaderValue;
 
-use common::{Callwire, Socket, mosquitto_pub, set_read_timeout, unique, wait_for};
+use common::{
+    Callwire, Credential, Socket, TempFile, credentials, mosquitto_pub, set_read_timeout, unique,
+    wait_for,
+};
 use counting_alloc::allocations_during;
 
 /// The shared Mosquitto every MQTT test here publishes to.
@@ -41,36 +43,11 @@ const DESK_B: (&str, &str) = ("desk-b", "77d0a5c3e9");
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-/// A file in the temp directory under a name no other test uses, removed when dropped.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(stem: &str, text: &str) -> TempFile {
-        let path = std::env::temp_dir().join(format!("{}.json", unique(stem)));
-        std::fs::write(&path, text).unwrap();
-        TempFile(path)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// Credentials for every account (`manager`), account A (`desk-a`) and account B (`desk-b`).
-fn credentials() -> TempFile {
-    let text = json!({"credentials": [
-        {"name": MANAGER.0, "secret": MANAGER.1, "account": "*"},
-        {"name": DESK_A.0, "secret": DESK_A.1, "account": ACCOUNT_A},
-        {"name": DESK_B.0, "secret": DESK_B.1, "account": ACCOUNT_B},
-    ]});
-    TempFile::new("callwire-isymphony-creds-", &text.to_string())
-}
+const CREDENTIALS: [Credential; 3] = [
+    (MANAGER.0, MANAGER.1, "*"),
+    (DESK_A.0, DESK_A.1, ACCOUNT_A),
+    (DESK_B.0, DESK_B.1, ACCOUNT_B),
+];
 
 /// `Callwire::start`, made sure the port is served by the callwire it started (two tests may
 /// draw the same free port); retried with a new port when it is not.
@@ -128,7 +105,7 @@ impl Bridge {
     fn new(auth: bool, extra: &[&str]) -> Bridge {
         let prefix = unique("isym");
         let topic = format!("{prefix}/#");
-        let creds = auth.then(credentials);
+        let creds = auth.then(|| credentials(&CREDENTIALS));
         let mut args = vec!["--mqtt", "mqtt://127.0.0.1:1883", "--mqtt-topic", &topic];
         if let Some(creds) = &creds {
             args.extend(["--auth", creds.path()]);
@@ -635,7 +612,7 @@ fn dotted_names_walk_into_nested_objects_unless_a_field_has_that_name() {
 
 #[test]
 fn a_bad_or_missing_credential_is_refused_with_401_before_the_upgrade() {
-    let creds = credentials();
+    let creds = credentials(&CREDENTIALS);
     let callwire = start(&[
         "--mqtt",
         "mqtt://127.0.0.1:1883",

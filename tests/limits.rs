@@ -25,8 +25,8 @@ use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Bytes, Message};
 
 use common::{
-    Callwire, ISYMPHONY_PATH, Socket, TempFile, read_until_clients, recv, request, send,
-    set_read_timeout, wait_for,
+    Callwire, Credential, ISYMPHONY_PATH, Socket, TempFile, credentials_json, read_until_clients,
+    recv, request, send, set_read_timeout, wait_for,
 };
 
 /// Every label of `callwire_limit_hits_total` (src/metrics.rs, `Limit::as_str`).
@@ -657,17 +657,16 @@ const SECRET_B: &str = "b-s3cret-c08e";
 const SECRET_C: &str = "c-s3cret-77aa";
 const ACCOUNT_B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 
-fn credentials_json(names: &[&str]) -> String {
-    let all = [
-        json!({"name": "alice", "secret": SECRET_A, "account": "*"}),
-        json!({"name": "bob", "secret": SECRET_B, "account": ACCOUNT_B}),
-        json!({"name": "carol", "secret": SECRET_C, "account": "*"}),
+/// The text of an `--auth` file with the credentials among alice, bob and carol that `names`
+/// names.
+fn chosen_credentials(names: &[&str]) -> String {
+    let all: [Credential; 3] = [
+        ("alice", SECRET_A, "*"),
+        ("bob", SECRET_B, ACCOUNT_B),
+        ("carol", SECRET_C, "*"),
     ];
-    let chosen: Vec<&Value> = all
-        .iter()
-        .filter(|c| names.contains(&c["name"].as_str().unwrap()))
-        .collect();
-    json!({"credentials": chosen}).to_string()
+    let chosen: Vec<Credential> = all.into_iter().filter(|c| names.contains(&c.0)).collect();
+    credentials_json(&chosen)
 }
 
 fn hangup(callwire: &Callwire) {
@@ -748,7 +747,7 @@ fn assert_cable_alive(socket: &mut Socket, key: &str, tag: &str) {
 fn sighup_closes_the_sockets_of_a_removed_credential() {
     let file = TempFile::new(
         "callwire-limits-creds-",
-        &credentials_json(&["alice", "bob"]),
+        &chosen_credentials(&["alice", "bob"]),
     );
     let callwire = Callwire::quiet(&["--auth", file.path()]);
 
@@ -765,7 +764,7 @@ fn sighup_closes_the_sockets_of_a_removed_credential() {
     assert_cable_alive(&mut cable_mixed, SECRET_A, "mixed-a");
     assert_cable_alive(&mut cable_mixed, SECRET_B, "mixed-b");
 
-    std::fs::write(&file.0, credentials_json(&["alice"])).unwrap();
+    std::fs::write(&file.0, chosen_credentials(&["alice"])).unwrap();
     reload(
         &callwire,
         "1 credential(s) in force; closed 4 socket(s) whose credential was removed",
@@ -821,7 +820,7 @@ fn sighup_closes_the_sockets_of_a_removed_credential() {
 fn sighup_with_a_broken_file_keeps_the_credentials_and_says_why() {
     let file = TempFile::new(
         "callwire-limits-creds-",
-        &credentials_json(&["alice", "bob"]),
+        &chosen_credentials(&["alice", "bob"]),
     );
     let callwire = Callwire::quiet(&["--auth", file.path()]);
     let mut blackhole_a = blackhole_as(&callwire, SECRET_A);
@@ -829,7 +828,7 @@ fn sighup_with_a_broken_file_keeps_the_credentials_and_says_why() {
     let mut cable_b = cable(&callwire);
     assert_cable_alive(&mut cable_b, SECRET_B, "b");
 
-    let without_bob = credentials_json(&["alice"]);
+    let without_bob = chosen_credentials(&["alice"]);
     let broken = [
         ("{\"credentials\": [", "is not a credentials file"),
         (
@@ -875,7 +874,7 @@ fn sighup_with_a_broken_file_keeps_the_credentials_and_says_why() {
 
 #[test]
 fn sighup_lets_a_new_credential_in_and_leaves_the_others_alone() {
-    let file = TempFile::new("callwire-limits-creds-", &credentials_json(&["alice"]));
+    let file = TempFile::new("callwire-limits-creds-", &chosen_credentials(&["alice"]));
     let callwire = Callwire::quiet(&["--auth", file.path()]);
     let mut blackhole_a = blackhole_as(&callwire, SECRET_A);
     let mut isymphony_a = isymphony_as(&callwire, "alice", SECRET_A).unwrap();
@@ -885,7 +884,7 @@ fn sighup_lets_a_new_credential_in_and_leaves_the_others_alone() {
     // Not yet.
     assert_eq!(isymphony_as(&callwire, "carol", SECRET_C).err(), Some(401));
 
-    std::fs::write(&file.0, credentials_json(&["alice", "carol"])).unwrap();
+    std::fs::write(&file.0, chosen_credentials(&["alice", "carol"])).unwrap();
     reload(
         &callwire,
         "2 credential(s) in force; closed 0 socket(s) whose credential was removed",

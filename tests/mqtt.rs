@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use callwire::event::Event;
 use callwire::metrics::{DropReason, Metrics};
 use callwire::source::mqtt::{MqttOptions, PublishError, start};
-use callwire::source::{Deliver, Sink, SourceKind, SourceStatus};
+use callwire::source::{EventSink, Sink, SourceKind, SourceStatus};
 use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
 use rumqttc::{ConnectReturnCode, Packet, Publish, QoS, SubscribeReasonCode};
 use smol::Timer;
@@ -75,8 +75,8 @@ fn mqtt_scripted_broker_refusal_oversize_and_dead_link() {
     opts.max_message_size = 100;
     let status = Rc::new(SourceStatus::new(SourceKind::Mqtt));
     let metrics = Rc::new(Metrics::default());
-    let (seen, deliver) = recorder();
-    let (_publisher, driver) = start(opts, status.clone(), metrics.clone(), deliver);
+    let (seen, sink) = recorder();
+    let (_publisher, driver) = start(opts, status.clone(), metrics.clone(), sink);
     let ex = smol::LocalExecutor::new();
     ex.spawn(driver).detach();
     let script = async {
@@ -163,7 +163,7 @@ async fn settle(what: &str, mut done: impl FnMut() -> bool) {
 
 type Seen = Rc<RefCell<Vec<Event>>>;
 
-fn recorder() -> (Seen, Deliver) {
+fn recorder() -> (Seen, EventSink) {
     let seen: Seen = Rc::default();
     let sink = seen.clone();
     (seen, Rc::new(move |event| sink.borrow_mut().push(event)))
@@ -204,8 +204,8 @@ fn mqtt_delivers_from_the_shared_broker() {
     opts.max_message_size = 1024;
     let status = Rc::new(SourceStatus::new(SourceKind::Mqtt));
     let metrics = Rc::new(Metrics::default());
-    let (seen, deliver) = recorder();
-    let (publisher, driver) = start(opts, status.clone(), metrics.clone(), deliver);
+    let (seen, sink) = recorder();
+    let (publisher, driver) = start(opts, status.clone(), metrics.clone(), sink);
     assert_eq!(
         publisher.publish("x", Bytes::new()),
         Err(PublishError::Disconnected)
@@ -284,7 +284,7 @@ impl Gate {
 }
 
 impl Sink for Gate {
-    fn deliver(&self, event: Event) {
+    fn take(&self, event: Event) {
         assert!(!self.closed.get(), "an event was handed on without room");
         self.seen.borrow_mut().push(event);
     }
@@ -357,8 +357,8 @@ fn mqtt_reconnects_after_a_broker_restart() {
     opts.keep_alive = Duration::from_secs(2);
     let status = Rc::new(SourceStatus::new(SourceKind::Mqtt));
     let metrics = Rc::new(Metrics::default());
-    let (seen, deliver) = recorder();
-    let (publisher, driver) = start(opts, status.clone(), metrics, deliver);
+    let (seen, sink) = recorder();
+    let (publisher, driver) = start(opts, status.clone(), metrics, sink);
     let ex = smol::LocalExecutor::new();
     ex.spawn(driver).detach();
     let file = std::env::temp_dir().join(unique("callwire-mqtt-re-"));

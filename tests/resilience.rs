@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use callwire::rng::Rng;
 use serde_json::{Value, json};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::handshake::HandshakeError;
@@ -32,7 +33,8 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
 use common::{
-    Callwire, DIALECTS, Dialect, TempFile, mosquitto_pub, mqtt_callwire, unique, wait_for,
+    Callwire, Credential, DIALECTS, Dialect, TempFile, credentials, mosquitto_pub, mqtt_callwire,
+    unique, wait_for,
 };
 
 /// The shared Mosquitto the MQTT-fed tests publish to.
@@ -265,34 +267,19 @@ fn healthz_clients(callwire: &Callwire) -> u64 {
     callwire.healthz().1["clients"].as_u64().unwrap_or(u64::MAX)
 }
 
-/// A small deterministic generator (splitmix64): each run draws a seed and prints it.
-struct Rng(u64);
+/// A generator from a seed that each run draws and prints, so that a failure reproduces.
+fn seeded(what: &str) -> Rng {
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    println!("{what}: seed {seed}");
+    Rng::new(seed)
+}
 
-impl Rng {
-    fn seeded(what: &str) -> Rng {
-        let seed = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64;
-        println!("{what}: seed {seed}");
-        Rng(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
+/// True in about `percent` of the draws.
+fn chance(rng: &mut Rng, percent: u64) -> bool {
+    rng.below(100) < percent
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -602,7 +589,7 @@ fn abandon_request_head(port: u16) -> std::io::Result<()> {
 /// client leaves and the worker returns.
 fn churn_worker(port: u16, first: usize, count: usize, until: Instant, seed: u64) -> ChurnReport {
     let subscribe = Subscribe::demo_creates();
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut report = ChurnReport::default();
     let mut slots: Vec<Option<Churner>> = (0..count).map(|_| None).collect();
     let hard_stop = until + Duration::from_secs(30);
@@ -614,7 +601,7 @@ fn churn_worker(port: u16, first: usize, count: usize, until: Instant, seed: u64
                 if slot.is_some() {
                     continue;
                 }
-                if rng.chance(5) {
+                if chance(&mut rng, 5) {
                     match abandon_request_head(port) {
                         Ok(()) => report.abandoned += 1,
                         Err(err) => report.fail(format!("half a request head: {err}")),
@@ -686,7 +673,7 @@ fn churn(port: u16, time: Duration, rng: &mut Rng) -> ChurnReport {
     let per_thread = CHURN_CLIENTS / CHURN_THREADS;
     let workers: Vec<JoinHandle<ChurnReport>> = (0..CHURN_THREADS)
         .map(|t| {
-            let seed = rng.next();
+            let seed = rng.next_u64();
             thread::spawn(move || churn_worker(port, t * per_thread, per_thread, until, seed))
         })
         .collect();
@@ -731,7 +718,7 @@ fn settle(callwire: &Callwire, baseline: Option<usize>) -> usize {
 #[test]
 fn a_minute_of_churn_leaves_memory_and_descriptors_where_they_were() {
     let _heavy = heavy();
-    let mut rng = Rng::seeded("churn");
+    let mut rng = seeded("churn");
     // The live state is bounded by `--max-calls`, and the history of recent events by
     // `--history-bytes`: bounds the demo fills within the warm-up (20 calls a second) keep their
     // growth out of the comparison, so what is compared is what the churn leaves behind.
@@ -1074,20 +1061,11 @@ fn visible(account: Option<usize>, scope: usize) -> bool {
 }
 
 fn isolation_credentials() -> TempFile {
-    let mut list: Vec<Value> = (0..3)
-        .map(|i| {
-            json!({"name": CREDENTIALS[i].0, "secret": CREDENTIALS[i].1,
-                        "account": ACCOUNTS[i]})
-        })
+    let mut set: Vec<Credential> = (0..3)
+        .map(|i| (CREDENTIALS[i].0, CREDENTIALS[i].1, ACCOUNTS[i]))
         .collect();
-    list.push(
-        json!({"name": CREDENTIALS[STAR].0, "secret": CREDENTIALS[STAR].1,
-                     "account": "*"}),
-    );
-    TempFile::new(
-        "callwire-isolation-creds-",
-        &json!({ "credentials": list }).to_string(),
-    )
+    set.push((CREDENTIALS[STAR].0, CREDENTIALS[STAR].1, "*"));
+    credentials(&set)
 }
 
 /// An event's account by events.md's rule: the first non-empty string of `Account-ID`,
@@ -1156,15 +1134,19 @@ fn random_events(rng: &mut Rng) -> (Vec<Sent>, BTreeMap<String, TestCall>) {
     let mut streams: Vec<Stream> = Vec::new();
     for account in 0..3 {
         for n in 0..(6 + rng.below(6)) {
-            let id = format!("iso-{}-{n}-{:08x}", scope_name(account), rng.next() as u32);
+            let id = format!(
+                "iso-{}-{n}-{:08x}",
+                scope_name(account),
+                rng.next_u64() as u32
+            );
             // Extension numbers overlap across accounts on purpose; names say whose they are.
             let from_number = format!("20{}", rng.below(4));
             let to_number = format!("30{}", rng.below(3));
             let mut events = vec!["CHANNEL_CREATE"];
-            if rng.chance(70) {
+            if chance(rng, 70) {
                 events.push("CHANNEL_ANSWER");
             }
-            if rng.chance(45) {
+            if chance(rng, 45) {
                 events.push("CHANNEL_DESTROY");
             }
             calls.insert(
@@ -1197,7 +1179,7 @@ fn random_events(rng: &mut Rng) -> (Vec<Sent>, BTreeMap<String, TestCall>) {
     while !streams.is_empty() {
         let pick = rng.below(streams.len() as u64) as usize;
         let seq = sent.len() as u64;
-        let placement = rng.next();
+        let placement = rng.next_u64();
         match &streams[pick] {
             Stream::Call(id) => {
                 let call = calls.get_mut(id).unwrap();
@@ -1414,7 +1396,7 @@ fn bearer_header(scope: usize) -> String {
 /// at debug level, the log never holds a secret (nor a wrong one tried, nor a Basic token).
 #[test]
 fn accounts_never_see_each_others_events_or_calls_and_secrets_never_reach_the_log() {
-    let mut rng = Rng::seeded("isolation");
+    let mut rng = seeded("isolation");
     let creds = isolation_credentials();
     let prefix = unique("iso");
     let callwire = mqtt_callwire(
@@ -1439,7 +1421,7 @@ fn accounts_never_see_each_others_events_or_calls_and_secrets_never_reach_the_lo
         for (account, stop) in stops.iter_mut().take(3).enumerate() {
             let seq = sent.len() as u64;
             let mut payload = json!({"Test-Seq": seq, "end": round});
-            place_account(&mut payload, Some(account), rng.next());
+            place_account(&mut payload, Some(account), rng.next_u64());
             sent.push(Sent {
                 seq,
                 account: Some(account),

@@ -22,7 +22,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::{Value, json};
 
-use common::{Callwire, PrivateMosquitto, Subscriber, TempFile, unique, wait_for};
+use common::{Callwire, Credential, PrivateMosquitto, Subscriber, credentials, unique, wait_for};
 
 /// The shared Mosquitto.
 const MQTT_PORT: u16 = 1883;
@@ -161,15 +161,11 @@ fn bearer(secret: &str) -> String {
     format!("Bearer {secret}")
 }
 
-/// Credentials for account A (`acc-a`), account B (`acc-b`) and every account (`manager`).
-fn credentials() -> TempFile {
-    let text = json!({"credentials": [
-        {"name": "acc-a", "secret": SECRET_A, "account": ACCOUNT_A},
-        {"name": "acc-b", "secret": SECRET_B, "account": ACCOUNT_B},
-        {"name": "manager", "secret": SECRET_STAR, "account": "*"},
-    ]});
-    TempFile::new("callwire-rest-creds-", &text.to_string())
-}
+const CREDENTIALS: [Credential; 3] = [
+    ("acc-a", SECRET_A, ACCOUNT_A),
+    ("acc-b", SECRET_B, ACCOUNT_B),
+    ("manager", SECRET_STAR, "*"),
+];
 
 // ---------------------------------------------------------------------------------------------
 // Feeding events through a real broker
@@ -1027,7 +1023,7 @@ fn an_ari_call_ends_at_stasis_end_and_a_later_event_brings_it_back() {
 
 #[test]
 fn a_freeswitch_call_in_a_kazoo_cluster_takes_its_account_from_ecallmgr() {
-    let creds = credentials();
+    let creds = credentials(&CREDENTIALS);
     let (callwire, feed) = start_mqtt(&["--auth", creds.path()]);
     let event = |name: &str| {
         json!({"Event-Name": name, "Unique-ID": "fs-kz-1", "Call-Direction": "inbound",
@@ -1204,7 +1200,7 @@ fn errors_are_json_with_the_right_status() {
 
 #[test]
 fn credentials_are_required_and_scope_what_is_seen() {
-    let creds = credentials();
+    let creds = credentials(&CREDENTIALS);
     let (callwire, feed) = start_mqtt(&["--auth", creds.path()]);
     // A Kazoo call of account A, one of account B, and a FreeSWITCH call (no account).
     let mut picked = Vec::new();
@@ -1352,7 +1348,7 @@ fn credentials_are_required_and_scope_what_is_seen() {
 
 #[test]
 fn the_catalogue_lists_kazoo_templates_without_a_credential_and_families_seen_with_one() {
-    let creds = credentials();
+    let creds = credentials(&CREDENTIALS);
     let (callwire, feed) = start_mqtt(&["--auth", creds.path()]);
     let star = basic("manager", SECRET_STAR);
     let catalogue = |headers: &[(&str, &str)]| {
@@ -1562,18 +1558,6 @@ fn past_max_calls_the_oldest_are_evicted_and_memory_stays_flat() {
     );
 }
 
-/// A tiny deterministic generator for the garbage bytes (xorshift64).
-struct Noise(u64);
-
-impl Noise {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 #[test]
 fn garbage_payloads_change_no_call_and_crash_nothing() {
     let (mut callwire, feed) = start_mqtt(&[]);
@@ -1586,12 +1570,12 @@ fn garbage_payloads_change_no_call_and_crash_nothing() {
     let base_not_json = callwire.metric("callwire_events_not_json_total");
 
     // Random bytes (led by 0xff, never UTF-8, so never JSON), one message each.
-    let mut noise = Noise(0x9e37_79b9_7f4a_7c15);
+    let mut noise = callwire::rng::Rng::new(0x9e37_79b9_7f4a_7c15);
     let mut sent = 0;
     for n in 0..20 {
-        let len = 1 + noise.next() % 300;
+        let len = 1 + noise.next_u64() % 300;
         let mut bytes = vec![0xff];
-        bytes.extend((0..len).map(|_| noise.next() as u8));
+        bytes.extend((0..len).map(|_| noise.next_u64() as u8));
         let path = if n % 2 == 0 {
             format!("call/CHANNEL_ANSWER/{id}")
         } else {

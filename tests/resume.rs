@@ -18,7 +18,7 @@ use common::kazoo_reference::blackhole_data;
 use common::proxy::Proxy;
 use common::resuming::{Client, Seen, published};
 use common::script::Script;
-use common::{Callwire, PrivateMosquitto, TempFile, mosquitto_pub, wait_for};
+use common::{Callwire, PrivateMosquitto, TempFile, credentials, mosquitto_pub, wait_for};
 
 const SEED: u64 = 19;
 const MANAGER: &str = "manag3rpa55word";
@@ -33,13 +33,14 @@ fn simulated_account() -> String {
 }
 
 /// `*`, the simulated calls' account, and an account with no calls.
-fn credentials() -> TempFile {
-    let text = json!({"credentials": [
-        {"name": "manager", "secret": MANAGER, "account": "*"},
-        {"name": "desk", "secret": DESK, "account": simulated_account()},
-        {"name": "other", "secret": OTHER, "account": "00000000000000000000000000000000"},
-    ]});
-    TempFile::new("callwire-resume-creds-", &text.to_string())
+/// The manager, the simulator's account's desk, and a desk of an account no call is in.
+fn desk_credentials() -> TempFile {
+    let account = simulated_account();
+    credentials(&[
+        ("manager", MANAGER, "*"),
+        ("desk", DESK, &account),
+        ("other", OTHER, "00000000000000000000000000000000"),
+    ])
 }
 
 /// A callwire on a private Mosquitto (simulate's topics are fixed), with `extra` flags, and
@@ -56,7 +57,7 @@ fn bridge(broker: &PrivateMosquitto, creds: &TempFile, extra: &[&str]) -> Callwi
 /// front of it that the test can cut.
 fn proxied_bridge(extra: &[&str]) -> (PrivateMosquitto, TempFile, Callwire, Proxy) {
     let broker = PrivateMosquitto::start();
-    let creds = credentials();
+    let creds = desk_credentials();
     let callwire = bridge(&broker, &creds, extra);
     let proxy = Proxy::start(callwire.port, true);
     (broker, creds, callwire, proxy)
@@ -565,7 +566,7 @@ fn extended_cable(
 
 #[test]
 fn a_session_id_in_the_restore_header_restores_the_subscriptions_once() {
-    let creds = credentials();
+    let creds = desk_credentials();
     let callwire = Callwire::start(&["--demo", "--demo-rate", "20", "--auth", creds.path()]);
     let identifier =
         json!({"channel": "ApiChannel", "key": MANAGER, "events": "events"}).to_string();

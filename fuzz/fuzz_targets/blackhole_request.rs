@@ -1,6 +1,6 @@
 //! The Blackhole dialect as production runs it: a `BlackholeSession` on a client registered in
 //! the hub of an `App`, fed the input's lines as requests (`Script`), with events delivered
-//! through `App::deliver` in between. A model written from blackhole.md and delivery.md
+//! through `App::ingest` in between. A model written from blackhole.md and delivery.md
 //! predicts every reply, every event frame and every replay of a `since`, and the two must
 //! agree.
 
@@ -323,7 +323,7 @@ fuzz_target!(|data: &[u8]| {
                     .unwrap_or_else(|| key.split('.').nth(1).unwrap_or(""))
                     .to_owned();
                 let data = blackhole_data(payload);
-                app.deliver(event);
+                app.ingest(event);
                 let frames = drain(&client);
                 let delivered = Delivered {
                     key: key.to_owned(),

@@ -1,6 +1,6 @@
 //! The ActionCable dialect as production runs it: a `CableSession` on a client registered in
 //! the hub of an `App`, fed the input's lines as commands (`Script`), with events delivered
-//! through `App::deliver` in between (so the live state's call changes reach the `calls`
+//! through `App::ingest` in between (so the live state's call changes reach the `calls`
 //! model too). A model written from actioncable.md predicts every confirmation, rejection and
 //! message frame, in order.
 
@@ -216,7 +216,7 @@ fuzz_target!(|data: &[u8]| {
                         });
                     }
                 }
-                app.deliver(event);
+                app.ingest(event);
                 let frames = drain(&client);
                 let shown = String::from_utf8_lossy(payload);
                 assert_eq!(frames.len(), expected.len(), "{key:?} {shown:?}");

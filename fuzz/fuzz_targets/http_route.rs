@@ -55,7 +55,7 @@ fn the_app() -> &'static App {
                 let mut sim = Simulator::new(profile, 7, 5.0, start);
                 sim.set_account("acc1");
                 for (_, msg) in sim.take(8) {
-                    app.deliver(callwire::event::Event::new(msg.routing_key, msg.payload));
+                    app.ingest(callwire::event::Event::new(msg.routing_key, msg.payload));
                 }
             }
             app

@@ -1,6 +1,6 @@
 //! The iSymphony dialect as production runs it: an `ISymphonySession` on a client registered in
 //! the hub of an `App`, fed the input's lines as filter messages (`Script`), with events
-//! delivered through `App::deliver` in between. The filter message is checked against a parser
+//! delivered through `App::ingest` in between. The filter message is checked against a parser
 //! written from isymphony.md, and every delivery against a filter evaluation written from it.
 
 #![no_main]
@@ -186,7 +186,7 @@ fuzz_target!(|data: &[u8]| {
                 // The payload itself when it is JSON, else the payload as a JSON string.
                 let verbatim = event.json.is_some();
                 let as_string = Value::String(String::from_utf8_lossy(payload).into_owned());
-                app.deliver(event);
+                app.ingest(event);
                 let frames = drain(&client);
                 let shown = String::from_utf8_lossy(payload);
                 assert_eq!(

@@ -121,6 +121,7 @@ pub fn app(auth: Rc<Auth>) -> App {
         ),
         seats: Seats::new(&LIMITS),
         interest: BytePool::for_interest(&LIMITS),
+        stopping: std::cell::Cell::new(false),
     }
 }
 

@@ -112,6 +112,20 @@ pub fn observe(event: &Event) -> Option<Observation<'_>> {
         .or_else(|| ami_mqtt(fields, at))
 }
 
+/// What a `CHANNEL_*` event does to its call, for the two sources that share FreeSWITCH's
+/// names; `ends` are the names that end a call, the one place they differ (events.md).
+fn channel_step(name: &str, ends: &[&str]) -> Step {
+    match name {
+        "CHANNEL_CREATE" => Step::Start,
+        "CHANNEL_ANSWER" => Step::Answer,
+        "CHANNEL_HOLD" => Step::Hold,
+        "CHANNEL_UNHOLD" => Step::Unhold,
+        "CHANNEL_BRIDGE" => Step::Bridge,
+        _ if ends.contains(&name) => Step::End,
+        _ => Step::Other,
+    }
+}
+
 /// Kazoo: `Event-Name`/`event_name` is `CHANNEL_*` or `PARK_*`, the call is `Call-ID`/`call_id`.
 fn kazoo(fields: &Map<String, Value>, received_at: SystemTime) -> Option<Observation<'_>> {
     let name = ["Event-Name", "event_name"].iter().find_map(|field| {
@@ -121,15 +135,7 @@ fn kazoo(fields: &Map<String, Value>, received_at: SystemTime) -> Option<Observa
             .filter(|name| name.starts_with("CHANNEL_") || name.starts_with("PARK_"))
     })?;
     let id = text(fields, &["Call-ID", "call_id"])?;
-    let step = match name {
-        "CHANNEL_CREATE" => Step::Start,
-        "CHANNEL_ANSWER" => Step::Answer,
-        "CHANNEL_HOLD" => Step::Hold,
-        "CHANNEL_UNHOLD" => Step::Unhold,
-        "CHANNEL_BRIDGE" => Step::Bridge,
-        "CHANNEL_DESTROY" => Step::End,
-        _ => Step::Other,
-    };
+    let step = channel_step(name, &["CHANNEL_DESTROY"]);
     // Before the callee is known Kazoo leaves Callee-ID empty; the request's user part is the
     // number that was dialled.
     let dialled = || {
@@ -167,15 +173,7 @@ fn freeswitch(fields: &Map<String, Value>, received_at: SystemTime) -> Option<Ob
     if !fields.values().all(Value::is_string) {
         return None;
     }
-    let step = match name {
-        "CHANNEL_CREATE" => Step::Start,
-        "CHANNEL_ANSWER" => Step::Answer,
-        "CHANNEL_HOLD" => Step::Hold,
-        "CHANNEL_UNHOLD" => Step::Unhold,
-        "CHANNEL_BRIDGE" => Step::Bridge,
-        "CHANNEL_HANGUP_COMPLETE" | "CHANNEL_DESTROY" => Step::End,
-        _ => Step::Other,
-    };
+    let step = channel_step(name, &["CHANNEL_HANGUP_COMPLETE", "CHANNEL_DESTROY"]);
     Some(Observation {
         source: CallSource::FreeSwitch,
         id,

@@ -9,7 +9,7 @@ use smol::Timer;
 
 use crate::event::Event;
 use crate::sim::{Profile, Simulator};
-use crate::source::{Deliver, SourceStatus, room};
+use crate::source::{EventSink, SourceStatus, room};
 
 /// The Kazoo `Account-ID` of every demo call. A credential scoped to this account sees the
 /// demo's calls; a `*` credential sees them too.
@@ -19,10 +19,10 @@ pub const DEMO_ACCOUNT: &str = "de0de0de0de0de0de0de0de0de0de0de";
 /// calls last from under a second to about 25 seconds).
 pub const DEFAULT_CALLS_PER_SEC: f64 = 0.5;
 
-/// Feeds simulated Kazoo call events to `deliver`, starting `calls_per_sec` calls per second on
+/// Feeds simulated Kazoo call events to `sink`, starting `calls_per_sec` calls per second on
 /// average, forever. The demo has no broker to lose, so it reports itself connected at once.
 /// With a rate that is not positive no call ever starts, and the future stays pending.
-pub async fn run(status: Rc<SourceStatus>, deliver: Deliver, calls_per_sec: f64) {
+pub async fn run(status: Rc<SourceStatus>, sink: EventSink, calls_per_sec: f64) {
     status.set_connected(true);
     let started = Instant::now();
     let wall = SystemTime::now();
@@ -39,8 +39,8 @@ pub async fn run(status: Rc<SourceStatus>, deliver: Deliver, calls_per_sec: f64)
             break;
         };
         Timer::at(due).await;
-        room(&*deliver).await;
-        deliver.deliver(Event::new(msg.routing_key, msg.payload));
+        room(&*sink).await;
+        sink.take(Event::new(msg.routing_key, msg.payload));
     }
     futures_lite::future::pending::<()>().await;
 }

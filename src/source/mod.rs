@@ -4,6 +4,7 @@
 pub mod amqp;
 pub mod demo;
 pub mod mqtt;
+mod publish_queue;
 mod supervisor;
 mod url;
 
@@ -20,7 +21,7 @@ use crate::event::Event;
 /// in the broker (delivery.md).
 pub trait Sink {
     /// Takes one event.
-    fn deliver(&self, event: Event);
+    fn take(&self, event: Event);
 
     /// Whether an event handed on now has room.
     fn has_room(&self) -> bool;
@@ -31,7 +32,7 @@ pub trait Sink {
 
 /// A sink that only takes events (tests, the simulator's echo check) always has room.
 impl<F: Fn(Event)> Sink for F {
-    fn deliver(&self, event: Event) {
+    fn take(&self, event: Event) {
         self(event)
     }
 
@@ -45,7 +46,7 @@ impl<F: Fn(Event)> Sink for F {
 }
 
 /// Where a source's events go.
-pub type Deliver = Rc<dyn Sink>;
+pub type EventSink = Rc<dyn Sink>;
 
 /// Waits until `sink` has room for the next event.
 pub async fn room(sink: &dyn Sink) {
@@ -65,19 +66,71 @@ pub enum Commands {
     None,
 }
 
+/// Why a hangup command was not put on the broker; each kind asks the caller for something
+/// different (live-api.md): try later, change the request, or give up on this source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HangupError {
+    /// The source is not connected to its broker: it may be later.
+    Disconnected,
+    /// The publish queue is full: it may have room later.
+    Full,
+    /// The broker can never take a command for this call id (an AMQP routing key over 255
+    /// bytes: the live state keeps ids of up to 255 bytes, `command.hangup.` makes it longer).
+    Unroutable(String),
+    /// The demo source takes no commands: no broker will ever take it.
+    NoBroker,
+}
+
+impl std::fmt::Display for HangupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HangupError::Disconnected => f.write_str("the source is not connected to its broker"),
+            HangupError::Full => f.write_str("the source's publish queue is full"),
+            HangupError::Unroutable(reason) => f.write_str(reason),
+            HangupError::NoBroker => f.write_str("the demo source takes no commands"),
+        }
+    }
+}
+
+impl From<mqtt::PublishError> for HangupError {
+    fn from(err: mqtt::PublishError) -> HangupError {
+        match err {
+            mqtt::PublishError::Disconnected => HangupError::Disconnected,
+            mqtt::PublishError::Full => HangupError::Full,
+            // The topic is `<--command-topic>/hangup`, checked at start-up, so only a body
+            // too large for MQTT, which names the call id, is left.
+            other => HangupError::Unroutable(other.to_string()),
+        }
+    }
+}
+
+impl From<amqp::PublishError> for HangupError {
+    fn from(err: amqp::PublishError) -> HangupError {
+        match err {
+            amqp::PublishError::Disconnected => HangupError::Disconnected,
+            amqp::PublishError::Full => HangupError::Full,
+            amqp::PublishError::InvalidRoutingKey => HangupError::Unroutable(
+                "the call id is too long for an AMQP routing key: command.hangup.<id> is over \
+                 255 bytes"
+                    .to_owned(),
+            ),
+        }
+    }
+}
+
 impl Commands {
     /// Puts a hangup command for a call on the broker; the error says why it could not.
-    pub fn hangup(&self, call_id: &str, source: &str) -> Result<(), String> {
+    pub fn hangup(&self, call_id: &str, source: &str) -> Result<(), HangupError> {
         let body = serde_json::json!({"action": "hangup", "call_id": call_id, "source": source});
         let body = bytes::Bytes::from(body.to_string());
         match self {
-            Commands::Mqtt { publisher, topic } => publisher
-                .publish(&format!("{topic}/hangup"), body)
-                .map_err(|err| err.to_string()),
-            Commands::Amqp(publisher) => publisher
-                .publish(&format!("command.hangup.{call_id}"), body)
-                .map_err(|err| err.to_string()),
-            Commands::None => Err("the demo source takes no commands".to_owned()),
+            Commands::Mqtt { publisher, topic } => {
+                Ok(publisher.publish(&format!("{topic}/hangup"), body)?)
+            }
+            Commands::Amqp(publisher) => {
+                Ok(publisher.publish(&format!("command.hangup.{call_id}"), body)?)
+            }
+            Commands::None => Err(HangupError::NoBroker),
         }
     }
 }

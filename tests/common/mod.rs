@@ -130,6 +130,24 @@ impl TempFile {
     }
 }
 
+/// One credential of an `--auth` file: name, secret, and account (`*` for every account).
+pub type Credential<'a> = (&'a str, &'a str, &'a str);
+
+/// The text of an `--auth` file that holds `set`.
+pub fn credentials_json(set: &[Credential]) -> String {
+    let list: Vec<Value> = (set.iter())
+        .map(|(name, secret, account)| {
+            serde_json::json!({"name": name, "secret": secret, "account": account})
+        })
+        .collect();
+    serde_json::json!({ "credentials": list }).to_string()
+}
+
+/// An `--auth` file that holds `set`, removed when dropped.
+pub fn credentials(set: &[Credential]) -> TempFile {
+    TempFile::new("callwire-creds-", &credentials_json(set))
+}
+
 impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);

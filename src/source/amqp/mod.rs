@@ -3,7 +3,8 @@
 //! One driver future (spawned by main on its `LocalExecutor`) owns the connection: it
 //! connects, declares the topic exchange, declares an exclusive, auto-delete, server-named
 //! queue (with `--amqp-queue`, a named durable one that outlives restarts), binds it with
-//! every binding, consumes with a bounded prefetch, hands each delivery to `deliver` itself (so the hub only ever runs on the main thread), acks in batches, sends
+//! every binding, consumes with a bounded prefetch, hands each delivery to `sink` itself (so
+//! the hub only ever runs on the main thread), acks in batches, sends
 //! the publishes queued through [`AmqpPublisher`], and on any loss reconnects after a capped,
 //! jittered backoff, declaring and binding again.
 //!
@@ -43,14 +44,15 @@ use lapin::{
     ExchangeKind,
 };
 use smol::Timer;
-use smol::channel::{Receiver, Sender, TrySendError};
+use smol::channel::Receiver;
 
 use crate::event::Event;
 use crate::logging::{RateLimit, held_back};
 use crate::metrics::Metrics;
+use crate::source::publish_queue::{PublishQueue, Refused};
 use crate::source::supervisor::{self, Broker, Failure, Logs, within};
 use crate::source::url::{self, BrokerUrl, Credential, Path};
-use crate::source::{Deliver, SourceStatus, room};
+use crate::source::{EventSink, SourceStatus, room};
 
 mod kit;
 pub mod oversize;
@@ -254,20 +256,18 @@ impl fmt::Display for PublishError {
 
 impl std::error::Error for PublishError {}
 
-/// A handle to publish to the source's exchange through its connection.
-#[derive(Clone)]
-pub struct AmqpPublisher {
-    queue: Sender<Queued>,
-    status: Rc<SourceStatus>,
-}
-
-impl fmt::Debug for AmqpPublisher {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AmqpPublisher")
-            .field("queued", &self.queue.len())
-            .finish()
+impl From<Refused> for PublishError {
+    fn from(refused: Refused) -> PublishError {
+        match refused {
+            Refused::Full => PublishError::Full,
+            Refused::Disconnected => PublishError::Disconnected,
+        }
     }
 }
+
+/// A handle to publish to the source's exchange through its connection.
+#[derive(Clone, Debug)]
+pub struct AmqpPublisher(PublishQueue<Queued>);
 
 struct Queued {
     at: Instant,
@@ -281,12 +281,7 @@ impl AmqpPublisher {
     /// still queued when the link drops is sent after the reconnect, unless it is older than
     /// 30 s by then.
     pub fn publish(&self, routing_key: &str, payload: Bytes) -> Result<(), PublishError> {
-        let queued = self.queued(routing_key, payload)?;
-        match self.queue.try_send(queued) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(PublishError::Full),
-            Err(TrySendError::Closed(_)) => Err(PublishError::Disconnected),
-        }
+        Ok(self.0.push(queued(routing_key, payload)?)?)
     }
 
     /// Like [`publish`](Self::publish), but waits for room in the queue instead of returning
@@ -297,47 +292,37 @@ impl AmqpPublisher {
         routing_key: &str,
         payload: Bytes,
     ) -> Result<(), PublishError> {
-        let queued = self.queued(routing_key, payload)?;
-        self.queue
-            .send(queued)
-            .await
-            .map_err(|_| PublishError::Disconnected)
+        Ok(self.0.push_waiting(queued(routing_key, payload)?).await?)
     }
 
     /// Whether the source is connected (publishes are accepted).
     pub fn connected(&self) -> bool {
-        self.status.connected()
+        self.0.connected()
     }
+}
 
-    fn queued(&self, routing_key: &str, payload: Bytes) -> Result<Queued, PublishError> {
-        let routing_key =
-            ShortString::try_new(routing_key).map_err(|_| PublishError::InvalidRoutingKey)?;
-        if !self.status.connected() {
-            return Err(PublishError::Disconnected);
-        }
-        Ok(Queued {
-            at: Instant::now(),
-            routing_key,
-            payload,
-        })
-    }
+fn queued(routing_key: &str, payload: Bytes) -> Result<Queued, PublishError> {
+    let routing_key =
+        ShortString::try_new(routing_key).map_err(|_| PublishError::InvalidRoutingKey)?;
+    Ok(Queued {
+        at: Instant::now(),
+        routing_key,
+        payload,
+    })
 }
 
 /// Builds the source: a publisher, and the driver future (connect, declare, bind, consume,
 /// reconnect, forever) for the caller to spawn on its `LocalExecutor`. Every delivery is
-/// handed to `deliver` from that future. With `options.bindings` empty the connection is
+/// handed to `sink` from that future. With `options.bindings` empty the connection is
 /// publish-only: it declares the exchange and consumes nothing.
 pub fn start(
     options: AmqpOptions,
     status: Rc<SourceStatus>,
     metrics: Rc<Metrics>,
-    deliver: Deliver,
+    sink: EventSink,
 ) -> (AmqpPublisher, impl Future<Output = ()>) {
     let (queue, requests) = smol::channel::bounded(PUBLISH_QUEUE);
-    let publisher = AmqpPublisher {
-        queue,
-        status: status.clone(),
-    };
+    let publisher = AmqpPublisher(PublishQueue::new(queue, status.clone()));
     let mut uri = options.uri.clone();
     uri.query.heartbeat.get_or_insert(HEARTBEAT_SECS);
     uri.query.frame_max.get_or_insert(FRAME_MAX);
@@ -350,7 +335,7 @@ pub fn start(
         options,
         status,
         metrics,
-        deliver,
+        sink,
         requests,
         logs: Logs::new("amqp"),
         notice: RateLimit::new(Duration::from_secs(60)),
@@ -378,8 +363,8 @@ enum Wake {
     Check,
 }
 
-/// One connection's socket, shut when the session ends however it ends, so lapin's I/O
-/// thread for it always stops. A socket that arrives after the session gave up (a connect
+/// One connection's socket, shut when the connection ends however it ends, so lapin's I/O
+/// thread for it always stops. A socket that arrives after the connection gave up (a connect
 /// that outlived its timeout) is shut at once.
 #[derive(Clone, Default)]
 struct SocketSlot(Arc<Mutex<(Option<std::net::TcpStream>, bool)>>);
@@ -434,7 +419,7 @@ struct Driver {
     address: String,
     status: Rc<SourceStatus>,
     metrics: Rc<Metrics>,
-    deliver: Deliver,
+    sink: EventSink,
     requests: Receiver<Queued>,
     logs: Logs,
     /// Rate limit for the notice about an exchange declared with other flags.
@@ -446,7 +431,7 @@ struct Driver {
 
 impl Broker for Driver {
     async fn connection(&mut self) -> Failure {
-        self.session().await
+        self.connect_and_serve().await
     }
 
     fn logs(&mut self) -> &mut Logs {
@@ -456,7 +441,7 @@ impl Broker for Driver {
 
 impl Driver {
     /// One connection, from connect to loss.
-    async fn session(&mut self) -> Failure {
+    async fn connect_and_serve(&mut self) -> Failure {
         if let Err(reason) = self.options.check() {
             return Failure::Setup(reason);
         }
@@ -718,11 +703,11 @@ impl Driver {
         loop {
             // A delivery is taken only when the hub has room for it: the rest wait in lapin's
             // prefetch window, unacked, and beyond it in the broker's queue.
-            let deliver = &*self.deliver;
+            let sink = &*self.sink;
             let delivery = async {
                 match consumer.as_mut() {
                     Some(consumer) => {
-                        room(deliver).await;
+                        room(sink).await;
                         Wake::Delivery(Box::new(consumer.next().await))
                     }
                     None => future::pending().await,
@@ -780,7 +765,7 @@ impl Driver {
     }
 
     /// Takes `first` and whatever else is ready while the hub has room (up to [`ACK_BATCH`]),
-    /// hands each to `deliver`, then acks them all with one multiple-ack.
+    /// hands each to `sink`, then acks them all with one multiple-ack.
     async fn take_batch(
         &mut self,
         channel: u16,
@@ -799,7 +784,7 @@ impl Driver {
                 Some(Err(e)) => break Some(describe(&e)),
                 None => break Some("the broker cancelled the consumer".to_owned()),
             }
-            if taken >= ACK_BATCH || !self.deliver.has_room() {
+            if taken >= ACK_BATCH || !self.sink.has_room() {
                 break None;
             }
             match future::poll_once(consumer.next()).await {
@@ -840,8 +825,8 @@ impl Driver {
                 self.options.max_message_size,
             );
         } else {
-            self.deliver
-                .deliver(Event::new(routing_key.into(), Bytes::from(data)));
+            self.sink
+                .take(Event::new(routing_key.into(), Bytes::from(data)));
         }
         acker
     }

@@ -22,13 +22,14 @@ use rumqttc::{
     Subscribe, SubscribeFilter, SubscribeReasonCode,
 };
 use smol::Timer;
-use smol::channel::{Receiver, Sender, TrySendError};
+use smol::channel::Receiver;
 use smol::net::TcpStream;
 
 use crate::event::{self, Event};
 use crate::metrics::Metrics;
+use crate::source::publish_queue::{PublishQueue, Refused};
 use crate::source::supervisor::{self, Broker, Failure, Logs, within};
-use crate::source::{Deliver, SourceStatus, room};
+use crate::source::{EventSink, SourceStatus, room};
 
 mod options;
 pub mod packet_head;
@@ -77,20 +78,18 @@ impl fmt::Display for PublishError {
 
 impl std::error::Error for PublishError {}
 
-/// A handle to publish (QoS 1) through the source's connection.
-#[derive(Clone)]
-pub struct MqttPublisher {
-    queue: Sender<Queued>,
-    status: Rc<SourceStatus>,
-}
-
-impl fmt::Debug for MqttPublisher {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MqttPublisher")
-            .field("queued", &self.queue.len())
-            .finish()
+impl From<Refused> for PublishError {
+    fn from(refused: Refused) -> PublishError {
+        match refused {
+            Refused::Full => PublishError::Full,
+            Refused::Disconnected => PublishError::Disconnected,
+        }
     }
 }
+
+/// A handle to publish (QoS 1) through the source's connection.
+#[derive(Clone, Debug)]
+pub struct MqttPublisher(PublishQueue<Queued>);
 
 struct Queued {
     at: Instant,
@@ -108,19 +107,12 @@ impl MqttPublisher {
         if 2 + topic.len() + 2 + payload.len() > MQTT_MAX_REMAINING {
             return Err(PublishError::TooLarge);
         }
-        if !self.status.connected() {
-            return Err(PublishError::Disconnected);
-        }
         let publish = Publish::from_bytes(topic, QoS::AtLeastOnce, payload);
         let queued = Queued {
             at: Instant::now(),
             publish,
         };
-        match self.queue.try_send(queued) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(PublishError::Full),
-            Err(TrySendError::Closed(_)) => Err(PublishError::Disconnected),
-        }
+        Ok(self.0.push(queued)?)
     }
 }
 
@@ -130,13 +122,10 @@ pub fn start(
     opts: MqttOptions,
     status: Rc<SourceStatus>,
     metrics: Rc<Metrics>,
-    deliver: Deliver,
+    sink: EventSink,
 ) -> (MqttPublisher, impl Future<Output = ()>) {
     let (queue, requests) = smol::channel::bounded(PUBLISH_QUEUE);
-    let publisher = MqttPublisher {
-        queue,
-        status: status.clone(),
-    };
+    let publisher = MqttPublisher(PublishQueue::new(queue, status.clone()));
     for topic in &opts.topics {
         if !rumqttc::valid_filter(topic) {
             warn!("mqtt: '{topic}' is not a valid topic filter; the broker may refuse it");
@@ -148,7 +137,7 @@ pub fn start(
             opts,
             status,
             metrics,
-            deliver,
+            sink,
             requests,
             requests_open: true,
             retry: VecDeque::new(),
@@ -173,7 +162,7 @@ struct Source {
 
 impl Broker for Source {
     async fn connection(&mut self) -> Failure {
-        self.driver.session(&mut self.state).await
+        self.driver.connect_and_serve(&mut self.state).await
     }
 
     fn after_loss(&mut self) {
@@ -191,7 +180,7 @@ struct Driver {
     address: String,
     status: Rc<SourceStatus>,
     metrics: Rc<Metrics>,
-    deliver: Deliver,
+    sink: EventSink,
     requests: Receiver<Queued>,
     requests_open: bool,
     /// Publishes that were unacknowledged when the last connection dropped.
@@ -226,7 +215,7 @@ impl Driver {
     }
 
     /// One connection, from connect to loss.
-    async fn session(&mut self, state: &mut MqttState) -> Failure {
+    async fn connect_and_serve(&mut self, state: &mut MqttState) -> Failure {
         let mut stream = match self.connect().await {
             Ok(stream) => stream,
             Err(e) => return Failure::Connect(e.to_string()),
@@ -413,7 +402,7 @@ impl Driver {
             };
             // The socket is read only once every packet already buffered is taken: what the
             // hub has no room for stays in the broker (TCP backpressure).
-            let deliver = &*self.deliver;
+            let sink = &*self.sink;
             let read = async {
                 match next {
                     Next::Read => {
@@ -421,7 +410,7 @@ impl Driver {
                         Wake::Read(read.await)
                     }
                     Next::Room => {
-                        room(deliver).await;
+                        room(sink).await;
                         Wake::Take
                     }
                     Next::Turn => {
@@ -480,7 +469,7 @@ impl Driver {
         out: &mut BytesMut,
     ) -> Result<Next, String> {
         for _ in 0..TAKE_PER_TURN {
-            if !self.deliver.has_room() {
+            if !self.sink.has_room() {
                 return Ok(Next::Room);
             }
             match inbox.next(self.opts.max_message_size)? {
@@ -553,7 +542,7 @@ impl Driver {
             // long as any frame of the event is queued, and the buffer could not be compacted
             // after a burst (issue 16: it stayed at megabytes).
             let payload = Bytes::copy_from_slice(&payload);
-            self.deliver.deliver(Event::new(key, payload));
+            self.sink.take(Event::new(key, payload));
         }
         Ok(())
     }
