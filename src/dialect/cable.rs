@@ -678,6 +678,30 @@ impl Interest for RefCell<Subscriptions> {
     }
 }
 
+impl Extended {
+    /// Answers a history request for one subscription (`answer_history`).
+    fn answer(
+        &mut self,
+        subscriptions: &mut Subscriptions,
+        identifier: &str,
+        request: Option<&Value>,
+        metrics: &Metrics,
+        replies: &mut Vec<Frame>,
+    ) {
+        let history = &mut self.history.borrow_mut();
+        let replaying = &mut self.replaying;
+        answer_history(
+            subscriptions,
+            identifier,
+            history,
+            request,
+            replaying,
+            metrics,
+            replies,
+        );
+    }
+}
+
 /// One ActionCable socket's command handling.
 pub struct CableSession {
     client: Rc<Client>,
@@ -800,19 +824,9 @@ impl CableSession {
                         if let (Some(extended), Some(request)) =
                             (&mut self.extended, command.get("history"))
                         {
-                            let history = &mut extended.history.borrow_mut();
-                            let replaying = &mut extended.replaying;
-                            let request = Some(request);
                             let metrics = &self.client.metrics;
-                            answer_history(
-                                subscriptions,
-                                identifier,
-                                history,
-                                request,
-                                replaying,
-                                metrics,
-                                replies,
-                            );
+                            let request = Some(request);
+                            extended.answer(subscriptions, identifier, request, metrics, replies);
                         }
                     }
                     Err(refusal) => {
@@ -830,19 +844,9 @@ impl CableSession {
             }
             Some("history") => {
                 if let Some(extended) = &mut self.extended {
-                    let history = &mut extended.history.borrow_mut();
-                    let replaying = &mut extended.replaying;
-                    let request = command.get("history");
                     let metrics = &self.client.metrics;
-                    answer_history(
-                        subscriptions,
-                        identifier,
-                        history,
-                        request,
-                        replaying,
-                        metrics,
-                        replies,
-                    );
+                    let request = command.get("history");
+                    extended.answer(subscriptions, identifier, request, metrics, replies);
                 }
             }
             _ => {}
