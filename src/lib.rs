@@ -18,6 +18,7 @@ pub mod cli;
 pub mod clock;
 pub mod dialect;
 pub mod dialect_label;
+pub mod encoding;
 pub mod event;
 pub mod fds;
 pub mod frame;

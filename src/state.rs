@@ -28,12 +28,13 @@ use std::io::{self, BufReader, BufWriter, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde::ser::{SerializeStruct, Serializer};
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;
+use crate::encoding::{base64, from_nanos, nanos};
 use crate::history::{self, History, SavedEntry};
 use crate::limits::Limits;
 use crate::live::LiveState;
@@ -390,39 +391,6 @@ struct EventIn {
     received_at: u64,
     #[serde(with = "base64")]
     payload: Cow<'static, [u8]>,
-}
-
-/// Nanoseconds since the Unix epoch: how the file writes every time (exactly, until 2554).
-pub fn nanos(time: SystemTime) -> u64 {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// The time `nanos` wrote.
-pub fn from_nanos(nanos: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_nanos(nanos)
-}
-
-/// Payloads as base64 strings: a payload may be any bytes.
-pub mod base64 {
-    use std::borrow::Cow;
-
-    use data_encoding::BASE64;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&BASE64.encode(bytes))
-    }
-
-    pub fn deserialize<'de, 'a, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Cow<'a, [u8]>, D::Error> {
-        let text = Cow::<'de, str>::deserialize(deserializer)?;
-        BASE64
-            .decode(text.as_bytes())
-            .map(Cow::Owned)
-            .map_err(serde::de::Error::custom)
-    }
 }
 
 #[cfg(test)]

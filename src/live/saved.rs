@@ -15,7 +15,7 @@ use super::{
     CALL_EVENTS_BYTES, Call, CallState, MAX_ID_LEN, MAX_KEY_LEN, MAX_TEXT_LEN, Party, RecentEvent,
     cap,
 };
-use crate::state::{base64, from_nanos, nanos};
+use crate::encoding::{base64, from_nanos, nanos};
 
 /// One call in the file. Borrowed from the table when saved, owned when read back.
 #[derive(Serialize, Deserialize)]
