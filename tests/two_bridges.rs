@@ -8,6 +8,10 @@
 //! (`recovered: true`, `confirm_history`), and each gets every event `simulate` published
 //! (its own count of what the broker confirmed) exactly once, in order, under the stream's
 //! epoch. The stream and the exchange are deleted at the end.
+//!
+//! And one bridge alone: its broker connection cut (a TCP proxy) and then a SIGTERM restart
+//! with `--state-dir`, while `simulate` publishes: it reads the stream on from the offset
+//! after the last event it handed on, each time, so its resuming client gets every event once.
 
 mod common;
 
@@ -20,6 +24,7 @@ use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Connection, ConnectionProperties};
 use serde_json::{Value, json};
 
+use common::proxy::Proxy;
 use common::resuming::{Client, published};
 use common::script::Script;
 use common::{Callwire, TempFile, free_port, unique, wait_for};
@@ -113,10 +118,11 @@ impl Drop for Haproxy {
     }
 }
 
-fn bridge(names: &Names, creds: &TempFile) -> Callwire {
-    let callwire = Callwire::start(&[
+/// A bridge's flags: reading the test's stream, bound with `#`.
+fn stream_args<'a>(names: &'a Names, creds: &'a TempFile, amqp_url: &'a str) -> Vec<&'a str> {
+    vec![
         "--amqp",
-        AMQP_URL,
+        amqp_url,
         "--amqp-exchange",
         &names.exchange,
         "--amqp-binding",
@@ -134,9 +140,26 @@ fn bridge(names: &Names, creds: &TempFile) -> Callwire {
         "4096",
         "--history-bytes",
         "33554432",
-    ]);
+    ]
+}
+
+fn bridge(names: &Names, creds: &TempFile) -> Callwire {
+    let callwire = Callwire::start(&stream_args(names, creds, AMQP_URL));
     callwire.wait_connected(Duration::from_secs(15));
     callwire
+}
+
+/// `callwire simulate` on the test's exchange: kazoo, 20 calls/s for 20 s.
+fn simulate(names: &Names, seed: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_callwire"))
+        .args(["simulate", "--amqp", AMQP_URL, "--amqp-exchange"])
+        .arg(&names.exchange)
+        .args(["--profile", "kazoo", "--calls-per-sec", "20"])
+        .args(["--duration", "20", "--seed", seed])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("callwire simulate starts")
 }
 
 fn offsets(events: &[Value], offset: impl Fn(&Value) -> &Value) -> Vec<u64> {
@@ -175,15 +198,7 @@ fn a_client_of_a_killed_bridge_resumes_on_the_other_through_haproxy() {
         || first.metric("callwire_clients") == 2 && second.metric("callwire_clients") == 0,
     );
 
-    let simulate = Command::new(env!("CARGO_BIN_EXE_callwire"))
-        .args(["simulate", "--amqp", AMQP_URL, "--amqp-exchange"])
-        .arg(&names.exchange)
-        .args(["--profile", "kazoo", "--calls-per-sec", "20"])
-        .args(["--duration", "20", "--seed", "2020"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("callwire simulate starts");
+    let simulate = simulate(&names, "2020");
     wait_for("events to flow", Duration::from_secs(30), || {
         blackhole.events() > 300
     });
@@ -285,5 +300,158 @@ fn a_client_of_a_killed_bridge_resumes_on_the_other_through_haproxy() {
         got.last().unwrap(),
         seen.replayed,
         seen.connections,
+    );
+}
+
+/// A bridge on a fixed port (its client reconnects there after a restart), through `proxy` to
+/// RabbitMQ, keeping its state in `state`.
+fn bridge_at(port: u16, args: &[&str], state: &Path) -> Callwire {
+    let log = std::env::temp_dir().join(format!("{}.log", unique("callwire-stream-")));
+    let child = Command::new(common::binary())
+        .args(args)
+        .arg("--state-dir")
+        .arg(state)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("callwire starts");
+    let mut callwire = Callwire { child, port, log };
+    wait_for("callwire to listen", Duration::from_secs(10), || {
+        if let Some(status) = callwire.child.try_wait().unwrap() {
+            panic!("callwire exited with {status}: {}", callwire.log_text());
+        }
+        callwire.log_text().contains("listening on")
+    });
+    callwire.wait_connected(Duration::from_secs(15));
+    callwire
+}
+
+/// The offset a stream is read from, as the connection's log line says (`None`: the next
+/// message), for each connection in order.
+fn read_from(log: &str) -> Vec<Option<u64>> {
+    log.lines()
+        .filter(|line| line.contains("amqp: connected") && line.contains(", stream '"))
+        .map(|line| {
+            let (_, offset) = line.split_once("reading from offset ")?;
+            offset.trim().parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn a_bridge_reads_the_stream_on_after_a_broker_cut_and_a_restart_with_its_state() {
+    let names = Names {
+        exchange: unique("stream-restart-x-"),
+        stream: unique("stream-restart-s-"),
+    };
+    let epoch = format!("stream:{}", names.stream);
+    let creds = json!({"credentials": [{"name": "manager", "secret": MANAGER, "account": "*"}]});
+    let creds = TempFile::new("callwire-stream-restart-creds-", &creds.to_string());
+    let state = std::env::temp_dir().join(unique("callwire-stream-state-"));
+    let proxy = Proxy::start(5672, true);
+    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
+    let args = stream_args(&names, &creds, &url);
+    let port = free_port();
+    let mut callwire = bridge_at(port, &args, &state);
+    let blackhole = Client::start(port, MANAGER, "#");
+    wait_for("the client", Duration::from_secs(10), || {
+        !blackhole.seen.lock().unwrap().replies.is_empty()
+    });
+
+    let simulate = simulate(&names, "2121");
+    wait_for("events to flow", Duration::from_secs(30), || {
+        blackhole.events() > 200
+    });
+    proxy.cut();
+    wait_for(
+        "the bridge to see the broker gone",
+        Duration::from_secs(30),
+        || callwire.healthz().0 == 503,
+    );
+    let before_cut = blackhole.events();
+    proxy.resume();
+    wait_for(
+        "events again after the cut",
+        Duration::from_secs(30),
+        || blackhole.events() > before_cut + 200,
+    );
+    let sent = Command::new("kill")
+        .args(["-TERM", &callwire.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let stopped = callwire.child.wait().unwrap();
+    let first_log = callwire.log_text();
+    assert!(stopped.success(), "SIGTERM exits 0: {stopped}\n{first_log}");
+    drop(callwire);
+    let before_restart = blackhole.events() as u64;
+    let callwire = bridge_at(port, &args, &state);
+    let second_log = callwire.log_text();
+    let published = published(simulate);
+    wait_for(
+        "the client to get every event",
+        Duration::from_secs(60),
+        || blackhole.events() as u64 >= published,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    drop(callwire);
+    let _ = std::fs::remove_dir_all(&state);
+    let seen = blackhole.finish();
+
+    // The first start reads from the next message, the restart from the offset after the
+    // saved history. (The reconnect after the cut logs no line of its own: that it read on
+    // from where it was is the gapless offsets below, simulate publishing all along.)
+    assert_eq!(
+        read_from(&first_log),
+        [None],
+        "the first start reads the next message on:\n{first_log}"
+    );
+    assert!(first_log.contains("lost"), "the cut was seen:\n{first_log}");
+    let saved: u64 = (first_log.lines())
+        .find_map(|line| {
+            let (_, rest) =
+                line.split_once(&format!("state: saved epoch {epoch} up to offset "))?;
+            rest.split(',').next()?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no save at SIGTERM:\n{first_log}"));
+    assert!(
+        saved >= before_restart,
+        "{saved} saved, {before_restart} read"
+    );
+    assert_eq!(
+        read_from(&second_log),
+        [Some(saved)],
+        "the restart reads on after the saved history:\n{second_log}"
+    );
+    assert!(
+        before_restart < published,
+        "simulate published while the bridge was stopped"
+    );
+
+    assert_eq!(seen.events.len() as u64, published, "every event");
+    assert!(seen.events.iter().all(|e| e["epoch"] == epoch.as_str()));
+    let got = offsets(&seen.events, |e| &e["offset"]);
+    assert_eq!(
+        got,
+        (1..=published).collect::<Vec<u64>>(),
+        "each stream offset once, in order"
+    );
+    let resumed: Vec<&Value> = seen.replies[1..]
+        .iter()
+        .map(|r| &r["data"]["recovered"])
+        .collect();
+    assert!(
+        !resumed.is_empty() && resumed.iter().all(|r| **r == json!(true)),
+        "resumed after the restart: {resumed:?}"
+    );
+    eprintln!(
+        "one bridge on stream {}: simulate published {published}; the broker cut after \
+         {before_cut}, the SIGTERM restart after {before_restart} (saved through offset \
+         {saved}, read on from stream offset {saved}); the client got {} once each, in \
+         order, {} connection(s)",
+        names.stream,
+        seen.events.len(),
+        seen.connections
     );
 }
