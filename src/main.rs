@@ -116,10 +116,7 @@ fn stream_positions(stream: &mut amqp::StreamOptions, history: &mut History, lim
         return;
     }
     *history = History::with_epoch(epoch.into(), limits);
-    info!(
-        "state: positions are the stream's, epoch {}",
-        history.epoch()
-    );
+    info!("positions: the stream's, epoch {}", history.epoch());
 }
 
 fn fail(message: &str, code: i32) -> ExitCode {
