@@ -50,8 +50,12 @@ impl App {
     /// what that changed (ActionCable's `calls`), then fans the event out to the clients that
     /// want it.
     pub fn ingest(&self, mut event: Event) {
+        if !self.history.borrow_mut().record(&mut event) {
+            // A stream read again from an earlier offset after a reconnect: every client that
+            // should have it has it.
+            return;
+        }
         self.metrics.events_in.inc();
-        self.history.borrow_mut().record(&mut event);
         if event.json.is_none() {
             self.metrics.events_not_json.inc();
         }

@@ -12,7 +12,7 @@ use crate::limits::Limits;
 use crate::logging::Level;
 use crate::origins;
 use crate::sim::Profile;
-use crate::source::amqp::AmqpOptions;
+use crate::source::amqp::{AmqpOptions, StreamOptions};
 use crate::source::mqtt::MqttOptions;
 use crate::state::StateConfig;
 
@@ -76,6 +76,23 @@ pub struct Args {
     /// the oldest (default 16777216)
     #[argh(option, default = "crate::source::amqp::DEFAULT_QUEUE_MAX_BYTES")]
     pub amqp_queue_max_bytes: u64,
+
+    /// a RabbitMQ stream to consume instead of a queue, declared if missing and shared by
+    /// every bridge of a site: positions are the stream's (default: none)
+    #[argh(option)]
+    pub amqp_stream: Option<String>,
+
+    /// the --amqp-stream's x-max-length-bytes: past it the broker drops its oldest segments
+    /// (default 536870912)
+    #[argh(option, default = "crate::source::amqp::DEFAULT_STREAM_MAX_BYTES")]
+    pub amqp_stream_max_bytes: u64,
+
+    /// the --amqp-stream's x-max-age in seconds (default 86400)
+    #[argh(
+        option,
+        default = "crate::source::amqp::DEFAULT_STREAM_MAX_AGE.as_secs()"
+    )]
+    pub amqp_stream_max_age: u64,
 
     /// no broker: a built-in simulated PBX feeds the bridge
     #[argh(switch)]
@@ -369,6 +386,9 @@ impl Args {
         if self.amqp.is_none() && self.amqp_queue.is_some() {
             return Err("--amqp-queue: needs --amqp URL".to_owned());
         }
+        if self.amqp.is_none() && self.amqp_stream.is_some() {
+            return Err("--amqp-stream: needs --amqp URL".to_owned());
+        }
         if (self.amqp.is_some() || self.demo)
             && (self.mqtt_session || self.mqtt_client_id.is_some())
         {
@@ -419,6 +439,21 @@ impl Args {
             )? as u64);
             options.queue_max_bytes =
                 positive("--amqp-queue-max-bytes", self.amqp_queue_max_bytes as usize)? as u64;
+            options.stream = match self.amqp_stream {
+                Some(name) => Some(StreamOptions {
+                    name,
+                    max_bytes: positive(
+                        "--amqp-stream-max-bytes",
+                        self.amqp_stream_max_bytes as usize,
+                    )? as u64,
+                    max_age: Duration::from_secs(positive(
+                        "--amqp-stream-max-age",
+                        self.amqp_stream_max_age as usize,
+                    )? as u64),
+                    after: None,
+                }),
+                None => None,
+            };
             options.check()?;
             SourceConfig::Amqp(options)
         } else {
@@ -759,6 +794,20 @@ mod tests {
             }
             other => panic!("expected AMQP, got {other:?}"),
         }
+        match parse_args(&["--amqp", "amqp://h", "--amqp-stream", "pbx-events"])
+            .unwrap()
+            .source
+        {
+            SourceConfig::Amqp(options) => {
+                let stream = options.stream.unwrap();
+                assert_eq!(stream.name, "pbx-events");
+                assert_eq!(stream.epoch(), "stream:pbx-events");
+                assert_eq!(stream.max_bytes, 512 * 1024 * 1024);
+                assert_eq!(stream.max_age, Duration::from_secs(86400));
+                assert_eq!(stream.after, None);
+            }
+            other => panic!("expected AMQP, got {other:?}"),
+        }
         for (args, needle) in [
             (&["--amqp-queue", "q"][..], "--amqp-queue"),
             (
@@ -766,6 +815,29 @@ mod tests {
                 "--amqp-queue",
             ),
             (&["--amqp", "amqp://h", "--mqtt-session"], "--mqtt-session"),
+            (&["--amqp-stream", "s"][..], "--amqp-stream"),
+            (
+                &[
+                    "--amqp",
+                    "amqp://h",
+                    "--amqp-stream",
+                    "s",
+                    "--amqp-queue",
+                    "q",
+                ],
+                "--amqp-stream",
+            ),
+            (
+                &[
+                    "--amqp",
+                    "amqp://h",
+                    "--amqp-stream",
+                    "s",
+                    "--amqp-stream-max-age",
+                    "0",
+                ],
+                "--amqp-stream-max-age",
+            ),
             (&["--mqtt-client-id", ""], "--mqtt-client-id"),
             (
                 &["--state-dir", "/tmp/x", "--state-interval", "0"],

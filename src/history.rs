@@ -1,7 +1,10 @@
 //! Positions and the history of recent events (contract: delivery.md, "Positions").
 //!
 //! Every event that enters the bridge gets a position here: the epoch (a short string naming
-//! this unbroken history) and an offset, one more than the previous event's. The most recent
+//! this unbroken history) and an offset, one more than the previous event's; or, from a source
+//! that numbers its events itself (a RabbitMQ stream, `--amqp-stream`), that source's offset,
+//! under an epoch naming the stream, so every bridge on the stream gives the same positions
+//! (delivery.md, "Streams"). The most recent
 //! events are kept, bounded in bytes (`--history-bytes`) and in age (`--history-ttl`), so that
 //! a client that drops off for a moment can be given exactly what it missed (Blackhole's
 //! `since`, `GET /rest/live/events`), or be told plainly that it cannot.
@@ -177,7 +180,8 @@ impl History {
         let (now, wall) = (Instant::now(), SystemTime::now());
         let mut previous = None;
         for saved in entries {
-            if previous.is_some_and(|p| saved.offset != p + 1) || saved.offset >= next_offset {
+            // Increasing, not always consecutive: a stream's offsets skip what was not kept.
+            if previous.is_some_and(|p| saved.offset <= p) || saved.offset >= next_offset {
                 return Err(format!("event offset {} out of order", saved.offset));
             }
             previous = Some(saved.offset);
@@ -251,10 +255,24 @@ impl History {
     /// no longer fit in `--history-bytes` or are older than `--history-ttl`. An event larger
     /// than the whole bound gets its position but is not kept (a later resume across it is
     /// refused, as for any event the history lost).
-    pub fn record(&mut self, event: &mut Event) {
+    ///
+    /// An event that comes with a position (a stream's offset, under this history's epoch)
+    /// keeps its offset; one at or before the last recorded was recorded already (a stream
+    /// read again from an earlier offset after a reconnect) and is refused: `false`, nothing
+    /// changed, and the caller hands it to no one.
+    pub fn record(&mut self, event: &mut Event) -> bool {
         let now = Instant::now();
-        let offset = self.next_offset;
-        self.next_offset += 1;
+        let offset = match &event.position {
+            Some(given) => {
+                debug_assert_eq!(given.epoch, self.epoch, "a stream's epoch is the history's");
+                if given.offset <= self.last_offset() {
+                    return false;
+                }
+                given.offset
+            }
+            None => self.next_offset,
+        };
+        self.next_offset = offset + 1;
         event.position = Some(Position {
             epoch: self.epoch.clone(),
             offset,
@@ -274,13 +292,14 @@ impl History {
             self.entries.clear();
             self.bytes = 0;
             self.dropped_through = Some(event.received_at);
-            return;
+            return true;
         }
         while self.bytes + cost > self.max_bytes {
             self.pop_oldest();
         }
         self.bytes += cost;
         self.entries.push_back(entry);
+        true
     }
 
     /// Drops the entries older than `--history-ttl`.
@@ -331,10 +350,9 @@ impl History {
         if offset + 1 < first {
             return Resume::Lost;
         }
-        // Offsets in the deque are consecutive: the entry after `offset` is at a known index.
-        let from = usize::try_from(offset + 1 - first).unwrap_or(usize::MAX);
+        // Offsets in the deque increase (a stream's may skip one that was not kept).
         Resume::Recovered {
-            from: from.min(self.entries.len()),
+            from: self.entries.partition_point(|entry| entry.offset <= offset),
         }
     }
 
@@ -381,6 +399,47 @@ mod tests {
         );
         assert_eq!(second.position.unwrap().offset, 2);
         assert_eq!(history.last_offset(), 2);
+    }
+
+    fn record_at(history: &mut History, offset: u64) -> bool {
+        let mut event = Event::new("k.k".to_owned(), Bytes::from_static(b"{}"));
+        event.position = Some(Position {
+            epoch: history.epoch().clone(),
+            offset,
+        });
+        history.record(&mut event)
+    }
+
+    #[test]
+    fn a_stream_gives_the_offsets_and_what_was_recorded_is_refused_again() {
+        let mut history = history(&[]);
+        assert!(record_at(&mut history, 5001));
+        assert!(record_at(&mut history, 5002));
+        assert!(
+            !record_at(&mut history, 5002),
+            "read again after a reconnect"
+        );
+        assert!(!record_at(&mut history, 4000), "older");
+        assert!(record_at(&mut history, 5004), "5003 was not kept");
+        let held: Vec<u64> = history.entries_from(0).map(|e| e.offset).collect();
+        assert_eq!(held, [5001, 5002, 5004]);
+        assert_eq!(history.last_offset(), 5004);
+        assert_eq!(history.resume("e1", 5000), Resume::Recovered { from: 0 });
+        assert_eq!(
+            history.resume("e1", 4999),
+            Resume::Lost,
+            "before the first held"
+        );
+        assert_eq!(history.resume("e1", 5002), Resume::Recovered { from: 2 });
+        assert_eq!(history.resume("e1", 5003), Resume::Recovered { from: 2 });
+        assert_eq!(history.resume("e1", 5004), Resume::Recovered { from: 3 });
+        assert_eq!(history.resume("e1", 5005), Resume::Lost, "not yet received");
+        let own = record(&mut history, "k.k", "{}");
+        assert_eq!(
+            own.position.unwrap().offset,
+            5005,
+            "numbered on from the last"
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use callwire::dialect::cable;
 use callwire::history::History;
 use callwire::hub::Hub;
 use callwire::limits::BytePool;
+use callwire::limits::Limits;
 use callwire::live::LiveState;
 use callwire::metrics::Metrics;
 use callwire::notify::{self, Notifier};
@@ -51,7 +52,7 @@ fn main() -> ExitCode {
 }
 
 /// Serves websockets and HTTP until the process is stopped.
-fn serve(config: Config) -> ExitCode {
+fn serve(mut config: Config) -> ExitCode {
     trim::init();
     logging::init(config.log_level);
     let open_files = match fds::raise_limit(fds::needed(&config.limits), config.limits.max_clients)
@@ -89,15 +90,33 @@ fn serve(config: Config) -> ExitCode {
     );
     let metrics = Rc::new(Metrics::default());
     // Before the source connects: a persistent session hands over at once what it kept.
-    let saved = match state::start(config.state.as_ref(), &config.limits, &metrics) {
+    let mut saved = match state::start(config.state.as_ref(), &config.limits, &metrics) {
         Ok(saved) => saved,
         Err(message) => return fail(&message, 2),
     };
+    if let SourceConfig::Amqp(options) = &mut config.source {
+        if let Some(stream) = &mut options.stream {
+            stream_positions(stream, &mut saved.0, &config.limits);
+        }
+    }
     // Boxed behind `dyn`, so block_on cannot inline the bridge's poll into this frame: rustc
     // probes every page of a large frame on entry, and those pages would stay resident.
     let bridge = run(config, auth, listener, executor.clone(), metrics, saved).boxed_local();
     smol::block_on(executor.run(bridge));
     ExitCode::SUCCESS
+}
+
+/// With `--amqp-stream`, positions are the stream's: a history saved under the stream's epoch
+/// goes on, and the stream is read on after its last event; any other history gives way to an
+/// empty one under the stream's epoch, and the stream is read from its next message.
+fn stream_positions(stream: &mut amqp::StreamOptions, history: &mut History, limits: &Limits) {
+    let epoch = stream.epoch();
+    if **history.epoch() == *epoch {
+        stream.after = Some(history.last_offset()).filter(|&last| last > 0);
+        return;
+    }
+    *history = History::with_epoch(epoch.into(), limits);
+    info!("positions: the stream's, epoch {}", history.epoch());
 }
 
 fn fail(message: &str, code: i32) -> ExitCode {

@@ -19,6 +19,11 @@
 //! (main, `async-io`, `lapin-io-loop`) and 2 while the broker is away. A host name is
 //! resolved (blocking) on the `lapin-io-loop` thread of the attempt, so it adds no thread.
 //!
+//! With `--amqp-stream`, it consumes a RabbitMQ stream instead (declared if missing, bound the
+//! same way, shared by every bridge of a site): each event then carries the stream's position
+//! (epoch `stream:<name>`, offset the stream's offset + 1), and a reconnect reads on from the
+//! offset after the last one handed on (delivery.md, "Streams").
+//!
 //! With no bindings, the source is publish-only: it declares the exchange and consumes
 //! nothing (what `callwire simulate --amqp` needs).
 
@@ -46,7 +51,7 @@ use lapin::{
 use smol::Timer;
 use smol::channel::Receiver;
 
-use crate::event::Event;
+use crate::event::{Event, Position};
 use crate::logging::{RateLimit, held_back};
 use crate::metrics::Metrics;
 use crate::source::publish_queue::{PublishQueue, Refused};
@@ -69,6 +74,11 @@ pub const DEFAULT_QUEUE_EXPIRES: Duration = Duration::from_secs(3600);
 /// `--amqp-queue-max-bytes`' default: what the broker keeps for callwire while it is away
 /// (at Kazoo's 1-2 KiB per event, some 10 000 events).
 pub const DEFAULT_QUEUE_MAX_BYTES: u64 = 16 * 1024 * 1024;
+/// `--amqp-stream-max-bytes`' default: the stream's `x-max-length-bytes` (at Kazoo's 1-2 KiB
+/// per event, some 300 000 events; the broker keeps it on disk).
+pub const DEFAULT_STREAM_MAX_BYTES: u64 = 512 * 1024 * 1024;
+/// `--amqp-stream-max-age`' default: the stream's `x-max-age`.
+pub const DEFAULT_STREAM_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// AMQP's longest exchange name, routing key or binding key, in bytes.
 pub const MAX_SHORT_STRING: usize = 255;
 
@@ -110,6 +120,29 @@ pub struct AmqpOptions {
     pub queue_expires: Duration,
     /// The named queue's `x-max-length-bytes`: past it the broker drops its oldest messages.
     pub queue_max_bytes: u64,
+    /// `--amqp-stream`: consume this stream instead of a queue.
+    pub stream: Option<StreamOptions>,
+}
+
+/// A RabbitMQ stream to consume (`--amqp-stream`), and where to start reading it.
+#[derive(Clone, Debug)]
+pub struct StreamOptions {
+    pub name: String,
+    /// `x-max-length-bytes`: past it the broker drops the stream's oldest segments.
+    pub max_bytes: u64,
+    /// `x-max-age`: segments older than this go.
+    pub max_age: Duration,
+    /// The position (offset + 1) of the last event already recorded (a saved history under
+    /// this stream's epoch), to read on after it; `None` reads from the next message on.
+    pub after: Option<u64>,
+}
+
+impl StreamOptions {
+    /// The epoch of the positions taken from this stream: the same on every bridge that reads
+    /// it, and across restarts, because the stream's offsets are.
+    pub fn epoch(&self) -> String {
+        format!("stream:{}", self.name)
+    }
 }
 
 impl fmt::Debug for AmqpOptions {
@@ -124,6 +157,7 @@ impl fmt::Debug for AmqpOptions {
             .field("queue", &self.queue)
             .field("queue_expires", &self.queue_expires)
             .field("queue_max_bytes", &self.queue_max_bytes)
+            .field("stream", &self.stream)
             .finish()
     }
 }
@@ -185,6 +219,7 @@ impl AmqpOptions {
             queue: None,
             queue_expires: DEFAULT_QUEUE_EXPIRES,
             queue_max_bytes: DEFAULT_QUEUE_MAX_BYTES,
+            stream: None,
         })
     }
 
@@ -202,14 +237,25 @@ impl AmqpOptions {
                 "--amqp-exchange: longer than AMQP allows ({MAX_SHORT_STRING} bytes)"
             ));
         }
-        if let Some(queue) = &self.queue {
-            if queue.is_empty() || queue.len() > MAX_SHORT_STRING || queue.starts_with("amq.") {
+        let named = [
+            ("--amqp-queue", self.queue.as_deref()),
+            (
+                "--amqp-stream",
+                self.stream.as_ref().map(|s| s.name.as_str()),
+            ),
+        ];
+        for (flag, name) in named {
+            let Some(name) = name else { continue };
+            if name.is_empty() || name.len() > MAX_SHORT_STRING || name.starts_with("amq.") {
                 return Err(format!(
-                    "--amqp-queue: expected a name of 1 to {MAX_SHORT_STRING} bytes not starting \
+                    "{flag}: expected a name of 1 to {MAX_SHORT_STRING} bytes not starting \
                      with 'amq.' (the broker's own), got '{}'",
-                    queue.chars().take(40).collect::<String>()
+                    name.chars().take(40).collect::<String>()
                 ));
             }
+        }
+        if self.queue.is_some() && self.stream.is_some() {
+            return Err("--amqp-stream: replaces --amqp-queue; give one of them".to_owned());
         }
         if let Some(long) = self.bindings.iter().find(|b| b.len() > MAX_SHORT_STRING) {
             return Err(format!(
@@ -329,6 +375,10 @@ pub fn start(
     let tasks = Arc::new(smol::Executor::new());
     let max_body = u64::try_from(options.max_message_size).unwrap_or(u64::MAX);
     let skipped = oversize::Skipped::default();
+    let stream = options.stream.as_ref().map(|stream| StreamRead {
+        epoch: stream.epoch().into(),
+        after: stream.after,
+    });
     let driver = Driver {
         address: options.address(),
         uri,
@@ -341,6 +391,7 @@ pub fn start(
         notice: RateLimit::new(Duration::from_secs(60)),
         kit: kit::Kit::new(tasks.clone(), max_body, skipped.clone()),
         skipped,
+        stream,
     };
     // lapin's own futures run on `tasks`, driven here, on the caller's thread.
     let run = async move {
@@ -427,6 +478,17 @@ struct Driver {
     kit: kit::Kit,
     /// Deliveries whose bodies the socket's filter skipped (`oversize`).
     skipped: oversize::Skipped,
+    /// With `--amqp-stream`: where the reading stands.
+    stream: Option<StreamRead>,
+}
+
+/// Where the reading of a stream stands, across reconnects.
+struct StreamRead {
+    /// `stream:<name>`, shared by every event's position.
+    epoch: Rc<str>,
+    /// The position of the last message handed on (or dropped as too large): a reconnect
+    /// reads on from the one after it.
+    after: Option<u64>,
 }
 
 impl Broker for Driver {
@@ -465,6 +527,14 @@ impl Driver {
 
         self.status.set_connected(true);
         let consuming = match &queue {
+            Some(stream) if self.stream.is_some() => format!(
+                ", stream '{stream}' bound with {} binding(s), prefetch {PREFETCH}, reading {}",
+                self.options.bindings.len(),
+                match self.stream_start() {
+                    AMQPValue::LongLongInt(offset) => format!("from offset {offset}"),
+                    _ => "from the next message".to_owned(),
+                }
+            ),
             Some(queue) => format!(
                 ", queue '{queue}' bound with {} binding(s), prefetch {PREFETCH}",
                 self.options.bindings.len()
@@ -589,25 +659,60 @@ impl Driver {
                 .await
                 .map_err(|e| refused_or(e, &format!("binding '{binding}'")))?;
         }
+        // A stream is read by every bridge of the site: not exclusively, and from an offset.
+        let mut consume_arguments = FieldTable::default();
+        if self.stream.is_some() {
+            consume_arguments.insert("x-stream-offset".into(), self.stream_start());
+        }
         let consumer = channel
             .basic_consume(
                 name.clone(),
                 ShortString::default(),
                 BasicConsumeOptions {
-                    exclusive: true,
+                    exclusive: self.stream.is_none(),
                     ..BasicConsumeOptions::default()
                 },
-                FieldTable::default(),
+                consume_arguments,
             )
             .await
             .map_err(|e| refused_or(e, "consuming"))?;
         Ok((channel, Some(consumer), Some(name)))
     }
 
-    /// The queue to declare: with `--amqp-queue`, the named durable queue, bounded in age and
-    /// bytes for when callwire never comes back; else an exclusive, auto-delete one the server
-    /// names.
+    /// Where a stream's consumer starts: after the last position handed on (a position is
+    /// the stream's offset + 1, so that is the offset to read from), else at the next message.
+    fn stream_start(&self) -> AMQPValue {
+        match self.stream.as_ref().and_then(|stream| stream.after) {
+            Some(after) => AMQPValue::LongLongInt(i64::try_from(after).unwrap_or(i64::MAX)),
+            None => AMQPValue::LongString("next".into()),
+        }
+    }
+
+    /// The queue to declare: with `--amqp-stream`, the durable stream, bounded in bytes and
+    /// age; with `--amqp-queue`, the named durable queue, bounded in age and bytes for when
+    /// callwire never comes back; else an exclusive, auto-delete one the server names.
     fn queue_declaration(&self) -> (ShortString, QueueDeclareOptions, FieldTable) {
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        if let Some(stream) = &self.options.stream {
+            let mut arguments = FieldTable::default();
+            arguments.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("stream".into()),
+            );
+            let max_bytes = i64::try_from(stream.max_bytes).unwrap_or(i64::MAX);
+            arguments.insert(
+                "x-max-length-bytes".into(),
+                AMQPValue::LongLongInt(max_bytes),
+            );
+            let max_age = format!("{}s", stream.max_age.as_secs());
+            arguments.insert("x-max-age".into(), AMQPValue::LongString(max_age.into()));
+            // `check` has kept the name within a short string's length.
+            let name = ShortString::try_new(stream.name.as_str()).unwrap_or_default();
+            return (name, durable, arguments);
+        }
         let Some(name) = &self.options.queue else {
             let private = QueueDeclareOptions {
                 exclusive: true,
@@ -624,10 +729,6 @@ impl Driver {
             "x-max-length-bytes".into(),
             AMQPValue::LongLongInt(max_bytes),
         );
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
         // `check` has kept the name within a short string's length.
         let name = ShortString::try_new(name.as_str()).unwrap_or_default();
         (name, durable, arguments)
@@ -807,7 +908,9 @@ impl Driver {
 
     /// Hands one delivery on (or drops it when too large: skipped by the socket's filter from
     /// its content header, or, past the filter's room, collected whole); returns its acker.
+    /// From a stream, the event carries the stream's position.
     fn take(&mut self, channel: u16, delivery: Delivery) -> lapin::Acker {
+        let position = self.stream_position(&delivery);
         let Delivery {
             delivery_tag,
             routing_key,
@@ -815,6 +918,9 @@ impl Driver {
             acker,
             ..
         } = delivery;
+        if let (Some(stream), Some(position)) = (&mut self.stream, &position) {
+            stream.after = Some(position.offset);
+        }
         let skipped = self.skipped.take(channel, delivery_tag);
         let size = skipped.unwrap_or(data.len() as u64);
         if skipped.is_some() || data.len() > self.options.max_message_size {
@@ -825,10 +931,34 @@ impl Driver {
                 self.options.max_message_size,
             );
         } else {
-            self.sink
-                .take(Event::new(routing_key.into(), Bytes::from(data)));
+            let mut event = Event::new(routing_key.into(), Bytes::from(data));
+            event.position = position;
+            self.sink.take(event);
         }
         acker
+    }
+
+    /// A stream delivery's position: its `x-stream-offset` header, + 1 (positions start at 1,
+    /// delivery.md). A stream delivery without one (never seen from RabbitMQ) goes on unnumbered
+    /// and the history numbers it after the last.
+    fn stream_position(&self, delivery: &Delivery) -> Option<Position> {
+        let stream = self.stream.as_ref()?;
+        let header = delivery
+            .properties
+            .headers()
+            .as_ref()?
+            .inner()
+            .get("x-stream-offset")?;
+        let offset = match header {
+            AMQPValue::LongLongInt(n) => u64::try_from(*n).ok()?,
+            AMQPValue::LongInt(n) => u64::try_from(*n).ok()?,
+            AMQPValue::LongUInt(n) => u64::from(*n),
+            _ => return None,
+        };
+        Some(Position {
+            epoch: stream.epoch.clone(),
+            offset: offset + 1,
+        })
     }
 
     /// One publish from the queue, to the source's exchange.

@@ -1,0 +1,457 @@
+//! Two bridges, one site (README, "More than one gateway"; delivery.md, "Streams"): two
+//! callwire instances read one RabbitMQ stream (`--amqp-stream`) on the shared broker, behind
+//! HAProxy started from the repo's `deploy/haproxy/callwire.cfg` (addresses given through its
+//! environment variables, `balance first` so every client lands on the first bridge).
+//! `callwire simulate` publishes to the exchange; a resuming Blackhole client (`since`) and the
+//! real `@anycable/core` client connect through HAProxy. Midway the bridge serving them is
+//! killed with `kill -9`: both reconnect through HAProxy to the other bridge and resume there
+//! (`recovered: true`, `confirm_history`), and each gets every event `simulate` published
+//! (its own count of what the broker confirmed) exactly once, in order, under the stream's
+//! epoch. The stream and the exchange are deleted at the end.
+//!
+//! And one bridge alone: its broker connection cut (a TCP proxy) and then a SIGTERM restart
+//! with `--state-dir`, while `simulate` publishes: it reads the stream on from the offset
+//! after the last event it handed on, each time, so its resuming client gets every event once.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::{Connection, ConnectionProperties};
+use serde_json::{Value, json};
+
+use common::proxy::Proxy;
+use common::resuming::{Client, published};
+use common::script::Script;
+use common::{Callwire, TempFile, free_port, unique, wait_for};
+
+const MANAGER: &str = "manag3rpa55word";
+const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// The test's exchange and stream on the shared RabbitMQ, deleted when dropped (a stream
+/// stays on the broker's disk otherwise).
+struct Names {
+    exchange: String,
+    stream: String,
+}
+
+impl Drop for Names {
+    fn drop(&mut self) {
+        smol::block_on(async {
+            let Ok(conn) = Connection::connect_with_runtime(
+                AMQP_URL,
+                ConnectionProperties::default(),
+                async_rs::Runtime::smol(),
+            )
+            .await
+            else {
+                return;
+            };
+            if let Ok(channel) = conn.create_channel().await {
+                let _ = (channel
+                    .queue_delete(self.stream.as_str().into(), QueueDeleteOptions::default()))
+                .await;
+                let _ = (channel.exchange_delete(
+                    self.exchange.as_str().into(),
+                    ExchangeDeleteOptions::default(),
+                ))
+                .await;
+            }
+            let _ = conn.close(200, "done".into()).await;
+        });
+    }
+}
+
+/// HAProxy from the repo's config, in the foreground, stopped when dropped.
+struct Haproxy {
+    child: Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Haproxy {
+    fn start(gateways: [u16; 2]) -> Haproxy {
+        let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/haproxy/callwire.cfg");
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("{}.log", unique("haproxy-two-bridges-")));
+        let child = Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&config)
+            .env("CALLWIRE_FRONT", format!("127.0.0.1:{port}"))
+            .env("CALLWIRE_GW1", format!("127.0.0.1:{}", gateways[0]))
+            .env("CALLWIRE_GW2", format!("127.0.0.1:{}", gateways[1]))
+            .env("CALLWIRE_STATS", format!("127.0.0.1:{}", free_port()))
+            .env("CALLWIRE_BALANCE", "first")
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("haproxy starts (apt-get install haproxy; tests/run installs it)");
+        Haproxy { child, port, log }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `GET /healthz` through HAProxy.
+    fn healthz(&self) -> Option<u16> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let request = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+        stream.write_all(request.as_bytes()).ok()?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).ok()?;
+        answer.split_whitespace().nth(1)?.parse().ok()
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A bridge's flags: reading the test's stream, bound with `#`.
+fn stream_args<'a>(names: &'a Names, creds: &'a TempFile, amqp_url: &'a str) -> Vec<&'a str> {
+    vec![
+        "--amqp",
+        amqp_url,
+        "--amqp-exchange",
+        &names.exchange,
+        "--amqp-binding",
+        "#",
+        "--amqp-stream",
+        &names.stream,
+        // The test's stream is small and short-lived.
+        "--amqp-stream-max-bytes",
+        "16777216",
+        "--amqp-stream-max-age",
+        "600",
+        "--auth",
+        creds.path(),
+        "--queue-depth",
+        "4096",
+        "--history-bytes",
+        "33554432",
+    ]
+}
+
+fn bridge(names: &Names, creds: &TempFile) -> Callwire {
+    let callwire = Callwire::start(&stream_args(names, creds, AMQP_URL));
+    callwire.wait_connected(Duration::from_secs(15));
+    callwire
+}
+
+/// `callwire simulate` on the test's exchange: kazoo, 20 calls/s for 20 s.
+fn simulate(names: &Names, seed: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_callwire"))
+        .args(["simulate", "--amqp", AMQP_URL, "--amqp-exchange"])
+        .arg(&names.exchange)
+        .args(["--profile", "kazoo", "--calls-per-sec", "20"])
+        .args(["--duration", "20", "--seed", seed])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("callwire simulate starts")
+}
+
+fn offsets(events: &[Value], offset: impl Fn(&Value) -> &Value) -> Vec<u64> {
+    events.iter().map(|e| offset(e).as_u64().unwrap()).collect()
+}
+
+#[test]
+fn a_client_of_a_killed_bridge_resumes_on_the_other_through_haproxy() {
+    let names = Names {
+        exchange: unique("two-bridges-x-"),
+        stream: unique("two-bridges-s-"),
+    };
+    let epoch = format!("stream:{}", names.stream);
+    let creds = json!({"credentials": [{"name": "manager", "secret": MANAGER, "account": "*"}]});
+    let creds = TempFile::new("callwire-two-bridges-creds-", &creds.to_string());
+    let mut first = bridge(&names, &creds);
+    let second = bridge(&names, &creds);
+    let mut haproxy = Haproxy::start([first.port, second.port]);
+    wait_for("HAProxy to serve /healthz", Duration::from_secs(15), || {
+        if let Some(status) = haproxy.child.try_wait().unwrap() {
+            panic!("haproxy exited with {status}: {}", haproxy.log_text());
+        }
+        haproxy.healthz() == Some(200)
+    });
+
+    let blackhole = Client::start(haproxy.port, MANAGER, "#");
+    let url = format!("ws://127.0.0.1:{}/cable", haproxy.port);
+    let params = json!({"key": MANAGER, "events": "events"}).to_string();
+    let mut cable = Script::node("anycable_ext.mjs", &[&url, &params]);
+    cable.wait_line("the subscription", Duration::from_secs(10), |l| {
+        l["event"] == "channel" && l["state"] == "connect"
+    });
+    wait_for(
+        "both clients on the first bridge",
+        Duration::from_secs(10),
+        || first.metric("callwire_clients") == 2 && second.metric("callwire_clients") == 0,
+    );
+
+    let simulate = simulate(&names, "2020");
+    wait_for("events to flow", Duration::from_secs(30), || {
+        blackhole.events() > 300
+    });
+    let killed = Command::new("kill")
+        .args(["-KILL", &first.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    first.child.wait().unwrap();
+    let before_kill = blackhole.events();
+    let published = published(simulate);
+    assert!(
+        (before_kill as u64) < published,
+        "the kill came while simulate published"
+    );
+
+    wait_for(
+        "both clients to get every event",
+        Duration::from_secs(60),
+        || {
+            cable.pump();
+            blackhole.events() as u64 >= published
+                && cable.events("message", None).len() as u64 >= published
+        },
+    );
+    // Anything more would be a duplicate: give it a moment to show.
+    std::thread::sleep(Duration::from_secs(1));
+    cable.pump();
+    let on_second = second.metric("callwire_clients");
+    cable.command("exit");
+    assert!(cable.finish().success());
+    let seen = blackhole.finish();
+
+    // Blackhole: every event once, in order, in the stream's epoch, resumed on the second.
+    assert_eq!(
+        seen.events.len() as u64,
+        published,
+        "Blackhole got every event"
+    );
+    assert!(seen.events.iter().all(|e| e["epoch"] == epoch.as_str()));
+    let got = offsets(&seen.events, |e| &e["offset"]);
+    assert_eq!(
+        got,
+        (1..=published).collect::<Vec<u64>>(),
+        "each stream offset once, in order"
+    );
+    let distinct: HashSet<(String, String)> = (seen.events.iter())
+        .map(|e| (e["routing_key"].to_string(), e["data"].to_string()))
+        .collect();
+    assert_eq!(distinct.len() as u64, published, "no event twice");
+    assert!(seen.connections >= 2, "the client came back");
+    let resumed: Vec<&Value> = seen.replies[1..]
+        .iter()
+        .map(|r| &r["data"]["recovered"])
+        .collect();
+    assert!(
+        !resumed.is_empty() && resumed.iter().all(|r| **r == json!(true)),
+        "resumed on the second bridge: {resumed:?}"
+    );
+    assert_eq!(on_second, 2, "both clients are on the second bridge");
+
+    // @anycable/core: the same events, once, in order, its history confirmed.
+    let messages: Vec<Value> = cable.events("message", None).into_iter().cloned().collect();
+    assert_eq!(
+        offsets(&messages, |m| &m["meta"]["offset"]),
+        got,
+        "the cable got every event once, in order"
+    );
+    for (message, event) in messages.iter().zip(&seen.events) {
+        assert_eq!(message["meta"]["epoch"], event["epoch"]);
+        assert_eq!(
+            message["data"]["object"]["routing_key"],
+            event["routing_key"]
+        );
+    }
+    let infos: Vec<&Value> = cable.events("info", None);
+    let reconnects = (cable.events("connect", None).into_iter())
+        .filter(|c| c["reconnect"] == true)
+        .count();
+    assert!(
+        reconnects >= 1,
+        "the cable came back: {}",
+        cable.transcript()
+    );
+    assert!(
+        infos.iter().any(|i| i["type"] == "history_received")
+            && !infos.iter().any(|i| i["type"] == "history_not_found"),
+        "{}",
+        cable.transcript()
+    );
+    eprintln!(
+        "two bridges on stream {}: simulate published {published}; {before_kill} read before \
+         the kill -9 of the first bridge; Blackhole and @anycable/core got {} each, offsets \
+         {}..={}, {} replayed by the second bridge, {} Blackhole connection(s), {reconnects} \
+         cable reconnect(s)",
+        names.stream,
+        seen.events.len(),
+        got[0],
+        got.last().unwrap(),
+        seen.replayed,
+        seen.connections,
+    );
+}
+
+/// A bridge on a fixed port (its client reconnects there after a restart), through `proxy` to
+/// RabbitMQ, keeping its state in `state`.
+fn bridge_at(port: u16, args: &[&str], state: &Path) -> Callwire {
+    let log = std::env::temp_dir().join(format!("{}.log", unique("callwire-stream-")));
+    let child = Command::new(common::binary())
+        .args(args)
+        .arg("--state-dir")
+        .arg(state)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("callwire starts");
+    let mut callwire = Callwire { child, port, log };
+    wait_for("callwire to listen", Duration::from_secs(10), || {
+        if let Some(status) = callwire.child.try_wait().unwrap() {
+            panic!("callwire exited with {status}: {}", callwire.log_text());
+        }
+        callwire.log_text().contains("listening on")
+    });
+    callwire.wait_connected(Duration::from_secs(15));
+    callwire
+}
+
+/// The offset a stream is read from, as the connection's log line says (`None`: the next
+/// message), for each connection in order.
+fn read_from(log: &str) -> Vec<Option<u64>> {
+    log.lines()
+        .filter(|line| line.contains("amqp: connected") && line.contains(", stream '"))
+        .map(|line| {
+            let (_, offset) = line.split_once("reading from offset ")?;
+            offset.trim().parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn a_bridge_reads_the_stream_on_after_a_broker_cut_and_a_restart_with_its_state() {
+    let names = Names {
+        exchange: unique("stream-restart-x-"),
+        stream: unique("stream-restart-s-"),
+    };
+    let epoch = format!("stream:{}", names.stream);
+    let creds = json!({"credentials": [{"name": "manager", "secret": MANAGER, "account": "*"}]});
+    let creds = TempFile::new("callwire-stream-restart-creds-", &creds.to_string());
+    let state = std::env::temp_dir().join(unique("callwire-stream-state-"));
+    let proxy = Proxy::start(5672, true);
+    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
+    let args = stream_args(&names, &creds, &url);
+    let port = free_port();
+    let mut callwire = bridge_at(port, &args, &state);
+    let blackhole = Client::start(port, MANAGER, "#");
+    wait_for("the client", Duration::from_secs(10), || {
+        !blackhole.seen.lock().unwrap().replies.is_empty()
+    });
+
+    let simulate = simulate(&names, "2121");
+    wait_for("events to flow", Duration::from_secs(30), || {
+        blackhole.events() > 200
+    });
+    proxy.cut();
+    wait_for(
+        "the bridge to see the broker gone",
+        Duration::from_secs(30),
+        || callwire.healthz().0 == 503,
+    );
+    let before_cut = blackhole.events();
+    proxy.resume();
+    wait_for(
+        "events again after the cut",
+        Duration::from_secs(30),
+        || blackhole.events() > before_cut + 200,
+    );
+    let sent = Command::new("kill")
+        .args(["-TERM", &callwire.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let stopped = callwire.child.wait().unwrap();
+    let first_log = callwire.log_text();
+    assert!(stopped.success(), "SIGTERM exits 0: {stopped}\n{first_log}");
+    drop(callwire);
+    let before_restart = blackhole.events() as u64;
+    let callwire = bridge_at(port, &args, &state);
+    let second_log = callwire.log_text();
+    let published = published(simulate);
+    wait_for(
+        "the client to get every event",
+        Duration::from_secs(60),
+        || blackhole.events() as u64 >= published,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    drop(callwire);
+    let _ = std::fs::remove_dir_all(&state);
+    let seen = blackhole.finish();
+
+    // The first start reads from the next message, the restart from the offset after the
+    // saved history. (The reconnect after the cut logs no line of its own: that it read on
+    // from where it was is the gapless offsets below, simulate publishing all along.)
+    assert_eq!(
+        read_from(&first_log),
+        [None],
+        "the first start reads the next message on:\n{first_log}"
+    );
+    assert!(first_log.contains("lost"), "the cut was seen:\n{first_log}");
+    let saved: u64 = (first_log.lines())
+        .find_map(|line| {
+            let (_, rest) =
+                line.split_once(&format!("state: saved epoch {epoch} up to offset "))?;
+            rest.split(',').next()?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no save at SIGTERM:\n{first_log}"));
+    assert!(
+        saved >= before_restart,
+        "{saved} saved, {before_restart} read"
+    );
+    assert_eq!(
+        read_from(&second_log),
+        [Some(saved)],
+        "the restart reads on after the saved history:\n{second_log}"
+    );
+    assert!(
+        before_restart < published,
+        "simulate published while the bridge was stopped"
+    );
+
+    assert_eq!(seen.events.len() as u64, published, "every event");
+    assert!(seen.events.iter().all(|e| e["epoch"] == epoch.as_str()));
+    let got = offsets(&seen.events, |e| &e["offset"]);
+    assert_eq!(
+        got,
+        (1..=published).collect::<Vec<u64>>(),
+        "each stream offset once, in order"
+    );
+    let resumed: Vec<&Value> = seen.replies[1..]
+        .iter()
+        .map(|r| &r["data"]["recovered"])
+        .collect();
+    assert!(
+        !resumed.is_empty() && resumed.iter().all(|r| **r == json!(true)),
+        "resumed after the restart: {resumed:?}"
+    );
+    eprintln!(
+        "one bridge on stream {}: simulate published {published}; the broker cut after \
+         {before_cut}, the SIGTERM restart after {before_restart} (saved through offset \
+         {saved}, read on from stream offset {saved}); the client got {} once each, in \
+         order, {} connection(s)",
+        names.stream,
+        seen.events.len(),
+        seen.connections
+    );
+}
