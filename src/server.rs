@@ -367,7 +367,7 @@ async fn upgrade(
     };
     // Blackhole answers without a subprotocol even when one is offered (blackhole.md).
     // ActionCable answers `actioncable-v1-json` when it is offered (the official client needs
-    // it), and no subprotocol otherwise, as Rails does (docs/ARCHITECTURE.md, "Choices").
+    // it), and no subprotocol otherwise, as Rails does (docs/protocols/decisions.md, "ActionCable").
     let protocol = match (dialect, cable_protocol) {
         (Dialect::Cable, Some(protocol)) => format!("Sec-WebSocket-Protocol: {protocol}\r\n"),
         _ => String::new(),
