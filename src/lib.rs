@@ -41,5 +41,6 @@ pub mod simulate;
 pub mod source;
 pub mod status;
 pub mod text_frames;
+pub mod tls;
 pub mod trim;
 pub mod ws;

@@ -22,7 +22,7 @@ use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use async_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 use futures_lite::{AsyncRead, AsyncWrite};
-use futures_util::{Sink, Stream};
+use futures_util::{Sink, Stream as _};
 use smol::{Async, Timer};
 
 use crate::app::App;
@@ -33,11 +33,30 @@ use crate::limits::{Limits, TokenBucket};
 use crate::metrics::Limit;
 use crate::seats::Seat;
 use crate::text_frames::TextWriter;
+use crate::tls::MaybeTls;
 
 /// The upgraded socket as tungstenite drives it.
-pub type Socket = WebSocketStream<Tcp>;
+pub type Socket = WebSocketStream<Stream>;
 
-/// A connection's TCP stream, read only once the reactor has seen it readable.
+/// A client's connection: plain TCP, or TLS over it (`--tls-cert`).
+pub type Stream = MaybeTls<Tcp>;
+
+impl Stream {
+    /// Whether a read could find anything (see [`Tcp::may_read`]); under TLS, also while
+    /// rustls holds decrypted bytes not yet read.
+    fn may_read(&mut self, cx: &mut Context<'_>) -> bool {
+        match self {
+            MaybeTls::Plain(tcp) => tcp.may_read(cx),
+            MaybeTls::Tls(tls) => {
+                let (tcp, connection) = tls.get_mut();
+                !connection.wants_read() || tcp.may_read(cx)
+            }
+        }
+    }
+}
+
+/// A connection's TCP stream, read only once the reactor has seen it readable (under TLS,
+/// rustls reads through it).
 ///
 /// A connection's task wakes for every frame the hub queues, and tungstenite tries a read on
 /// each wake; on a bare `Async<TcpStream>` that is a `recv` answered EAGAIN, one wasted
@@ -528,7 +547,7 @@ fn write_frames(
 /// One vectored write of the frames in the order they go out: replies (the next one last in
 /// `replies`), queued frames, the farewell.
 fn write_batch(
-    socket: &mut Tcp,
+    socket: &mut Stream,
     writer: &mut TextWriter,
     cx: &mut Context<'_>,
     replies: &[Frame],

@@ -15,6 +15,8 @@ use async_rs::traits::{Executor, Reactor, RuntimeKit};
 use async_rs::util::{Task, TaskImpl};
 use futures_lite::{AsyncRead, AsyncWrite, Stream};
 
+use crate::tls::MaybeTls;
+
 #[derive(Clone, Debug)]
 pub(super) struct Kit {
     tasks: Arc<smol::Executor<'static>>,
@@ -51,7 +53,8 @@ impl Executor for Kit {
 }
 
 impl Reactor for Kit {
-    type TcpStream = <Smol as Reactor>::TcpStream;
+    /// `amqps://` connections are TLS over the same socket (made by the driver's connect).
+    type TcpStream = MaybeTls<<Smol as Reactor>::TcpStream>;
     type Sleep = <Smol as Reactor>::Sleep;
 
     fn register<H: Read + Write + AsFd + AsRawFd + Send + 'static>(
@@ -73,7 +76,8 @@ impl Reactor for Kit {
         &self,
         addr: SocketAddr,
     ) -> impl Future<Output = io::Result<Self::TcpStream>> + Send + 'static {
-        Smol.tcp_connect_addr(addr)
+        let connecting = Smol.tcp_connect_addr(addr);
+        async move { connecting.await.map(MaybeTls::Plain) }
     }
 }
 
