@@ -359,3 +359,161 @@ fn amqps_through_a_tls_terminating_proxy_to_the_shared_rabbitmq() {
     })
     .unwrap();
 }
+
+/// The page of another origin, served over https://: it opens a wss:// Blackhole socket to
+/// callwire, subscribes to `call.#` and notes the replies and events it gets.
+fn wss_page(callwire_port: u16) -> String {
+    format!(
+        r#"<!doctype html><title>a wallboard over https</title><script>
+const results = {{ opened: false, replies: [], events: [], closed: null, done: false }};
+window.results = results;
+const ws = new WebSocket('wss://localhost:{callwire_port}/');
+ws.onopen = () => {{
+  results.opened = true;
+  ws.send(JSON.stringify({{ action: 'subscribe', request_id: 'page', data: {{ binding: 'call.#' }} }}));
+}};
+ws.onmessage = (m) => {{
+  const frame = JSON.parse(m.data);
+  if (frame.action === 'reply') results.replies.push(frame.status);
+  if (frame.action === 'event') results.events.push(frame.name);
+  if (results.events.length >= 3) {{ results.done = true; ws.close(); }}
+}};
+ws.onclose = (e) => {{ results.closed = e.code; results.done = true; }};
+setTimeout(() => {{ results.done = true; }}, 15000);
+</script>"#
+    )
+}
+
+/// `openssl s_server` serving the files of `dir` over https:// with `cert` and the CA's
+/// certificate as its chain.
+struct PageServer {
+    child: Child,
+    port: u16,
+}
+
+impl PageServer {
+    fn start(ca: &TestCa, cert: &common::pki::Issued) -> PageServer {
+        let port = free_port();
+        let child = Command::new("openssl")
+            .args(["s_server", "-quiet", "-WWW", "-accept"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args([
+                "-cert",
+                &cert.cert,
+                "-key",
+                &cert.key,
+                "-cert_chain",
+                &ca.cert(),
+            ])
+            .current_dir(&ca.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl s_server runs");
+        wait_for("the https page server", TIMEOUT, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        PageServer { child, port }
+    }
+}
+
+impl Drop for PageServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The base64 SHA-256 of a certificate's public key (SubjectPublicKeyInfo), as Chromium's
+/// `--ignore-certificate-errors-spki-list` takes it.
+fn spki_hash(cert: &str) -> String {
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl x509 -in '{cert}' -pubkey -noout | openssl pkey -pubin -outform der | \
+             openssl dgst -sha256 -binary | base64"
+        ))
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn chromium_on_an_https_page_of_an_allowed_origin_gets_events_over_wss() {
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists(),
+        "Debian's Chromium is not installed: run `apt-get install chromium`"
+    );
+    let ca = TestCa::new("browser");
+    // Both servers present their certificate with the CA's after it, as a real chain.
+    let chained = |issued: common::pki::Issued| {
+        let chain = format!("{}.chain", issued.cert);
+        let text = std::fs::read_to_string(&issued.cert).unwrap()
+            + &std::fs::read_to_string(ca.cert()).unwrap();
+        std::fs::write(&chain, text).unwrap();
+        common::pki::Issued {
+            cert: chain,
+            key: issued.key,
+        }
+    };
+    let page_cert = ca.issue("page");
+    let page = PageServer::start(&ca, &page_cert);
+    let origin = format!("https://localhost:{}", page.port);
+    let callwire = tls_callwire(
+        &chained(ca.issue("callwire")),
+        &["--allowed-origin", &origin],
+    );
+    std::fs::write(ca.dir.join("wallboard.html"), wss_page(callwire.port)).unwrap();
+
+    let browse = |spki: &str| {
+        let script = format!("{}/tests/browser/wss.mjs", env!("CARGO_MANIFEST_DIR"));
+        Command::new("node")
+            .arg(script)
+            .arg(format!("{origin}/wallboard.html"))
+            .arg(spki)
+            .output()
+            .expect("node runs")
+    };
+    // A Chromium that does not trust the CA does not even load the page.
+    let untrusting = browse("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+    let refused: Value = serde_json::from_slice(&untrusting.stdout).expect("a JSON summary");
+    assert_eq!(refused["ok"], false, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("ERR_CERT_AUTHORITY_INVALID"),
+        "{refused}"
+    );
+
+    let output = browse(&spki_hash(&ca.cert()));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "the browser test failed:\n{stdout}\n{}\ncallwire's log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        callwire.log_text()
+    );
+    let summary: Value = serde_json::from_str(stdout.trim()).expect("a JSON summary");
+    assert_eq!(summary["origin"], json!(origin), "{summary}");
+    let results = &summary["results"];
+    assert_eq!(
+        results["opened"],
+        true,
+        "{summary}\n{}",
+        callwire.log_text()
+    );
+    assert_eq!(results["replies"], json!(["success"]), "{summary}");
+    assert_eq!(results["events"].as_array().unwrap().len(), 3, "{summary}");
+    // The page's origin was let in because it was listed, not because nothing is checked:
+    // nothing was refused, and no handshake failed.
+    let (status, metrics) = https_get(&ca.cert(), callwire.port, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        metric(&metrics, "callwire_forbidden_total{reason=\"origin\"}"),
+        0
+    );
+    assert_eq!(metric(&metrics, "callwire_tls_handshake_failures_total"), 0);
+}
