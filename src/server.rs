@@ -433,6 +433,7 @@ async fn upgrade(
         return;
     }
     let config = ws::config(limits);
+    stream.bound_send_buffer();
     let ws = WebSocketStream::from_partially_read(stream, request.rest, Role::Server, Some(config))
         .await;
     let app = app.clone();

@@ -2,10 +2,11 @@
 //! roots the broker connections trust (`--broker-ca` or the system's), the crypto provider
 //! both use, and what one TLS connection may hold (its part of the memory budget).
 //!
-//! rustls with *ring* as its provider: ring builds from Rust plus a little C and assembly that
-//! any C compiler for the target builds (`.ci/cross` has one per target), where aws-lc-rs
-//! needs cmake-era tooling, a larger C build per target and adds about twice the code. One
-//! provider for both sides, chosen here and nowhere else.
+//! rustls with *ring* as its provider: ring is Rust plus a little C and assembly that a plain
+//! C compiler for the target builds (`.ci/cross` names one per target; no cmake, no bindgen),
+//! where aws-lc-rs builds all of AWS-LC, a far larger C library, for each target, and its
+//! build wants cmake or bindgen on some of them. One provider for both sides, chosen here and
+//! nowhere else.
 
 use std::cell::RefCell;
 use std::io::{self, IoSlice};

@@ -42,6 +42,14 @@ pub type Socket = WebSocketStream<Stream>;
 pub type Stream = MaybeTls<Tcp>;
 
 impl Stream {
+    /// Bounds the kernel's send buffer of the socket under it (see [`SEND_BUFFER`]).
+    pub fn bound_send_buffer(&self) {
+        match self {
+            MaybeTls::Plain(tcp) => tcp.bound_send_buffer(),
+            MaybeTls::Tls(tls) => tls.get_ref().0.bound_send_buffer(),
+        }
+    }
+
     /// Whether a read could find anything (see [`Tcp::may_read`]); under TLS, also while
     /// rustls holds decrypted bytes not yet read.
     fn may_read(&mut self, cx: &mut Context<'_>) -> bool {
@@ -69,11 +77,14 @@ pub struct Tcp {
 }
 
 impl Tcp {
-    /// Takes an accepted socket and bounds its kernel send buffer to [`SEND_BUFFER`].
     pub fn new(io: Async<TcpStream>) -> Tcp {
-        // Best effort: a socket that keeps the system's buffer only takes longer to stall.
-        let _ = rustix::net::sockopt::set_socket_send_buffer_size(io.get_ref(), SEND_BUFFER);
         Tcp { io, drained: false }
+    }
+
+    /// Bounds the kernel's send buffer to [`SEND_BUFFER`], once the socket is a websocket.
+    fn bound_send_buffer(&self) {
+        // Best effort: a socket that keeps the system's buffer only takes longer to stall.
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size(self.io.get_ref(), SEND_BUFFER);
     }
 
     /// Whether a read could find anything: false only while the last read would have blocked
