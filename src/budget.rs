@@ -18,6 +18,7 @@ use crate::live::LiveState;
 use crate::rest::Catalogue;
 use crate::source::amqp::PREFETCH;
 use crate::state;
+use crate::tls;
 use crate::ws::{CONTROL_BUFFER, READ_BUFFER};
 
 /// What one connected client costs besides the bounds below, whatever it does: its task and
@@ -53,6 +54,8 @@ pub enum Part {
     WsRead,
     /// Each client's control frames being written, in tungstenite's write buffer (`ws`).
     WsWrite,
+    /// rustls's state and buffers of each connection, with `--tls-cert` (`tls`); none without.
+    Tls,
     /// Frames queued to clients: `--queue-bytes-total` (`hub`).
     Queues,
     /// The live calls (`live`).
@@ -75,11 +78,12 @@ pub enum Part {
 }
 
 impl Part {
-    pub const ALL: [Part; 12] = [
+    pub const ALL: [Part; 13] = [
         Part::Clients,
         Part::Bindings,
         Part::WsRead,
         Part::WsWrite,
+        Part::Tls,
         Part::Queues,
         Part::LiveCalls,
         Part::History,
@@ -96,6 +100,7 @@ impl Part {
             Part::Bindings => "bindings",
             Part::WsRead => "ws_read",
             Part::WsWrite => "ws_write",
+            Part::Tls => "tls",
             Part::Queues => "queues",
             Part::LiveCalls => "live_calls",
             Part::History => "history",
@@ -129,6 +134,9 @@ impl Budget {
                 // Text frames are written from the queues' bytes (`text_frames`); tungstenite
                 // holds only control frames, and refuses more than `CONTROL_BUFFER` of them.
                 Part::WsWrite => clients * CONTROL_BUFFER,
+                // Every client, and every connection in its handshake or being answered.
+                Part::Tls if limits.tls => (clients + MAX_PENDING) * tls::PER_CONNECTION,
+                Part::Tls => 0,
                 // Distinct frames, however many queues share them (`hub::Charge`).
                 Part::Queues => limits.queue_bytes_total,
                 Part::LiveCalls => LiveState::bound(limits.max_calls, limits.events_per_call),
@@ -154,6 +162,13 @@ impl Budget {
         self.parts[part as usize]
     }
 
+    /// The parts there are with these limits: all but `tls` without TLS, where it is nothing.
+    pub fn parts(&self) -> impl Iterator<Item = Part> + '_ {
+        Part::ALL
+            .into_iter()
+            .filter(|&part| part != Part::Tls || self.part(part) > 0)
+    }
+
     /// The sum of the parts.
     pub fn total(&self) -> usize {
         self.parts.iter().sum()
@@ -162,7 +177,7 @@ impl Budget {
     /// The start-up log line: the total, then each part, in MiB.
     pub fn line(&self) -> String {
         let mut line = format!("memory budget {}:", mib(self.total()));
-        for part in Part::ALL {
+        for part in self.parts() {
             let _ = write!(line, " {} {}", part.as_str(), mib(self.part(part)));
         }
         line.push_str(" (plus the fixed part, measured idle)");
@@ -193,7 +208,7 @@ mod tests {
 
     #[test]
     fn the_line_names_every_part_and_the_parts_add_up() {
-        let budget = Budget::new(&limits_from(&[]));
+        let budget = Budget::new(&limits_from(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]));
         let line = budget.line();
         for part in Part::ALL {
             assert!(budget.part(part) > 0, "{part:?}");
@@ -212,10 +227,34 @@ mod tests {
                 part,
                 Part::Clients | Part::Bindings | Part::WsRead | Part::WsWrite
             );
+            if part == Part::Tls {
+                assert_eq!((one.part(part), ten.part(part)), (0, 0), "without TLS");
+                continue;
+            }
             match per_client {
                 true => assert_eq!(ten.part(part), 10 * one.part(part), "{part:?}"),
                 false => assert_eq!(ten.part(part), one.part(part), "{part:?}"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+    use crate::cli::limits_from;
+
+    #[test]
+    fn tls_adds_rustls_per_connection_and_nothing_else() {
+        let flags = ["--max-clients", "100"];
+        let plain = Budget::new(&limits_from(&flags));
+        let with_tls = [&flags[..], &["--tls-cert", "c.pem", "--tls-key", "k.pem"]].concat();
+        let tls = Budget::new(&limits_from(&with_tls));
+        assert_eq!(
+            tls.part(Part::Tls),
+            (100 + MAX_PENDING) * tls::PER_CONNECTION
+        );
+        assert_eq!(tls.total() - plain.total(), tls.part(Part::Tls));
+        assert!(!plain.line().contains(" tls ") && tls.line().contains(" tls "));
     }
 }

@@ -15,6 +15,7 @@ use crate::sim::Profile;
 use crate::source::amqp::{AmqpOptions, StreamOptions};
 use crate::source::mqtt::MqttOptions;
 use crate::state::StateConfig;
+use crate::tls::BrokerTls;
 
 /// callwire: bridge a PBX's call events from MQTT or AMQP to websocket clients.
 #[derive(FromArgs, Debug)]
@@ -105,6 +106,20 @@ pub struct Args {
     /// credentials file (JSON); without it only loopback addresses are served
     #[argh(option)]
     pub auth: Option<String>,
+
+    /// PEM certificate chain to serve https:// and wss:// with (with --tls-key); read again
+    /// on SIGHUP
+    #[argh(option)]
+    pub tls_cert: Option<String>,
+
+    /// PEM private key of --tls-cert; read again on SIGHUP
+    #[argh(option)]
+    pub tls_key: Option<String>,
+
+    /// PEM file of the certificates that mqtts:// and amqps:// brokers are checked against
+    /// (default: the system's roots)
+    #[argh(option)]
+    pub broker_ca: Option<String>,
 
     /// serve a non-loopback address without authentication (logged as a warning)
     #[argh(switch)]
@@ -301,6 +316,8 @@ pub struct Config {
     pub command_topic: String,
     pub source: SourceConfig,
     pub auth_file: Option<String>,
+    /// `--tls-cert` and `--tls-key`: the listener serves TLS only.
+    pub tls: Option<TlsFiles>,
     pub insecure_no_auth: bool,
     /// `--allowed-origin`, normalised (`*` kept as it is).
     pub allowed_origins: Vec<String>,
@@ -310,6 +327,13 @@ pub struct Config {
     pub log_level: Level,
     /// `--state-dir` and `--state-interval`, when given.
     pub state: Option<StateConfig>,
+}
+
+/// The listener's certificate chain and key files (read by `tls::ListenerTls`).
+#[derive(Debug)]
+pub struct TlsFiles {
+    pub cert: String,
+    pub key: String,
 }
 
 impl Args {
@@ -333,7 +357,14 @@ impl Args {
                 self.log_level
             )
         })?;
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => return Err("--tls-cert needs --tls-key".to_owned()),
+            (None, Some(_)) => return Err("--tls-key needs --tls-cert".to_owned()),
+        };
         let limits = Limits {
+            tls: tls.is_some(),
             max_clients: positive("--max-clients", self.max_clients)?,
             max_bindings: positive("--max-bindings", self.max_bindings)?,
             max_filters: positive("--max-filters", self.max_filters)?,
@@ -455,6 +486,9 @@ impl Args {
                 None => None,
             };
             options.check()?;
+            options
+                .tls
+                .trust(broker_ca(self.broker_ca.as_deref(), &options.tls)?)?;
             SourceConfig::Amqp(options)
         } else {
             let url = self.mqtt.as_deref().unwrap_or("mqtt://127.0.0.1:1883");
@@ -480,6 +514,9 @@ impl Args {
                 }
                 None => {}
             }
+            options
+                .tls
+                .trust(broker_ca(self.broker_ca.as_deref(), &options.tls)?)?;
             SourceConfig::Mqtt(options)
         };
         Ok(Config {
@@ -487,6 +524,7 @@ impl Args {
             command_topic: command_topic(self.command_topic)?,
             source,
             auth_file: self.auth,
+            tls,
             insecure_no_auth: self.insecure_no_auth,
             allowed_origins,
             allowed_hosts,
@@ -534,6 +572,16 @@ fn command_topic(prefix: String) -> Result<String, String> {
         ));
     }
     Ok(prefix)
+}
+
+/// `--broker-ca`, which only a TLS broker URL has a use for.
+fn broker_ca<'a>(ca: Option<&'a str>, tls: &BrokerTls) -> Result<Option<&'a str>, String> {
+    match ca {
+        Some(_) if !tls.is_on() => {
+            Err("--broker-ca: the broker URL is not TLS; use mqtts:// or amqps://".to_owned())
+        }
+        ca => Ok(ca),
+    }
 }
 
 fn positive(flag: &str, value: usize) -> Result<usize, String> {
@@ -661,6 +709,12 @@ mod tests {
         for (args, needle) in [
             (&["--bogus"][..], "--bogus"),
             (&["--listen", "nope"], "--listen"),
+            (&["--tls-cert", "c.pem"], "--tls-cert needs --tls-key"),
+            (&["--tls-key", "k.pem"], "--tls-key needs --tls-cert"),
+            (
+                &["--broker-ca", "ca.pem"],
+                "--broker-ca: the broker URL is not TLS",
+            ),
             (&["--listen", "0.0.0.0:58080"], "--auth"),
             (&["--max-clients", "0"], "--max-clients"),
             (&["--auth-timeout", "0"], "--auth-timeout"),

@@ -43,5 +43,6 @@ pub mod source;
 pub mod state;
 pub mod status;
 pub mod text_frames;
+pub mod tls;
 pub mod trim;
 pub mod ws;

@@ -15,6 +15,9 @@ pub const MAX_PENDING: usize = 128;
 /// Every bound, fixed at start-up (`--max-clients`, `--max-bindings`, ...).
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
+    /// Whether every connection is TLS (`--tls-cert`): each then holds rustls's state and
+    /// buffers, `tls::PER_CONNECTION` at most.
+    pub tls: bool,
     /// Websocket clients at once; the hub's slab is this big.
     pub max_clients: usize,
     /// Bindings on one Blackhole socket.

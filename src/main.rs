@@ -25,6 +25,7 @@ use callwire::server;
 use callwire::simulate;
 use callwire::source::{Commands, EventSink, SourceKind, SourceStatus, amqp, demo, mqtt};
 use callwire::state;
+use callwire::tls::ListenerTls;
 use callwire::{fds, trim};
 use callwire::{info, logging, warn};
 use futures_lite::{FutureExt, StreamExt};
@@ -70,6 +71,13 @@ fn serve(mut config: Config) -> ExitCode {
         },
         None => Auth::open(),
     };
+    let tls = match &config.tls {
+        Some(files) => match ListenerTls::load(&files.cert, &files.key) {
+            Ok(tls) => Some(Rc::new(tls)),
+            Err(message) => return fail(&message, 2),
+        },
+        None => None,
+    };
     let listener = match std::net::TcpListener::bind(config.listen)
         .and_then(Async::<std::net::TcpListener>::try_from)
     {
@@ -101,7 +109,16 @@ fn serve(mut config: Config) -> ExitCode {
     }
     // Boxed behind `dyn`, so block_on cannot inline the bridge's poll into this frame: rustc
     // probes every page of a large frame on entry, and those pages would stay resident.
-    let bridge = run(config, auth, listener, executor.clone(), metrics, saved).boxed_local();
+    let bridge = run(
+        config,
+        auth,
+        tls,
+        listener,
+        executor.clone(),
+        metrics,
+        saved,
+    )
+    .boxed_local();
     smol::block_on(executor.run(bridge));
     ExitCode::SUCCESS
 }
@@ -128,6 +145,7 @@ fn fail(message: &str, code: i32) -> ExitCode {
 async fn run(
     config: Config,
     auth: Auth,
+    tls: Option<Rc<ListenerTls>>,
     listener: Async<std::net::TcpListener>,
     executor: Rc<LocalExecutor<'static>>,
     metrics: Rc<Metrics>,
@@ -182,13 +200,21 @@ async fn run(
     });
     // The bound address, not the flag: with port 0 this says which port the system chose.
     let address = listener.get_ref().local_addr().unwrap_or(config.listen);
+    if let Some(tls) = &tls {
+        info!(
+            "TLS: every connection is https:// or wss://, certificate {}",
+            tls.cert_path()
+        );
+    }
     info!("listening on {address}");
     // One timer pings every ActionCable socket.
     let pinging = app.clone();
     executor
         .spawn(async move { cable::send_pings(&pinging.hub).await })
         .detach();
-    executor.spawn(reload_on_hangup(app.clone())).detach();
+    executor
+        .spawn(reload_on_hangup(app.clone(), tls.clone()))
+        .detach();
     if trim::NEEDED {
         executor.spawn(trim::run()).detach();
     }
@@ -205,7 +231,7 @@ async fn run(
     let notifier = Notifier::from_env();
     let ready = notify_ready(notifier.clone(), address, app.clone(), executor.clone());
     let serving = async {
-        server::run(listener, app.clone(), executor).await;
+        server::run(listener, app.clone(), tls, executor).await;
         Ok(())
     };
     // `or` polls its left side first: the accept loop and the signal watch are in place
@@ -258,13 +284,26 @@ async fn notify_ready(
 }
 
 /// On SIGHUP, reads the credentials file again and closes the sockets whose credential is
-/// gone. A broken file keeps the credentials in force and says why.
-async fn reload_on_hangup(app: Rc<App>) {
+/// gone; and reads the TLS certificate and key again for new connections (open ones keep
+/// theirs). A broken file keeps what is in force and says why.
+async fn reload_on_hangup(app: Rc<App>, tls: Option<Rc<ListenerTls>>) {
     let Ok(mut hangups) = Signals::new([Signal::Hup]) else {
-        warn!("cannot watch for SIGHUP; credentials are read only at start-up");
+        warn!("cannot watch for SIGHUP; credentials and certificates are read only at start-up");
         return;
     };
     while hangups.next().await.is_some() {
+        if let Some(tls) = &tls {
+            match tls.reload() {
+                Ok(()) => info!(
+                    "SIGHUP: new connections get the certificate now in {}",
+                    tls.cert_path()
+                ),
+                Err(reason) => warn!("SIGHUP: kept the TLS certificate in force: {reason}"),
+            }
+        }
+        if app.auth.path().is_none() {
+            continue;
+        }
         match app.auth.reload() {
             Ok(count) => {
                 warn_if_no_credentials(count, app.auth.path().unwrap_or_default());

@@ -161,6 +161,9 @@ pub struct Metrics {
     pub events_not_json: Counter,
     /// Live calls dropped, oldest first, to make room past `--max-calls`.
     pub live_calls_evicted: Counter,
+    /// TLS handshakes that failed (`--tls-cert`): a client that does not trust the
+    /// certificate, a plain client on the TLS port, a scan.
+    pub tls_handshake_failures: Counter,
     /// Frames queued to clients, one per client per event, by dialect.
     deliveries: [Counter; Dialect::ALL.len()],
     dropped: [Counter; DropReason::ALL.len()],

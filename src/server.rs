@@ -12,12 +12,13 @@ use std::net::{IpAddr, TcpListener, TcpStream};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
 use async_tungstenite::tungstenite::protocol::Role;
 use futures_lite::{AsyncWriteExt, FutureExt};
+use futures_rustls::TlsAcceptor;
 use smol::{Async, LocalExecutor, Timer};
 
 use crate::app::App;
@@ -37,6 +38,7 @@ use crate::origins;
 use crate::rest::{self, LiveApi};
 use crate::seats::NoSeat;
 use crate::status;
+use crate::tls::{self, ListenerTls, MaybeTls};
 use crate::ws::{self, Connection};
 
 /// How long a plain HTTP answer may take to be written: a client that does not read it is
@@ -45,6 +47,12 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How often a failed `accept` is logged, at most.
 const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+thread_local! {
+    /// Failed TLS handshakes (a client that does not trust the certificate, a port scan) are
+    /// counted in `/metrics` and logged at most this often.
+    static TLS_LOG: RateLimit = const { RateLimit::new(ACCEPT_LOG_EVERY) };
+}
 
 /// Connections open now per peer address, for `--max-per-ip`.
 #[derive(Default)]
@@ -120,8 +128,14 @@ impl Drop for PendingSlot {
     }
 }
 
-/// Accepts connections forever, each handled on its own task.
-pub async fn run(listener: Async<TcpListener>, app: Rc<App>, executor: Rc<LocalExecutor<'static>>) {
+/// Accepts connections forever, each handled on its own task; with `tls`, every connection
+/// is TLS (a plain one fails its handshake).
+pub async fn run(
+    listener: Async<TcpListener>,
+    app: Rc<App>,
+    tls: Option<Rc<ListenerTls>>,
+    executor: Rc<LocalExecutor<'static>>,
+) {
     let per_ip = Rc::new(PerIp::default());
     let pending = Rc::new(Pending::default());
     let max_per_ip = app.hub.limits().max_per_ip;
@@ -138,10 +152,19 @@ pub async fn run(listener: Async<TcpListener>, app: Rc<App>, executor: Rc<LocalE
                 let _ = stream.get_ref().set_nodelay(true);
                 match per_ip.enter(peer.ip(), max_per_ip) {
                     Some(slot) => {
-                        let handshake =
-                            handle(stream, app.clone(), slot, answering, executor.clone());
+                        let acceptor = tls.as_ref().map(|tls| tls.acceptor());
+                        let handshake = handle(
+                            stream,
+                            acceptor,
+                            app.clone(),
+                            slot,
+                            answering,
+                            executor.clone(),
+                        );
                         executor.spawn(handshake).detach();
                     }
+                    // A TLS client could not read a plain answer: it is only closed.
+                    None if tls.is_some() => app.metrics.limit_hits(Limit::PerIp).inc(),
                     None => {
                         app.metrics.limit_hits(Limit::PerIp).inc();
                         let refuse = async move {
@@ -169,18 +192,47 @@ pub async fn run(listener: Async<TcpListener>, app: Rc<App>, executor: Rc<LocalE
 }
 
 /// Reads one request and answers it; an accepted upgrade goes on as a `Connection` task of
-/// its own (so the handshake's state is freed), taking `slot` with it.
+/// its own (so the handshake's state is freed), taking `slot` with it. With `tls`, the TLS
+/// handshake comes first, within the same `--handshake-timeout` as the request head.
 async fn handle(
-    mut stream: Async<TcpStream>,
+    stream: Async<TcpStream>,
+    tls: Option<TlsAcceptor>,
     app: Rc<App>,
     slot: IpSlot,
     _answering: PendingSlot,
     executor: Rc<LocalExecutor<'static>>,
 ) {
     let timeout = app.hub.limits().handshake_timeout;
+    let deadline = Instant::now() + timeout;
+    let tcp = ws::Tcp::new(stream);
+    let mut stream = match tls {
+        None => MaybeTls::Plain(tcp),
+        Some(acceptor) => {
+            let bounded = |connection: &mut rustls::ServerConnection| {
+                connection.set_buffer_limit(Some(tls::SEND_BUFFER_LIMIT));
+            };
+            let handshake = async { Some(acceptor.accept_with(tcp, bounded).await) }.or(async {
+                Timer::at(deadline).await;
+                None
+            });
+            match handshake.await {
+                Some(Ok(tls)) => MaybeTls::Tls(Box::new(tls.into())),
+                Some(Err(err)) => {
+                    app.metrics.tls_handshake_failures.inc();
+                    TLS_LOG
+                        .with(|log| log.report(|held| info!("TLS handshake failed: {err}{held}")));
+                    return;
+                }
+                None => {
+                    app.metrics.limit_hits(Limit::HandshakeTimeout).inc();
+                    return;
+                }
+            }
+        }
+    };
     let head = http::read_head(&mut stream)
         .or(async {
-            Timer::after(timeout).await;
+            Timer::at(deadline).await;
             Err(HeadError::TimedOut)
         })
         .await;
@@ -279,7 +331,7 @@ fn dashboard(path: &str) -> Response {
 }
 
 async fn upgrade(
-    mut stream: Async<TcpStream>,
+    mut stream: ws::Stream,
     request: Request,
     app: &Rc<App>,
     slot: IpSlot,
@@ -381,7 +433,7 @@ async fn upgrade(
         return;
     }
     let config = ws::config(limits);
-    let stream = ws::Tcp::new(stream);
+    stream.bound_send_buffer();
     let ws = WebSocketStream::from_partially_read(stream, request.rest, Role::Server, Some(config))
         .await;
     let app = app.clone();

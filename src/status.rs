@@ -5,7 +5,7 @@
 use serde_json::json;
 
 use crate::app::App;
-use crate::budget::{Budget, Part};
+use crate::budget::Budget;
 use crate::clock;
 use crate::dialect_label::Dialect;
 use crate::http::Response;
@@ -115,6 +115,12 @@ pub fn metrics(app: &App) -> Response {
         "Live calls dropped to stay within --max-calls.",
         &[(String::new(), metrics.live_calls_evicted.get())],
     );
+    family(
+        "callwire_tls_handshake_failures_total",
+        "counter",
+        "TLS handshakes on the listener that failed (--tls-cert).",
+        &[(String::new(), metrics.tls_handshake_failures.get())],
+    );
     let history = app.history.borrow();
     family(
         "callwire_history_bytes",
@@ -129,9 +135,9 @@ pub fn metrics(app: &App) -> Response {
         &[(String::new(), history.len() as u64)],
     );
     let budget = Budget::new(hub.limits());
-    let parts: Vec<(String, u64)> = Part::ALL
-        .iter()
-        .map(|&part| {
+    let parts: Vec<(String, u64)> = budget
+        .parts()
+        .map(|part| {
             let labels = format!("{{part=\"{}\"}}", part.as_str());
             (labels, budget.part(part) as u64)
         })

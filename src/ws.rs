@@ -22,7 +22,7 @@ use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use async_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 use futures_lite::{AsyncRead, AsyncWrite};
-use futures_util::{Sink, Stream};
+use futures_util::{Sink, Stream as _};
 use smol::{Async, Timer};
 
 use crate::app::App;
@@ -33,11 +33,38 @@ use crate::limits::{Limits, TokenBucket};
 use crate::metrics::Limit;
 use crate::seats::Seat;
 use crate::text_frames::TextWriter;
+use crate::tls::MaybeTls;
 
 /// The upgraded socket as tungstenite drives it.
-pub type Socket = WebSocketStream<Tcp>;
+pub type Socket = WebSocketStream<Stream>;
 
-/// A connection's TCP stream, read only once the reactor has seen it readable.
+/// A client's connection: plain TCP, or TLS over it (`--tls-cert`).
+pub type Stream = MaybeTls<Tcp>;
+
+impl Stream {
+    /// Bounds the kernel's send buffer of the socket under it (see [`SEND_BUFFER`]).
+    pub fn bound_send_buffer(&self) {
+        match self {
+            MaybeTls::Plain(tcp) => tcp.bound_send_buffer(),
+            MaybeTls::Tls(tls) => tls.get_ref().0.bound_send_buffer(),
+        }
+    }
+
+    /// Whether a read could find anything (see [`Tcp::may_read`]); under TLS, also while
+    /// rustls holds decrypted bytes not yet read.
+    fn may_read(&mut self, cx: &mut Context<'_>) -> bool {
+        match self {
+            MaybeTls::Plain(tcp) => tcp.may_read(cx),
+            MaybeTls::Tls(tls) => {
+                let (tcp, connection) = tls.get_mut();
+                !connection.wants_read() || tcp.may_read(cx)
+            }
+        }
+    }
+}
+
+/// A connection's TCP stream, read only once the reactor has seen it readable (under TLS,
+/// rustls reads through it).
 ///
 /// A connection's task wakes for every frame the hub queues, and tungstenite tries a read on
 /// each wake; on a bare `Async<TcpStream>` that is a `recv` answered EAGAIN, one wasted
@@ -50,11 +77,14 @@ pub struct Tcp {
 }
 
 impl Tcp {
-    /// Takes an accepted socket and bounds its kernel send buffer to [`SEND_BUFFER`].
     pub fn new(io: Async<TcpStream>) -> Tcp {
-        // Best effort: a socket that keeps the system's buffer only takes longer to stall.
-        let _ = rustix::net::sockopt::set_socket_send_buffer_size(io.get_ref(), SEND_BUFFER);
         Tcp { io, drained: false }
+    }
+
+    /// Bounds the kernel's send buffer to [`SEND_BUFFER`], once the socket is a websocket.
+    fn bound_send_buffer(&self) {
+        // Best effort: a socket that keeps the system's buffer only takes longer to stall.
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size(self.io.get_ref(), SEND_BUFFER);
     }
 
     /// Whether a read could find anything: false only while the last read would have blocked
@@ -528,7 +558,7 @@ fn write_frames(
 /// One vectored write of the frames in the order they go out: replies (the next one last in
 /// `replies`), queued frames, the farewell.
 fn write_batch(
-    socket: &mut Tcp,
+    socket: &mut Stream,
     writer: &mut TextWriter,
     cx: &mut Context<'_>,
     replies: &[Frame],

@@ -31,6 +31,7 @@ pub use kazoo_reference::blackhole_data;
 
 /// Small limits, so that the fuzzer reaches every bound quickly.
 pub const LIMITS: Limits = Limits {
+    tls: false,
     max_clients: 4,
     max_bindings: 4,
     max_filters: 4,

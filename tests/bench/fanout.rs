@@ -28,6 +28,10 @@
 //!    `--floor-sink`) that drains them from an epoll loop, so each write pays for waking its
 //!    reader as a server's does, and no process needs more than about N descriptors.
 //!
+//! 7. The TLS row, after the scenarios (`tls_idle`): memory per idle connection with
+//!    `--tls-cert`, beside the same number of plain ones (`--tls-clients N`, default 2000;
+//!    `--tls-only` runs nothing else).
+//!
 //! A peer that is not installed is said to be skipped. Each server's CPU is utime + stime from
 //! `/proc/<pid>/stat` around the publish phase; memory is VmRSS from `/proc/<pid>/status`
 //! before any client connects and after all N are subscribed and idle. Latency is receipt time
@@ -47,6 +51,8 @@
 //! It prints, with the issue's targets as PASS or MISS; it asserts nothing about time. It exits
 //! non-zero only when a server did not deliver N × E events, or when the run could not be set
 //! up.
+
+mod tls_idle;
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -110,6 +116,9 @@ const USAGE: &str = "usage: cargo bench --bench fanout -- [--scenario NxR]... [-
   --callwire-arg ARG
                   one more argument for callwire (repeat it for more), e.g.
                   --callwire-arg=--max-bindings --callwire-arg=1
+  --tls-clients N  clients in the TLS row: memory per idle connection, plain and TLS
+                  (default 2000)
+  --tls-only      only the TLS row, no fan-out scenario
   --callwire-bin PATH
                   measure another build of callwire (e.g. the static musl one the README's
                   \"Cross build\" describes) instead of the one cargo bench built";
@@ -130,6 +139,10 @@ struct Args {
     /// Another build of callwire to measure (a static or size-optimised one); by default the
     /// one `cargo bench` built.
     callwire_bin: Option<String>,
+    /// Clients in the TLS row (`tls_idle`).
+    tls_clients: usize,
+    /// Only the TLS row.
+    tls_only: bool,
 }
 
 impl Args {
@@ -139,6 +152,8 @@ impl Args {
             seconds: 5.0,
             callwire_args: Vec::new(),
             callwire_bin: None,
+            tls_clients: 2000,
+            tls_only: false,
         };
         let mut words = std::env::args().skip(1);
         while let Some(word) = words.next() {
@@ -168,6 +183,8 @@ impl Args {
                 "--seconds" => args.seconds = positive(&flag, &value()?)?,
                 "--callwire-arg" => args.callwire_args.push(value()?),
                 "--callwire-bin" => args.callwire_bin = Some(value()?),
+                "--tls-clients" => args.tls_clients = number(&flag, &value()?)?,
+                "--tls-only" => args.tls_only = true,
                 "--help" | "-h" => {
                     println!("{USAGE}");
                     std::process::exit(0);
@@ -175,7 +192,7 @@ impl Args {
                 _ => return Err(format!("unknown argument {word}")),
             }
         }
-        if args.scenarios.is_empty() {
+        if args.scenarios.is_empty() && !args.tls_only {
             args.scenarios = [(500, 100.0), (2000, 100.0), (2000, 10.0)]
                 .map(|(clients, rate)| Scenario { clients, rate })
                 .to_vec();
@@ -204,7 +221,10 @@ fn number(flag: &str, text: &str) -> Result<usize, String> {
 }
 
 fn run(args: &Args) -> Result<bool, String> {
-    let most = args.scenarios.iter().map(|s| s.clients).max().unwrap_or(0);
+    let most = (args.scenarios.iter().map(|s| s.clients))
+        .chain([args.tls_clients])
+        .max()
+        .unwrap_or(0);
     // N clients here, their servers' N sockets there; the floor's N readers are in a helper
     // process of their own, so no process needs much more than N.
     let fds = raise_fd_limit(most as u64 + 1024)?;
@@ -214,12 +234,16 @@ fn run(args: &Args) -> Result<bool, String> {
     for &scenario in &args.scenarios {
         sittings.push(sitting(args, scenario, &peers)?);
     }
+    let tls_row = tls_idle::measure(args, args.tls_clients)?;
     println!();
     println!("{}", peers.describe());
     for sitting in &sittings {
         report(args, sitting);
     }
-    targets(&sittings);
+    tls_idle::report(&tls_row);
+    if !args.tls_only {
+        targets(&sittings);
+    }
     let mut complete = true;
     for result in sittings.iter().flat_map(|s| &s.results) {
         if result.deliveries != result.expected {
@@ -548,6 +572,31 @@ impl Server {
     }
 
     fn callwire(dir: &Path, mqtt_port: u16, args: &Args, clients: usize) -> Result<Server, String> {
+        let mut server = Server::start_callwire(dir, mqtt_port, args, clients, &[])?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Wait until its MQTT source is connected and subscribed.
+        while http_status(server.port, "/healthz") != Some(200) {
+            server.check_alive("callwire")?;
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "callwire never connected to the private Mosquitto: {}",
+                    server.log_text()
+                ));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(server)
+    }
+
+    /// Starts callwire fed by the Mosquitto at `mqtt_port`, with room for `clients`, plus
+    /// `extra` flags; returns once it listens.
+    fn start_callwire(
+        dir: &Path,
+        mqtt_port: u16,
+        args: &Args,
+        clients: usize,
+        extra: &[&str],
+    ) -> Result<Server, String> {
         let log = dir.join("callwire.log");
         let exe = args
             .callwire_bin
@@ -575,6 +624,7 @@ impl Server {
             // No keep-alive pings inside a run.
             .args(["--ping-interval", "3600"])
             .args(&args.callwire_args)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(open_log(&log)?)
             .spawn()
@@ -600,17 +650,6 @@ impl Server {
                 return Err(format!("callwire never listened: {text}"));
             }
             thread::sleep(Duration::from_millis(10));
-        }
-        // Wait until its MQTT source is connected and subscribed.
-        while http_status(server.port, "/healthz") != Some(200) {
-            server.check_alive("callwire")?;
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "callwire never connected to the private Mosquitto: {}",
-                    server.log_text()
-                ));
-            }
-            thread::sleep(Duration::from_millis(20));
         }
         Ok(server)
     }

@@ -2,7 +2,8 @@
 // headless, and quiet on the network (nothing but the pages the tests open).
 import { chromium } from 'playwright-core';
 
-export function launch() {
+// `extraArgs`: more Chromium switches (tests/tls.rs trusts its CA with one).
+export function launch(extraArgs = []) {
   // Playwright starts it with a new, empty --user-data-dir of its own each time.
   return chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
@@ -10,6 +11,7 @@ export function launch() {
     args: [
       '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
       '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      ...extraArgs,
     ],
   });
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod kazoo_reference;
+pub mod pki;
 pub mod proxy;
 pub mod resuming;
 pub mod script;

@@ -23,12 +23,17 @@ pub struct Script {
 impl Script {
     /// `node tests/clients/<script> args...`: the official client needs `npm ci` there first.
     pub fn node(script: &str, args: &[&str]) -> Script {
+        Script::node_with_env(script, args, &[])
+    }
+
+    /// As `node`, with `env` added to its environment (`NODE_EXTRA_CA_CERTS`, ...).
+    pub fn node_with_env(script: &str, args: &[&str], env: &[(&str, &str)]) -> Script {
         let modules = format!("{}/tests/clients/node_modules", env!("CARGO_MANIFEST_DIR"));
         assert!(
             std::path::Path::new(&modules).exists(),
             "the npm packages are missing: run `npm ci --prefix tests/clients`"
         );
-        Script::spawn("node", script, args)
+        Script::start("node", script, args, env)
     }
 
     pub fn python(script: &str, args: &[&str]) -> Script {
@@ -36,10 +41,15 @@ impl Script {
     }
 
     pub fn spawn(program: &str, script: &str, args: &[&str]) -> Script {
+        Script::start(program, script, args, &[])
+    }
+
+    fn start(program: &str, script: &str, args: &[&str], env: &[(&str, &str)]) -> Script {
         let path = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
         let mut child = Command::new(program)
             .arg(&path)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

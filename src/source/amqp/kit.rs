@@ -19,6 +19,8 @@ use smol::Async;
 
 use super::oversize::{Filter, Filtered, Skipped};
 
+use crate::tls::MaybeTls;
+
 #[derive(Clone, Debug)]
 pub(super) struct Kit {
     tasks: Arc<smol::Executor<'static>>,
@@ -35,6 +37,13 @@ impl Kit {
             max_body,
             skipped,
         }
+    }
+}
+
+impl Kit {
+    /// The oversized-body filter for one new connection.
+    pub(super) fn filter(&self) -> Filter {
+        Filter::new(self.max_body, self.skipped.clone())
     }
 }
 
@@ -63,7 +72,9 @@ impl Executor for Kit {
 }
 
 impl Reactor for Kit {
-    type TcpStream = Filtered<Async<std::net::TcpStream>>;
+    /// `amqps://` connections are TLS over the same socket (made by the driver's connect);
+    /// the filter reads the AMQP frames, so it sits above TLS.
+    type TcpStream = Filtered<MaybeTls<Async<std::net::TcpStream>>>;
     type Sleep = <Smol as Reactor>::Sleep;
 
     fn register<H: Read + Write + AsFd + AsRawFd + Send + 'static>(
@@ -85,10 +96,11 @@ impl Reactor for Kit {
         &self,
         addr: SocketAddr,
     ) -> impl Future<Output = io::Result<Self::TcpStream>> + Send + 'static {
-        let (max_body, skipped) = (self.max_body, self.skipped.clone());
+        let filter = self.filter();
+        let connecting = Smol.tcp_connect_addr(addr);
         async move {
-            let socket = Smol.tcp_connect_addr(addr).await?;
-            Ok(Filtered::new(socket, Filter::new(max_body, skipped)))
+            let socket = connecting.await?;
+            Ok(Filtered::new(MaybeTls::Plain(socket), filter))
         }
     }
 }

@@ -44,6 +44,8 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::uri::{AMQPScheme, AMQPUri};
+
+use crate::tls::{BrokerTls, MaybeTls};
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind, Event as LapinEvent,
     ExchangeKind,
@@ -122,6 +124,8 @@ pub struct AmqpOptions {
     pub queue_max_bytes: u64,
     /// `--amqp-stream`: consume this stream instead of a queue.
     pub stream: Option<StreamOptions>,
+    /// TLS (`amqps://`, port 5671 unless given) or not.
+    pub tls: BrokerTls,
 }
 
 /// A RabbitMQ stream to consume (`--amqp-stream`), and where to start reading it.
@@ -158,6 +162,7 @@ impl fmt::Debug for AmqpOptions {
             .field("queue_expires", &self.queue_expires)
             .field("queue_max_bytes", &self.queue_max_bytes)
             .field("stream", &self.stream)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -176,11 +181,10 @@ impl AmqpOptions {
             let err = err.replace(url, &shown);
             format!("--amqp: {expected}, got '{shown}': {err}")
         })?;
-        if uri.scheme == AMQPScheme::AMQPS {
-            return Err(format!(
-                "--amqp: TLS (amqps://) is not supported in this build; use amqp://host:5672, got '{shown}'"
-            ));
-        }
+        let tls = match uri.scheme {
+            AMQPScheme::AMQPS => BrokerTls::On(None),
+            AMQPScheme::AMQP => BrokerTls::Off,
+        };
         let parts = BrokerUrl::split(url, Path::Allowed)
             .ok_or_else(|| format!("--amqp: {expected}, got '{shown}'"))?;
         let (user, password) = parts.credentials().map_err(|(which, e)| match which {
@@ -220,6 +224,7 @@ impl AmqpOptions {
             queue_expires: DEFAULT_QUEUE_EXPIRES,
             queue_max_bytes: DEFAULT_QUEUE_MAX_BYTES,
             stream: None,
+            tls,
         })
     }
 
@@ -555,13 +560,14 @@ impl Driver {
     async fn connect(&self) -> Result<Link, Failure> {
         let host = self.uri.authority.host.clone();
         let port = self.uri.authority.port;
+        let tls = self.options.tls.clone();
+        let kit = self.kit.clone();
         let socket = SocketSlot::default();
         let slot = socket.clone();
         // Runs on lapin's I/O thread, a thread of its own with nothing else to do yet: a host
         // name is resolved right there (blocking), so no resolver thread is added. Keeps a
         // handle on the socket so that we can always shut it (and so end that thread).
-        let connect = async move |_uri: AMQPUri, runtime: async_rs::Runtime<kit::Kit>| {
-            use async_rs::traits::Reactor;
+        let connect = async move |_uri: AMQPUri, _runtime: async_rs::Runtime<kit::Kit>| {
             use std::net::ToSocketAddrs;
             let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
                 Ok(ip) => vec![SocketAddr::new(ip, port)],
@@ -572,20 +578,25 @@ impl Driver {
             };
             let mut last = io::Error::new(io::ErrorKind::NotFound, "the host has no address");
             for addr in &addrs {
-                let attempt = within(Instant::now() + CONNECT_TIMEOUT, "connecting", async {
-                    runtime
-                        .tcp_connect_addr(*addr)
-                        .await
-                        .map_err(|e| e.to_string())
+                let deadline = Instant::now() + CONNECT_TIMEOUT;
+                let attempt = within(deadline, "connecting", async {
+                    smol::Async::<std::net::TcpStream>::connect(*addr).await
                 });
                 match attempt.await {
                     Ok(stream) => {
-                        if let Ok(handle) = stream.get_ref().get_ref().try_clone() {
+                        if let Ok(handle) = stream.get_ref().try_clone() {
                             slot.set(handle);
                         }
+                        // amqps://: the TLS handshake, within the same budget again.
+                        let secured = MaybeTls::to_broker(stream, &tls, &host);
+                        let stream =
+                            within(deadline + CONNECT_TIMEOUT, "the TLS handshake", secured)
+                                .await?;
+                        // The oversized-body filter reads AMQP frames: above TLS.
+                        let stream = oversize::Filtered::new(stream, kit.filter());
                         return Ok(lapin::tcp::AsyncTcpStream::Plain(stream));
                     }
-                    Err(e) => last = io::Error::other(e),
+                    Err(e) => last = e,
                 }
             }
             Err(lapin::Error::from(last))
@@ -1065,7 +1076,6 @@ mod tests {
             "nonsense://x",
             "http://x",
             "amqp://u:hunter2@h:99999/",
-            "amqps://u:hunter2@h/",
             "amqp://u:hunter2@/vhost",
             "amqp://u:hunter2@h/?heartbeat=x",
         ] {
@@ -1074,11 +1084,9 @@ mod tests {
             assert!(!e.contains("hunter2"), "{e}");
             assert!(!e.contains('\n'), "{e}");
         }
-        assert!(
-            AmqpOptions::from_url("amqps://h")
-                .unwrap_err()
-                .contains("TLS")
-        );
+        let tls = AmqpOptions::from_url("amqps://u:hunter2@h/").unwrap();
+        assert!(tls.tls.is_on() && tls.uri.authority.port == 5671);
+        assert!(!AmqpOptions::from_url("amqp://h").unwrap().tls.is_on());
         // The crate's one decoder: a sign is not a hex digit (lapin's would keep `%+1`).
         for (bad, part) in [
             ("amqp://bob%+1:hunter2@h/", "user name"),

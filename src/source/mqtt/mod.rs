@@ -1,4 +1,5 @@
-//! The MQTT source: rumqttc's codec and state machine driven over smol's `TcpStream`.
+//! The MQTT source: rumqttc's codec and state machine driven over smol's `TcpStream`, or TLS
+//! over it for `mqtts://` (`tls::MaybeTls`).
 //!
 //! One task owns the connection: it connects (with a timeout), sends CONNECT and waits for
 //! CONNACK itself (that handshake is not part of `MqttState`), subscribes, then reads packets,
@@ -24,6 +25,8 @@ use rumqttc::{
 use smol::Timer;
 use smol::channel::Receiver;
 use smol::net::TcpStream;
+
+use crate::tls::MaybeTls;
 
 use crate::event::{self, Event};
 use crate::metrics::Metrics;
@@ -250,7 +253,8 @@ impl Driver {
         format!("the connection: {} ({who})", refusal(code))
     }
 
-    async fn connect(&self) -> io::Result<TcpStream> {
+    /// Connects, and with `mqtts://` makes the TLS handshake, within [`CONNECT_TIMEOUT`].
+    async fn connect(&self) -> io::Result<MaybeTls<TcpStream>> {
         let deadline = Instant::now() + CONNECT_TIMEOUT;
         let addrs = match self.opts.host.parse::<IpAddr>() {
             // No resolver for an IP literal: no blocking-pool thread.
@@ -265,7 +269,8 @@ impl Driver {
             match within(deadline, "connecting", TcpStream::connect(addr)).await {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
-                    return Ok(stream);
+                    let secured = MaybeTls::to_broker(stream, &self.opts.tls, &self.opts.host);
+                    return within(deadline, "the TLS handshake", secured).await;
                 }
                 Err(e) => last = e,
             }
@@ -276,7 +281,7 @@ impl Driver {
     /// Sends CONNECT and reads CONNACK, within [`CONNECT_TIMEOUT`].
     async fn handshake(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut MaybeTls<TcpStream>,
         inbox: &mut Inbox,
     ) -> Result<ConnectReturnCode, String> {
         let deadline = Instant::now() + CONNECT_TIMEOUT;
@@ -289,7 +294,7 @@ impl Driver {
         }
         let mut out = BytesMut::with_capacity(128);
         encode(&Packet::Connect(connect), &mut out).map_err(|e| format!("CONNECT: {e}"))?;
-        within(deadline, "sending CONNECT", stream.write_all(&out))
+        within(deadline, "sending CONNECT", send(stream, &out))
             .await
             .map_err(|e| e.to_string())?;
         loop {
@@ -317,7 +322,7 @@ impl Driver {
     async fn serve(
         &mut self,
         state: &mut MqttState,
-        stream: &mut TcpStream,
+        stream: &mut MaybeTls<TcpStream>,
         inbox: &mut Inbox,
     ) -> Result<std::convert::Infallible, String> {
         let mut out = BytesMut::with_capacity(256);
@@ -365,7 +370,7 @@ impl Driver {
                 within(
                     Instant::now() + WRITE_TIMEOUT,
                     "writing",
-                    stream.write_all(&out),
+                    send(stream, &out),
                 )
                 .await
                 .map_err(|e| e.to_string())?;
@@ -574,6 +579,12 @@ enum Wake {
     Take,
     Request(Option<Queued>),
     KeepAlive,
+}
+
+/// Writes `bytes` and flushes them: under TLS the last record is out only once flushed.
+async fn send(stream: &mut MaybeTls<TcpStream>, bytes: &[u8]) -> io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }
 
 /// What the connected loop waits for before it takes packets again.

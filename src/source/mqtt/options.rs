@@ -7,9 +7,12 @@ use std::time::Duration;
 
 use crate::rng::Rng;
 use crate::source::url::{self, BrokerUrl, Credential, HostError, Path};
+use crate::tls::BrokerTls;
 
 /// The port of `mqtt://host` with no port.
 pub const DEFAULT_PORT: u16 = 1883;
+/// The port of `mqtts://host` with no port.
+pub const DEFAULT_TLS_PORT: u16 = 8883;
 /// The largest payload taken from the broker unless the caller sets another.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1024 * 1024;
 
@@ -32,6 +35,8 @@ pub struct MqttOptions {
     pub keep_alive: Duration,
     /// The largest payload delivered; a larger message is skipped and counted.
     pub max_message_size: usize,
+    /// TLS (`mqtts://`) or not.
+    pub tls: BrokerTls,
 }
 
 impl fmt::Debug for MqttOptions {
@@ -47,32 +52,30 @@ impl fmt::Debug for MqttOptions {
             .field("clean_session", &self.clean_session)
             .field("keep_alive", &self.keep_alive)
             .field("max_message_size", &self.max_message_size)
+            .field("tls", &self.tls)
             .finish()
     }
 }
 
 impl MqttOptions {
-    /// Parses `mqtt://[user[:pass]@]host[:port]` (port default 1883). User and password are
+    /// Parses `mqtt://[user[:pass]@]host[:port]` (port default 1883), or `mqtts://` (TLS,
+    /// port default 8883, trusting the system's roots until [`BrokerTls::trust`] says else). User and password are
     /// percent-decoded. Errors are one line naming the problem; they never show the password.
     pub fn from_url(url: &str) -> Result<MqttOptions, String> {
         let shown = url::redact(url, Path::None);
         let expected = || format!("--mqtt: expected mqtt://host:port, got '{shown}'");
         let parts = BrokerUrl::split(url, Path::None).ok_or_else(expected)?;
         let scheme = parts.scheme;
-        match scheme.to_ascii_lowercase().as_str() {
-            "mqtt" | "tcp" => {}
-            "mqtts" | "ssl" | "tls" => {
-                return Err(format!(
-                    "--mqtt: TLS ({scheme}://) is not supported in this build; use mqtt://host:port, got '{shown}'"
-                ));
-            }
+        let tls = match scheme.to_ascii_lowercase().as_str() {
+            "mqtt" | "tcp" => BrokerTls::Off,
+            "mqtts" | "ssl" | "tls" => BrokerTls::On(None),
             "ws" | "wss" => {
                 return Err(format!(
                     "--mqtt: MQTT over websockets ({scheme}://) is not supported; use mqtt://host:port, got '{shown}'"
                 ));
             }
             _ => return Err(expected()),
-        }
+        };
         let tail = parts.tail;
         if !tail.is_empty() && tail != "/" {
             return Err(format!(
@@ -124,6 +127,7 @@ impl MqttOptions {
             return Err(format!("--mqtt: invalid host '{host}' in '{shown}'"));
         }
         let port = match port {
+            None if tls.is_on() => DEFAULT_TLS_PORT,
             None => DEFAULT_PORT,
             Some(port) => match port.parse::<u16>() {
                 Ok(port) if port != 0 => port,
@@ -142,6 +146,7 @@ impl MqttOptions {
             clean_session: true,
             keep_alive: Duration::from_secs(30),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            tls,
         })
     }
 
@@ -216,11 +221,19 @@ mod tests {
     }
 
     #[test]
+    fn mqtts_is_tls_on_8883_unless_a_port_is_given() {
+        let o = parse("mqtts://broker.lan");
+        assert!(o.tls.is_on());
+        assert_eq!((o.host.as_str(), o.port), ("broker.lan", DEFAULT_TLS_PORT));
+        assert_eq!(parse("ssl://h:9883").port, 9883);
+        assert!(!parse("mqtt://h").tls.is_on());
+    }
+
+    #[test]
     fn url_errors_name_the_problem() {
         let e = parse_err("http://x");
         assert_eq!(e, "--mqtt: expected mqtt://host:port, got 'http://x'");
         assert!(parse_err("broker:1883").contains("expected mqtt://host:port"));
-        assert!(parse_err("mqtts://host:8883").contains("TLS"));
         assert!(parse_err("ws://host").contains("websockets"));
         assert!(parse_err("mqtt://host:port").contains("invalid port 'port'"));
         assert!(parse_err("mqtt://host:0").contains("invalid port '0'"));
