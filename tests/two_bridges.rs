@@ -9,6 +9,10 @@
 //! (its own count of what the broker confirmed) exactly once, in order, under the stream's
 //! epoch. The stream and the exchange are deleted at the end.
 //!
+//! A resume older than a bridge's history (a tiny `--history-bytes`) is read from the stream:
+//! `recovered: true`, every matching event once, in order, then live ones; peak memory within
+//! the budget. One too large for the replay room is told `recovered: false` and counted.
+//!
 //! And one bridge alone: its broker connection cut (a TCP proxy) and then a SIGTERM restart
 //! with `--state-dir`, while `simulate` publishes: it reads the stream on from the offset
 //! after the last event it handed on, each time, so its resuming client gets every event once.
@@ -27,7 +31,9 @@ use serde_json::{Value, json};
 use common::proxy::Proxy;
 use common::resuming::{Client, published};
 use common::script::Script;
-use common::{Callwire, TempFile, free_port, unique, wait_for};
+use common::{
+    Callwire, TempFile, drain, free_port, recv, request, send, status_bytes, unique, wait_for,
+};
 
 const MANAGER: &str = "manag3rpa55word";
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -453,5 +459,147 @@ fn a_bridge_reads_the_stream_on_after_a_broker_cut_and_a_restart_with_its_state(
         names.stream,
         seen.events.len(),
         seen.connections
+    );
+}
+
+/// Publishes `count` small events to the exchange, numbered from `first`, with publisher
+/// confirms: four kinds of event in turn, so a binding on one kind matches every fourth.
+fn publish_small(exchange: &str, first: u64, count: u64) {
+    use lapin::BasicProperties;
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    smol::block_on(async {
+        let conn = Connection::connect_with_runtime(
+            AMQP_URL,
+            ConnectionProperties::default(),
+            async_rs::Runtime::smol(),
+        )
+        .await
+        .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        for n in first..first + count {
+            let kind = [
+                "CHANNEL_CREATE",
+                "CHANNEL_ANSWER",
+                "CHANNEL_BRIDGE",
+                "CHANNEL_DESTROY",
+            ][(n % 4) as usize];
+            let body = json!({"Account-ID": "acct", "Call-ID": format!("c{n}"), "n": n});
+            channel
+                .basic_publish(
+                    exchange.into(),
+                    format!("call.{kind}.c{n}").as_str().into(),
+                    BasicPublishOptions::default(),
+                    body.to_string().as_bytes(),
+                    BasicProperties::default(),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        let _ = conn.close(200, "done".into()).await;
+    });
+}
+
+/// Subscribes with `since` in the stream's epoch; returns the reply and the events replayed.
+fn resume(callwire: &Callwire, epoch: &str, binding: &str, offset: u64) -> (Value, Vec<Value>) {
+    let mut socket = callwire.ws("/");
+    let reply = request(
+        &mut socket,
+        json!({"action": "subscribe", "auth_token": MANAGER, "data": {"binding": binding,
+               "since": {"epoch": epoch, "offset": offset}}}),
+    );
+    let events = drain(&mut socket, Duration::from_millis(500));
+    (reply["data"].clone(), events)
+}
+
+#[test]
+fn a_resume_older_than_the_history_is_read_from_the_stream_within_the_budget() {
+    let names = Names {
+        exchange: unique("stream-archive-x-"),
+        stream: unique("stream-archive-s-"),
+    };
+    let epoch = format!("stream:{}", names.stream);
+    let creds = json!({"credentials": [{"name": "manager", "secret": MANAGER, "account": "*"}]});
+    let creds = TempFile::new("callwire-stream-archive-creds-", &creds.to_string());
+    let mut args = stream_args(&names, &creds, AMQP_URL);
+    // A history of a few dozen of these events; replays may hold twice that until written.
+    let at = args.iter().position(|a| *a == "--history-bytes").unwrap();
+    args[at + 1] = "16384";
+    let callwire = Callwire::start(&args);
+    callwire.wait_connected(Duration::from_secs(15));
+    const PUBLISHED: u64 = 400;
+    publish_small(&names.exchange, 1, PUBLISHED);
+    // The bridge has read them all when a resume from a position it cannot know says so.
+    wait_for(
+        "the bridge to read every event",
+        Duration::from_secs(30),
+        || {
+            let (reply, _) = resume(&callwire, "another", "x.y", 0);
+            reply["offset"] == PUBLISHED
+        },
+    );
+    let held = callwire.metric("callwire_history_events");
+    assert!(held < 150, "the history holds only the last {held} events");
+    let oldest_held = PUBLISHED - held + 1;
+    let budget = callwire.metric("callwire_memory_budget_bytes{part=\"total\"}");
+    let steady = status_bytes(callwire.pid(), "VmRSS");
+
+    // From 60 events before the history: each CHANNEL_CREATE after the position, once, in
+    // order, from the stream and then from memory, then the live ones.
+    let from = oldest_held - 60;
+    let mut socket = callwire.ws("/");
+    send(
+        &mut socket,
+        json!({"action": "subscribe", "auth_token": MANAGER, "data": {
+            "binding": "call.CHANNEL_CREATE.*", "since": {"epoch": &epoch, "offset": from}}}),
+    );
+    let reply = recv(&mut socket);
+    assert_eq!(reply["data"]["recovered"], true, "{reply}");
+    assert_eq!(reply["data"]["epoch"], epoch.as_str());
+    assert_eq!(reply["data"]["offset"], PUBLISHED);
+    let replayed = drain(&mut socket, Duration::from_millis(500));
+    let expected: Vec<u64> = (from + 1..=PUBLISHED).filter(|n| n % 4 == 0).collect();
+    assert_eq!(offsets(&replayed, |e| &e["offset"]), expected);
+    assert!(replayed.iter().all(|e| {
+        e["epoch"] == epoch.as_str()
+            && e["data"]["n"] == e["offset"]
+            && e["routing_key"]
+                .as_str()
+                .unwrap()
+                .starts_with("call.CHANNEL_CREATE.")
+    }));
+    publish_small(&names.exchange, PUBLISHED + 1, 8);
+    let live = drain(&mut socket, Duration::from_millis(1000));
+    assert_eq!(
+        offsets(&live, |e| &e["offset"]),
+        [PUBLISHED + 4, PUBLISHED + 8],
+        "then live, once each"
+    );
+    let peak = status_bytes(callwire.pid(), "VmHWM");
+    eprintln!(
+        "resume from offset {from}, the history holding {oldest_held}..={PUBLISHED}: {} \
+         replayed ({} read from the stream); VmHWM {} KiB (budget {} KiB + steady {} KiB)",
+        replayed.len(),
+        expected.iter().filter(|&&n| n < oldest_held).count(),
+        peak / 1024,
+        budget / 1024,
+        steady / 1024
+    );
+    assert!(peak <= budget + steady, "peak {peak}");
+
+    // From the stream's start, with every event: more than the replay room holds. Not
+    // recovered, nothing replayed, counted; and live events go on.
+    let hits = callwire.metric("callwire_limit_hits_total{limit=\"replay\"}");
+    let (reply, events) = resume(&callwire, &epoch, "#", 0);
+    assert_eq!(reply["recovered"], false, "{reply}");
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(
+        callwire.metric("callwire_limit_hits_total{limit=\"replay\"}"),
+        hits + 1
     );
 }

@@ -38,6 +38,13 @@ impl Kit {
     }
 }
 
+impl Kit {
+    /// Runs `work` on the driver's executor to its end, whoever waits for it.
+    pub(super) fn detach(&self, work: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(work).detach();
+    }
+}
+
 impl RuntimeKit for Kit {}
 
 impl Executor for Kit {
