@@ -441,6 +441,27 @@ fn new_epoch() -> Rc<str> {
     format!("{:08x}", rng.next_u64() as u32).into()
 }
 
+/// An archive holding every event recorded, read at once (the dialects' tests).
+#[cfg(test)]
+pub(crate) struct Recorded(pub Vec<(u64, Event)>);
+
+#[cfg(test)]
+impl Archive for Recorded {
+    fn read(&self, from: u64, until: u64, max_bytes: usize) -> ArchiveRead {
+        let entries: Vec<Entry> = (self.0.iter())
+            .filter(|(offset, _)| (from..until).contains(offset))
+            .map(|(offset, event)| Entry::archived(*offset, event))
+            .collect();
+        let bytes: usize = entries.iter().map(Entry::cost).sum();
+        let read = if bytes > max_bytes {
+            Err(ArchiveError::TooLarge)
+        } else {
+            Ok(entries)
+        };
+        Box::pin(std::future::ready(read))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -723,25 +723,6 @@ mod tests {
             .collect()
     }
 
-    /// An archive holding every event recorded, read at once.
-    struct Recorded(Vec<(u64, Event)>);
-
-    impl crate::history::Archive for Recorded {
-        fn read(&self, from: u64, until: u64, max_bytes: usize) -> ArchiveRead {
-            let entries: Vec<Entry> = (self.0.iter())
-                .filter(|(offset, _)| (from..until).contains(offset))
-                .map(|(offset, event)| Entry::archived(*offset, event))
-                .collect();
-            let bytes: usize = entries.iter().map(Entry::cost).sum();
-            let read = if bytes > max_bytes {
-                Err(ArchiveError::TooLarge)
-            } else {
-                Ok(entries)
-            };
-            Box::pin(std::future::ready(read))
-        }
-    }
-
     /// Sends one request that waits for the archive; returns the reply and what followed it
     /// once the read is done.
     fn ask_waiting(session: &mut BlackholeSession, request: Value) -> (Value, Vec<Value>) {
@@ -787,7 +768,7 @@ mod tests {
 
         history
             .borrow_mut()
-            .set_archive(Rc::new(Recorded(recorded)));
+            .set_archive(Rc::new(crate::history::Recorded(recorded)));
         let (_client, mut session) = socket(&hub, Subscriptions::new(8, pool.share()), &history);
         let from = oldest - 4;
         let (reply, replayed) = ask_waiting(&mut session, resume(from));
