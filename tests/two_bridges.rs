@@ -10,8 +10,10 @@
 //! epoch. The stream and the exchange are deleted at the end.
 //!
 //! A resume older than a bridge's history (a tiny `--history-bytes`) is read from the stream:
-//! `recovered: true`, every matching event once, in order, then live ones; peak memory within
-//! the budget. One too large for the replay room is told `recovered: false` and counted.
+//! Blackhole's `since` gets `recovered: true`, every matching event once, in order, then live
+//! ones; an AnyCable `history` request (the extended protocol, spoken directly) gets its
+//! frames then `confirm_history`; peak memory within the budget. One too large for the replay
+//! room is told `recovered: false` and counted.
 //!
 //! And one bridge alone: its broker connection cut (a TCP proxy) and then a SIGTERM restart
 //! with `--state-dir`, while `simulate` publishes: it reads the stream on from the offset
@@ -465,6 +467,12 @@ fn a_bridge_reads_the_stream_on_after_a_broker_cut_and_a_restart_with_its_state(
 /// Publishes `count` small events to the exchange, numbered from `first`, with publisher
 /// confirms: four kinds of event in turn, so a binding on one kind matches every fourth.
 fn publish_small(exchange: &str, first: u64, count: u64) {
+    publish(exchange, first, count, 0);
+}
+
+/// Publishes `count` events numbered from `first` (as `publish_small`), each padded with
+/// `padding` bytes.
+fn publish(exchange: &str, first: u64, count: u64, padding: usize) {
     use lapin::BasicProperties;
     use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
     smol::block_on(async {
@@ -487,7 +495,8 @@ fn publish_small(exchange: &str, first: u64, count: u64) {
                 "CHANNEL_BRIDGE",
                 "CHANNEL_DESTROY",
             ][(n % 4) as usize];
-            let body = json!({"Account-ID": "acct", "Call-ID": format!("c{n}"), "n": n});
+            let body = json!({"Account-ID": "acct", "Call-ID": format!("c{n}"), "n": n,
+                              "pad": "p".repeat(padding)});
             channel
                 .basic_publish(
                     exchange.into(),
@@ -589,6 +598,57 @@ fn a_resume_older_than_the_history_is_read_from_the_stream_within_the_budget() {
         peak / 1024,
         budget / 1024,
         steady / 1024
+    );
+    assert!(peak <= budget + steady, "peak {peak}");
+
+    // AnyCable's extended protocol: a `history` request from before the history, on events
+    // of about 1 KiB (the room holds a history's frames and a few read from the stream).
+    let identifier =
+        json!({"channel": "ApiChannel", "key": MANAGER, "events": "events"}).to_string();
+    let (mut live, _) = callwire.extended_cable(&[]);
+    let subscribe = json!({"command": "subscribe", "identifier": &identifier});
+    assert_eq!(
+        request(&mut live, subscribe.clone())["type"],
+        "confirm_subscription"
+    );
+    let first_padded = PUBLISHED + 9;
+    publish(&names.exchange, first_padded, 40, 1024);
+    let last = first_padded + 39;
+    let frames = drain(&mut live, Duration::from_millis(1000));
+    let stream = frames.iter().find_map(|f| f["stream_id"].as_str()).unwrap();
+    let held = callwire.metric("callwire_history_events");
+    assert!(held < 20, "the history holds only the last {held} events");
+    let from = last - held - 3;
+    let (mut cable, _) = callwire.extended_cable(&[]);
+    let mut history_request = subscribe;
+    history_request["history"] = json!({"streams": {stream: {"epoch": &epoch, "offset": from}}});
+    send(&mut cable, history_request);
+    let answer = drain(&mut cable, Duration::from_millis(1000));
+    let kinds: Vec<&str> = (answer.iter())
+        .filter_map(|f| f["type"].as_str())
+        .filter(|kind| *kind != "ping")
+        .collect();
+    assert_eq!(
+        kinds,
+        ["confirm_subscription", "confirm_history"],
+        "{answer:?}"
+    );
+    let messages: Vec<Value> = (answer.iter())
+        .filter(|f| f.get("message").is_some())
+        .cloned()
+        .collect();
+    assert_eq!(
+        offsets(&messages, |m| &m["offset"]),
+        (from + 1..=last).collect::<Vec<u64>>(),
+        "the cable got the stream's, then the history's, once each, in order"
+    );
+    let peak = status_bytes(callwire.pid(), "VmHWM");
+    eprintln!(
+        "cable history from offset {from}, the history holding {}..={last}: {} replayed (3 \
+         read from the stream); VmHWM {} KiB",
+        last - held + 1,
+        messages.len(),
+        peak / 1024
     );
     assert!(peak <= budget + steady, "peak {peak}");
 
