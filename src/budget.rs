@@ -16,7 +16,7 @@ use crate::limits::{INTEREST_PER_CLIENT, Limits, MAX_PENDING};
 use crate::listing::PIECE_CAPACITY;
 use crate::live::LiveState;
 use crate::rest::Catalogue;
-use crate::source::amqp::PREFETCH;
+use crate::source::amqp::{ARCHIVE_PREFETCH, PREFETCH};
 use crate::state;
 use crate::tls;
 use crate::ws::{CONTROL_BUFFER, READ_BUFFER};
@@ -145,10 +145,13 @@ impl Budget {
                 Part::Requests => {
                     MAX_PENDING * pending_connection() + PARSED_PER_BYTE * limits.max_request_size
                 }
-                // The prefetch window (AMQP; MQTT reads one message at a time), and the event
-                // being handed on, parsed, with a frame being rendered.
+                // The prefetch window (AMQP; MQTT reads one message at a time), a stream's
+                // archive read's (`--amqp-stream`, one read at a time; what it returns is held
+                // in the replay room), and the event being handed on, parsed, with a frame
+                // being rendered.
                 Part::Broker => {
-                    (PREFETCH as usize + PARSED_PER_BYTE) * limits.max_message_size + frame
+                    let window = PREFETCH as usize + ARCHIVE_PREFETCH as usize;
+                    (window + PARSED_PER_BYTE) * limits.max_message_size + frame
                 }
                 Part::Catalogue => Catalogue::bound(),
                 Part::State => state::WRITE_BUFFER + limits.max_message_size.div_ceil(3) * 4,

@@ -14,6 +14,8 @@
 //! is counted in bytes (`Entry::cost`), and the deque's own slots are counted beside it.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -42,8 +44,9 @@ impl Entry {
         self.payload.len() + self.routing_key.len() + self.account.as_deref().map_or(0, str::len)
     }
 
-    /// What the entry costs the history's byte bound: its heap bytes and its slot.
-    fn cost(&self) -> usize {
+    /// What the entry costs the history's byte bound (or a replay's room while it waits to
+    /// be rendered): its heap bytes and its slot.
+    pub fn cost(&self) -> usize {
         self.heap_bytes() + ENTRY_SLOT
     }
 
@@ -71,6 +74,47 @@ impl Entry {
     pub fn visible_to(&self, scope: &str) -> bool {
         event::visible(self.account.as_deref(), scope)
     }
+}
+
+impl Entry {
+    /// An event read back from the archive (`Archive`), at its offset there.
+    pub fn archived(offset: u64, event: &Event) -> Entry {
+        let now = Instant::now();
+        Entry {
+            offset,
+            routing_key: event.routing_key.as_str().into(),
+            account: event.account.as_deref().map(Box::from),
+            payload: Box::from(&event.payload[..]),
+            at: now,
+            received_at: event.received_at,
+        }
+    }
+}
+
+/// Where the events older than the history can still be read: the source that numbered them
+/// (a RabbitMQ stream, `--amqp-stream`). Set by `main` when the positions are the source's.
+pub trait Archive {
+    /// Reads the events at offsets `from` up to, not including, `until`, oldest first, and
+    /// stops (as `ArchiveError::TooLarge`) once they cost more than `max_bytes`
+    /// (`Entry::cost`). The read gives up on its own after [`ARCHIVE_TIMEOUT`].
+    fn read(&self, from: u64, until: u64, max_bytes: usize) -> ArchiveRead;
+}
+
+/// An archive read under way.
+pub type ArchiveRead = Pin<Box<dyn Future<Output = Result<Vec<Entry>, ArchiveError>>>>;
+
+/// How long an archive read may take before the resume is answered as not recovered.
+pub const ARCHIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why an archive read gave nothing to replay.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ArchiveError {
+    /// The entries would take more than the room given.
+    TooLarge,
+    /// The archive no longer holds the first offset asked for.
+    Gone,
+    /// The source could not read it (not connected, timed out, refused): the reason.
+    Failed(String),
 }
 
 /// An event as a saved state gives it back (`History::restored`).
@@ -108,6 +152,10 @@ pub enum Resume {
     /// The history holds every event after the offset: these are the entries to replay from
     /// (an index into `History::entries`; `len` when there is nothing to replay).
     Recovered { from: usize },
+    /// The history no longer holds every event after the offset, but its archive does: the
+    /// events from the offset after the client's up to `until` (the first the history holds,
+    /// or the next to come) are to be read from it (`History::archive`).
+    Archived { until: u64 },
     /// Another epoch, an offset past the last event, or events after it that the history no
     /// longer holds: nothing can be replayed.
     Lost,
@@ -129,6 +177,14 @@ pub struct History {
     dropped_through: Option<SystemTime>,
     /// The frames rendered for resumes and not yet written, every socket's together.
     replays: Rc<BytePool>,
+    /// Where the events older than the history can be read, when the source keeps them.
+    archive: Option<Rc<dyn Archive>>,
+}
+
+impl std::fmt::Debug for dyn Archive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Archive")
+    }
 }
 
 impl History {
@@ -149,7 +205,20 @@ impl History {
             started_at: SystemTime::now(),
             dropped_through: None,
             replays: BytePool::new(replay_bytes(limits)),
+            archive: None,
         }
+    }
+
+    /// Lets resumes older than the history read the events they miss from `archive`.
+    pub fn set_archive(&mut self, archive: Rc<dyn Archive>) {
+        self.archive = Some(archive);
+    }
+
+    /// Starts reading the events at offsets `from` up to `until` from the archive (as
+    /// `Resume::Archived` asks), at most `max_bytes` of them.
+    pub fn archive(&self, from: u64, until: u64, max_bytes: usize) -> Option<ArchiveRead> {
+        let archive = self.archive.as_ref()?;
+        Some(archive.read(from, until, max_bytes))
     }
 
     /// A socket's share of the room for replayed frames: a resume whose frames do not fit
@@ -348,6 +417,9 @@ impl History {
         // The first offset held; with nothing held, the next one to come.
         let first = self.entries.front().map_or(self.next_offset, |e| e.offset);
         if offset + 1 < first {
+            if self.archive.is_some() {
+                return Resume::Archived { until: first };
+            }
             return Resume::Lost;
         }
         // Offsets in the deque increase (a stream's may skip one that was not kept).
@@ -367,6 +439,27 @@ impl History {
 fn new_epoch() -> Rc<str> {
     let mut rng = Rng::from_clock();
     format!("{:08x}", rng.next_u64() as u32).into()
+}
+
+/// An archive holding every event recorded, read at once (the dialects' tests).
+#[cfg(test)]
+pub(crate) struct Recorded(pub Vec<(u64, Event)>);
+
+#[cfg(test)]
+impl Archive for Recorded {
+    fn read(&self, from: u64, until: u64, max_bytes: usize) -> ArchiveRead {
+        let entries: Vec<Entry> = (self.0.iter())
+            .filter(|(offset, _)| (from..until).contains(offset))
+            .map(|(offset, event)| Entry::archived(*offset, event))
+            .collect();
+        let bytes: usize = entries.iter().map(Entry::cost).sum();
+        let read = if bytes > max_bytes {
+            Err(ArchiveError::TooLarge)
+        } else {
+            Ok(entries)
+        };
+        Box::pin(std::future::ready(read))
+    }
 }
 
 #[cfg(test)]
@@ -476,6 +569,32 @@ mod tests {
         assert_eq!(history.resume("e1", 5), Resume::Recovered { from: 3 });
         assert_eq!(history.resume("e1", 6), Resume::Lost, "not yet given");
         assert_eq!(history.resume("e0", 4), Resume::Lost, "another epoch");
+    }
+
+    /// An archive that is never read.
+    struct Unread;
+
+    impl Archive for Unread {
+        fn read(&self, _from: u64, _until: u64, _max_bytes: usize) -> ArchiveRead {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    #[test]
+    fn with_an_archive_a_resume_older_than_the_history_reads_up_to_its_first_offset() {
+        let payload = "p".repeat(100);
+        let bound = (3 * (100 + 3 + ENTRY_SLOT)).to_string();
+        let mut history = history(&["--history-bytes", &bound]);
+        history.set_archive(Rc::new(Unread));
+        for _ in 0..5 {
+            record(&mut history, "k.k", &payload);
+        }
+        assert_eq!(history.resume("e1", 0), Resume::Archived { until: 3 });
+        assert_eq!(history.resume("e1", 1), Resume::Archived { until: 3 });
+        assert_eq!(history.resume("e1", 2), Resume::Recovered { from: 0 });
+        assert_eq!(history.resume("e1", 6), Resume::Lost, "not yet given");
+        assert_eq!(history.resume("e0", 1), Resume::Lost, "another epoch");
+        assert!(history.archive(1, 3, 1000).is_some());
     }
 
     #[test]

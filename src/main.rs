@@ -149,7 +149,7 @@ async fn run(
     listener: Async<std::net::TcpListener>,
     executor: Rc<LocalExecutor<'static>>,
     metrics: Rc<Metrics>,
-    (history, live): (History, LiveState),
+    (mut history, live): (History, LiveState),
 ) {
     let limits = config.limits;
     let origins = Origins::new(
@@ -176,6 +176,7 @@ async fn run(
             &config.command_topic,
             &status,
             &metrics,
+            &mut history,
             sink,
             &executor,
         );
@@ -356,12 +357,14 @@ async fn shut_down(hub: &Hub) {
     }
 }
 
-/// Starts the configured source on the executor; returns where commands to the PBX go.
+/// Starts the configured source on the executor; returns where commands to the PBX go. A
+/// stream source becomes the history's archive, for resumes older than the history.
 fn start_source(
     source: SourceConfig,
     command_topic: &str,
     status: &Rc<SourceStatus>,
     metrics: &Rc<Metrics>,
+    history: &mut History,
     sink: EventSink,
     executor: &LocalExecutor<'static>,
 ) -> Commands {
@@ -385,7 +388,11 @@ fn start_source(
                 options.exchange,
                 options.bindings
             );
-            let (publisher, driver) = amqp::start(options, status.clone(), metrics.clone(), sink);
+            let (publisher, archive, driver) =
+                amqp::start(options, status.clone(), metrics.clone(), sink);
+            if let Some(archive) = archive {
+                history.set_archive(archive);
+            }
             executor.spawn(driver).detach();
             Commands::Amqp(publisher)
         }

@@ -299,7 +299,8 @@ fn events_since(history: &mut History, since: Option<&str>, scope: &str) -> Resu
     let mut events = Vec::new();
     let mut more = false;
     let recovered = match history.resume(epoch, offset) {
-        Resume::Lost => false,
+        // The REST resume answers from memory only; a client older than it resyncs.
+        Resume::Lost | Resume::Archived { .. } => false,
         Resume::Recovered { from } => {
             let mut bytes = 0;
             for entry in history.entries_from(from) {
@@ -418,7 +419,7 @@ mod tests {
         use crate::source::{SourceKind, SourceStatus};
         let status = std::rc::Rc::new(SourceStatus::new(SourceKind::Amqp));
         // Never polled: the publisher only queues, which is all a hangup waits for.
-        let (publisher, _driver) = amqp::start(
+        let (publisher, _, _driver) = amqp::start(
             AmqpOptions::from_url("amqp://127.0.0.1:1").unwrap(),
             status.clone(),
             std::rc::Rc::new(crate::metrics::Metrics::default()),

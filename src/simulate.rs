@@ -95,7 +95,7 @@ async fn simulate(
             options.bindings = vec!["#".to_owned()];
             let status = Rc::new(SourceStatus::new(SourceKind::Amqp));
             let echoes = unconfirmed.confirm_echoes();
-            let (publisher, driver) = amqp::start(options, status.clone(), metrics, echoes);
+            let (publisher, _, driver) = amqp::start(options, status.clone(), metrics, echoes);
             executor.spawn(driver).detach();
             (Publisher::Amqp(publisher), status)
         }

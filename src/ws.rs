@@ -184,6 +184,9 @@ pub fn config(limits: &Limits) -> WebSocketConfig {
 enum Phase {
     /// Waiting for a message, queued frames, a close request or the ping timer.
     Idle,
+    /// Waiting for the session to have the last request's replies (`Session::poll_waiting`);
+    /// requests are not read, nor queued frames written, meanwhile.
+    Waiting,
     /// Writing the replies and queued frames. Requests are not read meanwhile, so a client
     /// that does not read cannot make replies pile up.
     Writing,
@@ -292,7 +295,7 @@ impl<S: Session> Connection<S> {
                 self.heard_since_tick = true;
                 self.pinged = false;
                 self.take_request(message);
-                Some(Phase::Writing)
+                Some(Phase::Waiting)
             }
             Err(err) => {
                 // Say why before hanging up, as RFC 6455 asks (best effort, briefly).
@@ -324,9 +327,25 @@ impl<S: Session> Connection<S> {
         } else if let Some(data) = data {
             self.session.on_binary(data, &mut self.replies);
         }
+    }
+
+    /// Until the session has the request's replies; then writes them. A close the hub asks
+    /// for meanwhile is said at once.
+    fn poll_waiting(&mut self, cx: &mut Context<'_>) -> Poll<Option<Phase>> {
+        if self
+            .session
+            .poll_waiting(cx, &mut self.replies)
+            .is_pending()
+        {
+            return match self.client.poll_close(cx) {
+                Poll::Ready(reason) => Poll::Ready(self.goodbye(reason)),
+                Poll::Pending => Poll::Pending,
+            };
+        }
         // Written from the back (`pop`): one request's replies (a Blackhole replay among them)
         // may be thousands of frames, and taking each from the front would move all the rest.
         self.replies.reverse();
+        Poll::Ready(Some(Phase::Writing))
     }
 
     /// Until the socket has authenticated: moves it to a client's seat once it has (closing it
@@ -485,6 +504,7 @@ impl<S: Session + Unpin> Future for Connection<S> {
         for _ in 0..STEPS_PER_POLL {
             let step = match this.phase {
                 Phase::Idle => this.poll_idle(cx),
+                Phase::Waiting => this.poll_waiting(cx),
                 Phase::Writing => this.poll_writing(cx),
                 Phase::Closing(_) => this.poll_closing(cx),
             };

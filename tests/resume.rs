@@ -538,39 +538,13 @@ fn an_anycable_client_whose_gap_outgrew_the_history_gets_reject_history() {
     assert_eq!(offsets, sorted, "in order, each once");
 }
 
-/// Opens `/cable` offering AnyCable's extended protocol, with `headers`; returns the socket
-/// and its welcome.
-fn extended_cable(
-    callwire: &Callwire,
-    headers: &[(&'static str, &str)],
-) -> (common::Socket, Value) {
-    use tungstenite::client::IntoClientRequest;
-    let url = format!("ws://127.0.0.1:{}/cable", callwire.port);
-    let mut request = url.into_client_request().unwrap();
-    request.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        "actioncable-v1-ext-json".parse().unwrap(),
-    );
-    for (name, value) in headers {
-        request.headers_mut().insert(*name, value.parse().unwrap());
-    }
-    let (mut socket, response) = tungstenite::connect(request).expect("websocket upgrade");
-    assert_eq!(
-        response.headers()["sec-websocket-protocol"],
-        "actioncable-v1-ext-json"
-    );
-    common::set_read_timeout(&socket, Duration::from_secs(5));
-    let welcome = common::recv(&mut socket);
-    (socket, welcome)
-}
-
 #[test]
 fn a_session_id_in_the_restore_header_restores_the_subscriptions_once() {
     let creds = desk_credentials();
     let callwire = Callwire::start(&["--demo", "--demo-rate", "20", "--auth", creds.path()]);
     let identifier =
         json!({"channel": "ApiChannel", "key": MANAGER, "events": "events"}).to_string();
-    let (mut socket, welcome) = extended_cable(&callwire, &[]);
+    let (mut socket, welcome) = callwire.extended_cable(&[]);
     let sid = welcome["sid"].as_str().unwrap().to_owned();
     common::send(
         &mut socket,
@@ -582,7 +556,7 @@ fn a_session_id_in_the_restore_header_restores_the_subscriptions_once() {
     let header = [("X-AnyCable-Restore-Sid", sid.as_str())];
     let mut restored = None;
     wait_for("a restored welcome", Duration::from_secs(5), || {
-        let (socket, welcome) = extended_cable(&callwire, &header);
+        let (socket, welcome) = callwire.extended_cable(&header);
         let done = welcome["restored"] == true;
         restored = done.then_some((socket, welcome));
         done
@@ -607,6 +581,6 @@ fn a_session_id_in_the_restore_header_restores_the_subscriptions_once() {
     );
     assert_eq!(kinds[1..], ["message", "message"]);
     // Spent: presenting it again restores nothing.
-    let (_, again) = extended_cable(&callwire, &header);
+    let (_, again) = callwire.extended_cable(&header);
     assert_eq!(again.get("restored"), None);
 }

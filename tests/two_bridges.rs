@@ -9,6 +9,12 @@
 //! (its own count of what the broker confirmed) exactly once, in order, under the stream's
 //! epoch. The stream and the exchange are deleted at the end.
 //!
+//! A resume older than a bridge's history (a tiny `--history-bytes`) is read from the stream:
+//! Blackhole's `since` gets `recovered: true`, every matching event once, in order, then live
+//! ones; an AnyCable `history` request (the extended protocol, spoken directly) gets its
+//! frames then `confirm_history`; peak memory within the budget. One too large for the replay
+//! room is told `recovered: false` and counted.
+//!
 //! And one bridge alone: its broker connection cut (a TCP proxy) and then a SIGTERM restart
 //! with `--state-dir`, while `simulate` publishes: it reads the stream on from the offset
 //! after the last event it handed on, each time, so its resuming client gets every event once.
@@ -27,7 +33,9 @@ use serde_json::{Value, json};
 use common::proxy::Proxy;
 use common::resuming::{Client, published};
 use common::script::Script;
-use common::{Callwire, TempFile, free_port, unique, wait_for};
+use common::{
+    Callwire, TempFile, drain, free_port, recv, request, send, status_bytes, unique, wait_for,
+};
 
 const MANAGER: &str = "manag3rpa55word";
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -453,5 +461,205 @@ fn a_bridge_reads_the_stream_on_after_a_broker_cut_and_a_restart_with_its_state(
         names.stream,
         seen.events.len(),
         seen.connections
+    );
+}
+
+/// Publishes `count` small events to the exchange, numbered from `first`, with publisher
+/// confirms: four kinds of event in turn, so a binding on one kind matches every fourth.
+fn publish_small(exchange: &str, first: u64, count: u64) {
+    publish(exchange, first, count, 0);
+}
+
+/// Publishes `count` events numbered from `first` (as `publish_small`), each padded with
+/// `padding` bytes.
+fn publish(exchange: &str, first: u64, count: u64, padding: usize) {
+    use lapin::BasicProperties;
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    smol::block_on(async {
+        let conn = Connection::connect_with_runtime(
+            AMQP_URL,
+            ConnectionProperties::default(),
+            async_rs::Runtime::smol(),
+        )
+        .await
+        .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        for n in first..first + count {
+            let kind = [
+                "CHANNEL_CREATE",
+                "CHANNEL_ANSWER",
+                "CHANNEL_BRIDGE",
+                "CHANNEL_DESTROY",
+            ][(n % 4) as usize];
+            let body = json!({"Account-ID": "acct", "Call-ID": format!("c{n}"), "n": n,
+                              "pad": "p".repeat(padding)});
+            channel
+                .basic_publish(
+                    exchange.into(),
+                    format!("call.{kind}.c{n}").as_str().into(),
+                    BasicPublishOptions::default(),
+                    body.to_string().as_bytes(),
+                    BasicProperties::default(),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        let _ = conn.close(200, "done".into()).await;
+    });
+}
+
+/// Subscribes with `since` in the stream's epoch; returns the reply and the events replayed.
+fn resume(callwire: &Callwire, epoch: &str, binding: &str, offset: u64) -> (Value, Vec<Value>) {
+    let mut socket = callwire.ws("/");
+    let reply = request(
+        &mut socket,
+        json!({"action": "subscribe", "auth_token": MANAGER, "data": {"binding": binding,
+               "since": {"epoch": epoch, "offset": offset}}}),
+    );
+    let events = drain(&mut socket, Duration::from_millis(500));
+    (reply["data"].clone(), events)
+}
+
+#[test]
+fn a_resume_older_than_the_history_is_read_from_the_stream_within_the_budget() {
+    let names = Names {
+        exchange: unique("stream-archive-x-"),
+        stream: unique("stream-archive-s-"),
+    };
+    let epoch = format!("stream:{}", names.stream);
+    let creds = json!({"credentials": [{"name": "manager", "secret": MANAGER, "account": "*"}]});
+    let creds = TempFile::new("callwire-stream-archive-creds-", &creds.to_string());
+    let mut args = stream_args(&names, &creds, AMQP_URL);
+    // A history of a few dozen of these events; replays may hold twice that until written.
+    let at = args.iter().position(|a| *a == "--history-bytes").unwrap();
+    args[at + 1] = "16384";
+    let callwire = Callwire::start(&args);
+    callwire.wait_connected(Duration::from_secs(15));
+    const PUBLISHED: u64 = 400;
+    publish_small(&names.exchange, 1, PUBLISHED);
+    // The bridge has read them all when a resume from a position it cannot know says so.
+    wait_for(
+        "the bridge to read every event",
+        Duration::from_secs(30),
+        || {
+            let (reply, _) = resume(&callwire, "another", "x.y", 0);
+            reply["offset"] == PUBLISHED
+        },
+    );
+    let held = callwire.metric("callwire_history_events");
+    assert!(held < 150, "the history holds only the last {held} events");
+    let oldest_held = PUBLISHED - held + 1;
+    let budget = callwire.metric("callwire_memory_budget_bytes{part=\"total\"}");
+    let steady = status_bytes(callwire.pid(), "VmRSS");
+
+    // From 60 events before the history: each CHANNEL_CREATE after the position, once, in
+    // order, from the stream and then from memory, then the live ones.
+    let from = oldest_held - 60;
+    let mut socket = callwire.ws("/");
+    send(
+        &mut socket,
+        json!({"action": "subscribe", "auth_token": MANAGER, "data": {
+            "binding": "call.CHANNEL_CREATE.*", "since": {"epoch": &epoch, "offset": from}}}),
+    );
+    let reply = recv(&mut socket);
+    assert_eq!(reply["data"]["recovered"], true, "{reply}");
+    assert_eq!(reply["data"]["epoch"], epoch.as_str());
+    assert_eq!(reply["data"]["offset"], PUBLISHED);
+    let replayed = drain(&mut socket, Duration::from_millis(500));
+    let expected: Vec<u64> = (from + 1..=PUBLISHED).filter(|n| n % 4 == 0).collect();
+    assert_eq!(offsets(&replayed, |e| &e["offset"]), expected);
+    assert!(replayed.iter().all(|e| {
+        e["epoch"] == epoch.as_str()
+            && e["data"]["n"] == e["offset"]
+            && e["routing_key"]
+                .as_str()
+                .unwrap()
+                .starts_with("call.CHANNEL_CREATE.")
+    }));
+    publish_small(&names.exchange, PUBLISHED + 1, 8);
+    let live = drain(&mut socket, Duration::from_millis(1000));
+    assert_eq!(
+        offsets(&live, |e| &e["offset"]),
+        [PUBLISHED + 4, PUBLISHED + 8],
+        "then live, once each"
+    );
+    let peak = status_bytes(callwire.pid(), "VmHWM");
+    eprintln!(
+        "resume from offset {from}, the history holding {oldest_held}..={PUBLISHED}: {} \
+         replayed ({} read from the stream); VmHWM {} KiB (budget {} KiB + steady {} KiB)",
+        replayed.len(),
+        expected.iter().filter(|&&n| n < oldest_held).count(),
+        peak / 1024,
+        budget / 1024,
+        steady / 1024
+    );
+    assert!(peak <= budget + steady, "peak {peak}");
+
+    // AnyCable's extended protocol: a `history` request from before the history, on events
+    // of about 1 KiB (the room holds a history's frames and a few read from the stream).
+    let identifier =
+        json!({"channel": "ApiChannel", "key": MANAGER, "events": "events"}).to_string();
+    let (mut live, _) = callwire.extended_cable(&[]);
+    let subscribe = json!({"command": "subscribe", "identifier": &identifier});
+    assert_eq!(
+        request(&mut live, subscribe.clone())["type"],
+        "confirm_subscription"
+    );
+    let first_padded = PUBLISHED + 9;
+    publish(&names.exchange, first_padded, 40, 1024);
+    let last = first_padded + 39;
+    let frames = drain(&mut live, Duration::from_millis(1000));
+    let stream = frames.iter().find_map(|f| f["stream_id"].as_str()).unwrap();
+    let held = callwire.metric("callwire_history_events");
+    assert!(held < 20, "the history holds only the last {held} events");
+    let from = last - held - 3;
+    let (mut cable, _) = callwire.extended_cable(&[]);
+    let mut history_request = subscribe;
+    history_request["history"] = json!({"streams": {stream: {"epoch": &epoch, "offset": from}}});
+    send(&mut cable, history_request);
+    let answer = drain(&mut cable, Duration::from_millis(1000));
+    let kinds: Vec<&str> = (answer.iter())
+        .filter_map(|f| f["type"].as_str())
+        .filter(|kind| *kind != "ping")
+        .collect();
+    assert_eq!(
+        kinds,
+        ["confirm_subscription", "confirm_history"],
+        "{answer:?}"
+    );
+    let messages: Vec<Value> = (answer.iter())
+        .filter(|f| f.get("message").is_some())
+        .cloned()
+        .collect();
+    assert_eq!(
+        offsets(&messages, |m| &m["offset"]),
+        (from + 1..=last).collect::<Vec<u64>>(),
+        "the cable got the stream's, then the history's, once each, in order"
+    );
+    let peak = status_bytes(callwire.pid(), "VmHWM");
+    eprintln!(
+        "cable history from offset {from}, the history holding {}..={last}: {} replayed (3 \
+         read from the stream); VmHWM {} KiB",
+        last - held + 1,
+        messages.len(),
+        peak / 1024
+    );
+    assert!(peak <= budget + steady, "peak {peak}");
+
+    // From the stream's start, with every event: more than the replay room holds. Not
+    // recovered, nothing replayed, counted; and live events go on.
+    let hits = callwire.metric("callwire_limit_hits_total{limit=\"replay\"}");
+    let (reply, events) = resume(&callwire, &epoch, "#", 0);
+    assert_eq!(reply["recovered"], false, "{reply}");
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(
+        callwire.metric("callwire_limit_hits_total{limit=\"replay\"}"),
+        hits + 1
     );
 }

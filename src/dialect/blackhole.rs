@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 
 use serde_json::{Map, Value, json};
 
@@ -11,7 +12,7 @@ use crate::auth::{Auth, Credential};
 use crate::dialect::{Session, kazoo_json, push_json_str};
 use crate::event::Event;
 use crate::frame::Frame;
-use crate::history::{History, Resume};
+use crate::history::{ArchiveError, ArchiveRead, Entry, History, Resume};
 use crate::hub::{self, Client, Interest, RenderCache};
 use crate::limits::Held;
 use crate::matcher::{Binding, RoutingKey};
@@ -238,8 +239,24 @@ pub struct BlackholeSession {
     name: Option<Box<str>>,
     metadata: Option<Box<str>>,
     ids: Rng,
-    /// Room for the frames a resume replayed until they are written (`history::replay_bytes`).
+    /// Room for the frames a resume replayed until they are written (`history::replay_bytes`),
+    /// and for the entries read from the archive until they are rendered.
     replaying: Held,
+    /// A subscribe whose resume reads the archive (one at a time: the connection reads no
+    /// request meanwhile), handled again once the read is done.
+    waiting: Option<Box<Waiting>>,
+    /// For that subscribe handled again: the offset the read stopped before, and what it read.
+    archived: Option<(u64, Result<Vec<Entry>, ArchiveError>)>,
+}
+
+/// A subscribe waiting for the archive.
+struct Waiting {
+    request: Map<String, Value>,
+    /// The offset the read stops before: the first the history held.
+    until: u64,
+    /// The replay room held for what the read returns (the read stops past it).
+    reserved: usize,
+    read: ArchiveRead,
 }
 
 impl BlackholeSession {
@@ -256,6 +273,8 @@ impl BlackholeSession {
             auth,
             history,
             replaying,
+            waiting: None,
+            archived: None,
             name: None,
             metadata: None,
             ids: Rng::from_clock(),
@@ -375,54 +394,63 @@ impl BlackholeSession {
             }
             let mut history = self.history.borrow_mut();
             history.expire(std::time::Instant::now());
-            // The first offset the new subscriptions cover: the next event, or the one after
-            // the client's position when the history still holds everything after it.
-            let mut covers_from = history.last_offset() + 1;
-            let recovered =
-                since
-                    .as_ref()
-                    .map(|(epoch, offset)| match history.resume(epoch, *offset) {
-                        Resume::Recovered { from } => {
-                            let room = self.replaying.room();
-                            let start = replay.len();
-                            let rendered =
-                                render_replay(&history, from, subscriptions, &wanted, room, replay);
-                            let held = self.replaying.bytes();
-                            if !rendered.is_some_and(|bytes| self.replaying.resize(held + bytes)) {
-                                replay.truncate(start);
-                                self.client.metrics.limit_hits(Limit::Replay).inc();
-                                return false;
-                            }
-                            covers_from = offset + 1;
-                            true
-                        }
-                        Resume::Lost => false,
-                    });
-            // Exactly: a `Binding` is a few hundred bytes inline, and `Vec`'s doubling would
-            // keep room for three more on every socket that subscribes once.
-            subscriptions.items.reserve_exact(added);
-            for subscription in wanted {
-                match subscriptions
-                    .items
-                    .iter_mut()
-                    .find(|held| held.subscription == subscription)
-                {
-                    Some(held) => held.covers_from = held.covers_from.min(covers_from),
-                    None => subscriptions.items.push(Subscribed {
-                        subscription,
-                        covers_from,
-                    }),
+            let Some((epoch, offset)) = since.as_ref() else {
+                return Ok(self.subscribed(subscriptions, &history, wanted, added, None));
+            };
+            let offset = *offset;
+            let resume = history.resume(epoch, offset);
+            let (entries, resume) = match (resume, self.archived.take()) {
+                (Resume::Archived { until }, None) => {
+                    // Half the room for what the read holds, held from now on; the frames
+                    // rendered from it take the rest.
+                    let reserved = self.replaying.room() / 2;
+                    let read = history.archive(offset + 1, until, reserved);
+                    if let Some(read) = read {
+                        let held = self.replaying.bytes();
+                        self.replaying.resize(held + reserved);
+                        // Handled again once read (`poll_waiting`): nothing changes until then.
+                        self.waiting = Some(Box::new(Waiting {
+                            request: Map::new(),
+                            until,
+                            reserved,
+                            read,
+                        }));
+                        return Ok(Value::Null);
+                    }
+                    (Vec::new(), Resume::Lost)
                 }
-            }
-            // As Kazoo's bh_events: `subscribed` lists every binding now on the socket.
-            let mut reply = json!({ "subscribed": subscriptions.listing() });
-            if let Some(recovered) = recovered {
-                // delivery.md: where the live events go on from, to resume from next time.
-                reply["recovered"] = json!(recovered);
-                reply["epoch"] = json!(&**history.epoch());
-                reply["offset"] = json!(history.last_offset());
-            }
-            return Ok(reply);
+                // Read: what the history holds from where the read stopped follows it.
+                (Resume::Archived { .. }, Some((until, Ok(entries)))) => {
+                    (entries, history.resume(epoch, until - 1))
+                }
+                (Resume::Archived { .. }, Some((_, Err(ArchiveError::TooLarge)))) => {
+                    self.client.metrics.limit_hits(Limit::Replay).inc();
+                    (Vec::new(), Resume::Lost)
+                }
+                (Resume::Archived { .. }, Some((_, Err(_)))) => (Vec::new(), Resume::Lost),
+                (resume, _) => (Vec::new(), resume),
+            };
+            let recovered = match resume {
+                Resume::Recovered { from } => {
+                    let room = self.replaying.room();
+                    let start = replay.len();
+                    let entries = entries.iter().chain(history.entries_from(from));
+                    let epoch = history.epoch();
+                    let rendered =
+                        render_replay(entries, epoch, subscriptions, &wanted, room, replay);
+                    let held = self.replaying.bytes();
+                    if rendered.is_some_and(|bytes| self.replaying.resize(held + bytes)) {
+                        true
+                    } else {
+                        replay.truncate(start);
+                        self.client.metrics.limit_hits(Limit::Replay).inc();
+                        false
+                    }
+                }
+                Resume::Archived { .. } | Resume::Lost => false,
+            };
+            let covers_from = recovered.then_some(offset + 1);
+            return Ok(self.subscribed(subscriptions, &history, wanted, added, Some(covers_from)));
         }
         let mut unsubscribed: Vec<&str> = Vec::new();
         for (subscription, binding) in requested_here.zip(&requested) {
@@ -439,6 +467,45 @@ impl BlackholeSession {
         subscriptions.items.shrink_to_fit();
         subscriptions.hold(subscriptions.items.capacity(), subscriptions.named);
         Ok(json!({ "unsubscribed": unsubscribed, "subscribed": subscriptions.listing() }))
+    }
+
+    /// Adds `wanted` to the socket's subscriptions, covering from `covers_from` (a resume
+    /// recovered: the offset after the client's) or the next event, and says so: the reply.
+    /// `resumed` is `None` without a `since`, else what it recovered.
+    fn subscribed(
+        &self,
+        subscriptions: &mut Subscriptions,
+        history: &History,
+        wanted: Vec<Subscription>,
+        added: usize,
+        resumed: Option<Option<u64>>,
+    ) -> Value {
+        let covers_from = resumed.flatten().unwrap_or(history.last_offset() + 1);
+        // Exactly: a `Binding` is a few hundred bytes inline, and `Vec`'s doubling would
+        // keep room for three more on every socket that subscribes once.
+        subscriptions.items.reserve_exact(added);
+        for subscription in wanted {
+            match subscriptions
+                .items
+                .iter_mut()
+                .find(|held| held.subscription == subscription)
+            {
+                Some(held) => held.covers_from = held.covers_from.min(covers_from),
+                None => subscriptions.items.push(Subscribed {
+                    subscription,
+                    covers_from,
+                }),
+            }
+        }
+        // As Kazoo's bh_events: `subscribed` lists every binding now on the socket.
+        let mut reply = json!({ "subscribed": subscriptions.listing() });
+        if let Some(recovered) = resumed {
+            // delivery.md: where the live events go on from, to resume from next time.
+            reply["recovered"] = json!(recovered.is_some());
+            reply["epoch"] = json!(&**history.epoch());
+            reply["offset"] = json!(history.last_offset());
+        }
+        reply
     }
 }
 
@@ -458,13 +525,13 @@ fn scope_for(credential: &Credential, requested: Option<&Value>) -> Result<Scope
     Scope::try_from(account).map_err(|_| "unauthorized account id".to_owned())
 }
 
-/// Renders, in order, the history's events from index `from` that one of `wanted` takes and
+/// Renders, in order, the `entries` (the archive's, then the history's) that one of `wanted` takes and
 /// that none of the socket's subscriptions already delivered: the rules and the frame of a
 /// live event, each event once, under the first of `wanted` that takes it. Returns the bytes
 /// rendered, or `None` as soon as they pass `room`.
-fn render_replay(
-    history: &History,
-    from: usize,
+fn render_replay<'a>(
+    entries: impl Iterator<Item = &'a Entry>,
+    epoch: &Rc<str>,
     subscriptions: &Subscriptions,
     wanted: &[Subscription],
     room: usize,
@@ -472,7 +539,7 @@ fn render_replay(
 ) -> Option<usize> {
     let mut renders = Renders::default();
     let mut bytes = 0;
-    for entry in history.entries_from(from) {
+    for entry in entries {
         let Some(key) = RoutingKey::split(&entry.routing_key) else {
             continue;
         };
@@ -491,7 +558,7 @@ fn render_replay(
             continue;
         };
         renders.clear();
-        let frame = renders.frame(&entry.to_event(history.epoch()), subscription);
+        let frame = renders.frame(&entry.to_event(epoch), subscription);
         bytes += frame.len();
         if bytes > room {
             return None;
@@ -532,25 +599,60 @@ fn requested_bindings(data: Option<&Map<String, Value>>) -> Result<Vec<Binding>,
     }
 }
 
+impl BlackholeSession {
+    /// Handles one request and puts the reply, then what it replays, in `replies`; nothing
+    /// when the request waits for the archive (`waiting`).
+    fn answer(&mut self, request: Map<String, Value>, replies: &mut Vec<Frame>) {
+        let request_id = match request.get("request_id") {
+            Some(id @ (Value::String(_) | Value::Number(_))) => Some(id.clone()),
+            _ => None,
+        };
+        let mut replay = Vec::new();
+        let result = self.handle(&request, &mut replay);
+        if let Some(waiting) = &mut self.waiting {
+            waiting.request = request;
+            return;
+        }
+        replies.push(self.reply(request_id, result));
+        // The reply first, then what it replays: later events are queued by the hub,
+        // and the connection writes replies before queued frames.
+        replies.append(&mut replay);
+    }
+}
+
 impl Session for BlackholeSession {
     fn on_text(&mut self, text: &str, replies: &mut Vec<Frame>) {
-        let reply = match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(request)) => {
-                let request_id = match request.get("request_id") {
-                    Some(id @ (Value::String(_) | Value::Number(_))) => Some(id.clone()),
-                    _ => None,
-                };
-                let mut replay = Vec::new();
-                let result = self.handle(&request, &mut replay);
-                replies.push(self.reply(request_id, result));
-                // The reply first, then what it replays: later events are queued by the hub,
-                // and the connection writes replies before queued frames.
-                replies.append(&mut replay);
-                return;
-            }
-            _ => self.reply(None, Err("invalid JSON".to_owned())),
+        match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(request)) => self.answer(request, replies),
+            _ => replies.push(self.reply(None, Err("invalid JSON".to_owned()))),
+        }
+    }
+
+    /// A subscribe waiting for the archive is handled again once the read is done: its
+    /// entries, held in the replay room until rendered, come before the history's.
+    fn poll_waiting(&mut self, cx: &mut Context<'_>, replies: &mut Vec<Frame>) -> Poll<()> {
+        let Some(waiting) = &mut self.waiting else {
+            return Poll::Ready(());
         };
-        replies.push(reply);
+        let Poll::Ready(read) = waiting.read.as_mut().poll(cx) else {
+            return Poll::Pending;
+        };
+        let Some(waiting) = self.waiting.take() else {
+            return Poll::Ready(());
+        };
+        // What the read returned takes the place of the room held for it (it is no larger).
+        let held = self.replaying.bytes().saturating_sub(waiting.reserved);
+        let charged: usize = read
+            .as_ref()
+            .map_or(0, |entries| entries.iter().map(Entry::cost).sum());
+        self.replaying.resize(held + charged);
+        self.archived = Some((waiting.until, read));
+        self.answer(waiting.request, replies);
+        // The entries are rendered (or given up) by now.
+        self.archived = None;
+        self.replaying
+            .resize(self.replaying.bytes().saturating_sub(charged));
+        Poll::Ready(())
     }
 
     fn on_rate_limited(&mut self, text: Option<&str>, replies: &mut Vec<Frame>) {
@@ -619,6 +721,80 @@ mod tests {
             .iter()
             .map(|f| f["offset"].as_u64().unwrap())
             .collect()
+    }
+
+    /// Sends one request that waits for the archive; returns the reply and what followed it
+    /// once the read is done.
+    fn ask_waiting(session: &mut BlackholeSession, request: Value) -> (Value, Vec<Value>) {
+        let mut replies = Vec::new();
+        session.on_text(&request.to_string(), &mut replies);
+        assert!(replies.is_empty(), "nothing before the archive is read");
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(session.poll_waiting(&mut cx, &mut replies).is_ready());
+        assert!(session.waiting.is_none() && session.archived.is_none());
+        let mut frames = replies
+            .iter()
+            .map(|frame| serde_json::from_str::<Value>(frame).unwrap());
+        let reply = frames.next().unwrap();
+        (reply, frames.collect())
+    }
+
+    #[test]
+    fn a_resume_older_than_the_history_replays_the_archive_then_the_history_once() {
+        let limits = cli::limits_from(&["--history-bytes", "1200"]);
+        let hub = Hub::new(limits, Rc::new(Metrics::default()));
+        let history = Rc::new(RefCell::new(History::new(&limits)));
+        let mut recorded = Vec::new();
+        for n in 1..=30u64 {
+            let account = if n % 3 == 0 { "b" } else { "a" };
+            let payload = format!(r#"{{"Account-ID":"{account}","n":{n}}}"#);
+            let mut event = Event::new(format!("call.E.{n}"), payload.into_bytes().into());
+            history.borrow_mut().record(&mut event);
+            recorded.push((n, event));
+        }
+        let oldest = history.borrow().entries_from(0).next().unwrap().offset;
+        assert!(oldest > 20, "the history lost the first events: {oldest}");
+        let epoch = history.borrow().epoch().to_string();
+        let pool = crate::limits::BytePool::new(usize::MAX);
+        let (_client, mut session) = socket(&hub, Subscriptions::new(8, pool.share()), &history);
+        let resume = |offset: u64| {
+            json!({"action": "subscribe", "data": {"binding": "call.#", "account_id": "a",
+                   "since": {"epoch": epoch, "offset": offset}}})
+        };
+        // Without an archive: not recovered, as before.
+        let (reply, replayed) = ask(&mut session, resume(1));
+        assert_eq!(reply["data"]["recovered"], false);
+        assert!(replayed.is_empty());
+
+        history
+            .borrow_mut()
+            .set_archive(Rc::new(crate::history::Recorded(recorded)));
+        let (_client, mut session) = socket(&hub, Subscriptions::new(8, pool.share()), &history);
+        let from = oldest - 4;
+        let (reply, replayed) = ask_waiting(&mut session, resume(from));
+        assert_eq!(reply["data"]["recovered"], true, "{reply}");
+        assert_eq!(reply["data"]["offset"], 30);
+        let expected: Vec<u64> = (from + 1..=30).filter(|n| n % 3 != 0).collect();
+        assert_eq!(
+            offsets(&replayed),
+            expected,
+            "account a's, from the archive then the history, once each"
+        );
+        assert!(session.replaying.bytes() > 0, "the frames hold their room");
+        session.replies_written();
+        assert_eq!(session.replaying.bytes(), 0);
+
+        // More than the replay room: not recovered, counted.
+        let hits = hub.metrics().limit_hits(Limit::Replay).get();
+        let (reply, replayed) = ask_waiting(&mut session, {
+            let mut resume = resume(0);
+            resume["data"]["binding"] = json!("#");
+            resume["data"]["account_id"] = json!("*");
+            resume
+        });
+        assert_eq!(reply["data"]["recovered"], false, "{reply}");
+        assert!(replayed.is_empty());
+        assert_eq!(hub.metrics().limit_hits(Limit::Replay).get(), hits + 1);
     }
 
     #[test]

@@ -20,6 +20,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
@@ -30,7 +31,7 @@ use crate::dialect_label::Dialect;
 use crate::event::Event;
 use crate::event::Position;
 use crate::frame::{CloseReason, Frame};
-use crate::history::{History, Resume};
+use crate::history::{ArchiveError, ArchiveRead, Entry, History, Resume};
 use crate::hub::{self, Client, Hub, Interest, RenderCache};
 use crate::limits::Held;
 use crate::live::{CallChange, ChangeKind};
@@ -651,8 +652,30 @@ struct Extended {
     /// The identifiers restored from the session the upgrade presented, for the welcome.
     restored: Option<Vec<Rc<str>>>,
     /// Room for the frames a history request replayed until they are written
-    /// (`history::replay_bytes`).
+    /// (`history::replay_bytes`), and for the entries read from the archive until rendered.
     replaying: Held,
+    /// A history request whose answer reads the archive (one at a time: the connection reads
+    /// no command meanwhile), answered again once the read is done.
+    waiting: Option<Box<Waiting>>,
+    /// For that request answered again: what the read gave.
+    archived: Option<Archived>,
+}
+
+/// A history request waiting for the archive.
+struct Waiting {
+    identifier: Box<str>,
+    request: Option<Value>,
+    /// The offset the read stops before: the first the history held.
+    until: u64,
+    /// The replay room held for what the read returns (the read stops past it).
+    reserved: usize,
+    read: ArchiveRead,
+}
+
+/// What an archive read gave a history request: the entries before offset `until`.
+struct Archived {
+    until: u64,
+    read: Result<Vec<Entry>, ArchiveError>,
 }
 
 /// The hub asks a socket's subscriptions for its frames; its session changes them.
@@ -689,17 +712,89 @@ impl Extended {
         replies: &mut Vec<Frame>,
     ) {
         let history = &mut self.history.borrow_mut();
+        let archived = self.archived.take();
         let replaying = &mut self.replaying;
-        answer_history(
-            subscriptions,
+        let answer = Answer {
             identifier,
-            history,
             request,
-            replaying,
+            archived: archived.as_ref(),
+            metrics,
+        };
+        let Some((from, until)) =
+            answer_history(subscriptions, history, replaying, answer, replies)
+        else {
+            return;
+        };
+        // Half the room for what the read holds, held from now on; the frames rendered from
+        // it take the rest.
+        let reserved = self.replaying.room() / 2;
+        let read = history.archive(from, until, reserved).unwrap_or_else(|| {
+            Box::pin(std::future::ready(Err(ArchiveError::Failed(
+                "no archive".to_owned(),
+            ))))
+        });
+        let held = self.replaying.bytes();
+        self.replaying.resize(held + reserved);
+        self.waiting = Some(Box::new(Waiting {
+            identifier: identifier.into(),
+            request: request.cloned(),
+            until,
+            reserved,
+            read,
+        }));
+    }
+
+    /// Once the archive read is done: answers the request that waited for it, its entries
+    /// (held in the replay room until rendered) before the history's.
+    fn poll_waiting(
+        &mut self,
+        cx: &mut Context<'_>,
+        subscriptions: &RefCell<Subscriptions>,
+        metrics: &Metrics,
+        replies: &mut Vec<Frame>,
+    ) -> Poll<()> {
+        let Some(waiting) = &mut self.waiting else {
+            return Poll::Ready(());
+        };
+        let Poll::Ready(read) = waiting.read.as_mut().poll(cx) else {
+            return Poll::Pending;
+        };
+        let Some(waiting) = self.waiting.take() else {
+            return Poll::Ready(());
+        };
+        // What the read returned takes the place of the room held for it (it is no larger).
+        let held = self.replaying.bytes().saturating_sub(waiting.reserved);
+        let charged: usize = read
+            .as_ref()
+            .map_or(0, |entries| entries.iter().map(Entry::cost).sum());
+        self.replaying.resize(held + charged);
+        self.archived = Some(Archived {
+            until: waiting.until,
+            read,
+        });
+        let subscriptions = &mut *subscriptions.borrow_mut();
+        let request = waiting.request.as_ref();
+        self.answer(
+            subscriptions,
+            &waiting.identifier,
+            request,
             metrics,
             replies,
         );
+        // The entries are rendered (or given up) by now.
+        self.archived = None;
+        self.replaying
+            .resize(self.replaying.bytes().saturating_sub(charged));
+        Poll::Ready(())
     }
+}
+
+/// A history request to answer, and what the archive gave it if it waited for it.
+struct Answer<'a> {
+    identifier: &'a str,
+    request: Option<&'a Value>,
+    archived: Option<&'a Archived>,
+    metrics: &'a Metrics,
 }
 
 /// One ActionCable socket's command handling.
@@ -765,6 +860,8 @@ impl CableSession {
                 saved,
                 sid: session_id(),
                 restored,
+                waiting: None,
+                archived: None,
             })),
         }
     }
@@ -864,22 +961,30 @@ impl CableSession {
 /// nothing before the other streams' last frame: frames are written in order. The `calls`
 /// model's changes are the live state's, not kept in the history: a subscription that selects
 /// them and missed an event it may see gets `reject_history` (reload `/rest/live/calls`).
+///
+/// A position older than the history, when the history has an archive (`--amqp-stream`), is
+/// not answered yet: the offsets to read from it are returned (`from`, up to `until`), and the
+/// request is answered again with what the read gave (`Answer::archived`).
 fn answer_history(
     subscriptions: &mut Subscriptions,
-    identifier: &str,
     history: &mut History,
-    request: Option<&Value>,
     replaying: &mut Held,
-    metrics: &Metrics,
+    answer: Answer<'_>,
     replies: &mut Vec<Frame>,
-) {
+) -> Option<(u64, u64)> {
+    let Answer {
+        identifier,
+        request,
+        archived,
+        metrics,
+    } = answer;
     let Some(index) = subscriptions
         .items
         .iter()
         .position(|s| *s.identifier == *identifier)
     else {
         replies.push(reply_frame(identifier, "reject_history"));
-        return;
+        return None;
     };
     history.expire(Instant::now());
     let subscription = &subscriptions.items[index];
@@ -889,10 +994,13 @@ fn answer_history(
         subscriptions,
         subscription,
         history,
-        request,
+        (request, archived),
         room,
         &mut frames,
     );
+    if let Replayed::Archive { from, until } = answered {
+        return Some((from, until));
+    }
     let last = history.last_offset();
     let subscription = &mut subscriptions.items[index];
     subscription.live_from.get_or_insert(last + 1);
@@ -906,7 +1014,9 @@ fn answer_history(
             replies.push(reply_frame(identifier, "reject_history"));
         }
         Replayed::Lost => replies.push(reply_frame(identifier, "reject_history")),
+        Replayed::Archive { .. } => unreachable!("returned above"),
     }
+    None
 }
 
 /// What a history request could be answered with.
@@ -915,17 +1025,22 @@ enum Replayed {
     Frames(usize),
     /// The history no longer holds all it missed, or the request names no position in it.
     Lost,
-    /// The frames would not fit beside the replays waiting to be written.
+    /// The frames (or the entries read from the archive) would not fit beside the replays
+    /// waiting to be written.
     NoRoom,
+    /// The history no longer holds all it missed but its archive does: offsets `from` up to
+    /// `until` are to be read from it first.
+    Archive { from: u64, until: u64 },
 }
 
-/// The frames `subscription` missed since the request's position, up to where it went live,
-/// at most `room` bytes of them.
+/// The frames `subscription` missed since the request's position (the archive's entries
+/// first, when the request waited for them), up to where it went live, at most `room` bytes
+/// of them.
 fn replay(
     subscriptions: &Subscriptions,
     subscription: &Subscription,
     history: &History,
-    request: Option<&Value>,
+    request: (Option<&Value>, Option<&Archived>),
     room: usize,
     out: &mut Vec<Frame>,
 ) -> Replayed {
@@ -937,21 +1052,41 @@ fn replay_within(
     subscriptions: &Subscriptions,
     subscription: &Subscription,
     history: &History,
-    request: Option<&Value>,
+    (request, archived): (Option<&Value>, Option<&Archived>),
     room: usize,
     out: &mut Vec<Frame>,
 ) -> Option<Replayed> {
     let request = request?.as_object()?;
     let tag = subscription.tag;
     let positions = stream_positions(request, tag, history.epoch())?;
-    let resume = match (positions.values().min(), positions.values().max()) {
+    let (after, resume) = match (positions.values().min(), positions.values().max()) {
         (Some(&least), Some(&most)) => {
-            history.resume(history.epoch(), least.min(most.saturating_sub(1)))
+            let after = least.min(most.saturating_sub(1));
+            (after, history.resume(history.epoch(), after))
         }
         _ => {
             let since = request.get("since")?.as_u64()?;
-            history.resume_from_time(UNIX_EPOCH + Duration::from_secs(since))
+            let since = UNIX_EPOCH + Duration::from_secs(since);
+            (0, history.resume_from_time(since))
         }
+    };
+    let (read, resume) = match (resume, archived) {
+        (Resume::Archived { until }, None) => {
+            return Some(Replayed::Archive {
+                from: after + 1,
+                until,
+            });
+        }
+        // Read: what the history holds from where the read stopped follows it.
+        (Resume::Archived { .. }, Some(archived)) => match &archived.read {
+            Ok(entries) => (
+                &entries[..],
+                history.resume(history.epoch(), archived.until - 1),
+            ),
+            Err(ArchiveError::TooLarge) => return Some(Replayed::NoRoom),
+            Err(_) => return None,
+        },
+        (resume, _) => (&[][..], resume),
     };
     let Resume::Recovered { from } = resume else {
         return None;
@@ -963,8 +1098,9 @@ fn replay_within(
         .map_or(0, |most| most.saturating_sub(1));
     let live_from = subscription.live_from.unwrap_or(u64::MAX);
     let account = &subscription.credential.account;
-    let missed = history
-        .entries_from(from)
+    let missed = read
+        .iter()
+        .chain(history.entries_from(from))
         .take_while(|entry| entry.offset < live_from)
         .filter(|entry| entry.visible_to(account));
     let wants_calls = [ChangeKind::Create, ChangeKind::Update, ChangeKind::Destroy]
@@ -1038,6 +1174,16 @@ fn admit(auth: &Auth, identifier: &str) -> Result<(Rc<Credential>, Selector), Re
 impl Session for CableSession {
     fn on_text(&mut self, text: &str, replies: &mut Vec<Frame>) {
         self.handle(text, replies);
+    }
+
+    fn poll_waiting(&mut self, cx: &mut Context<'_>, replies: &mut Vec<Frame>) -> Poll<()> {
+        match &mut self.extended {
+            Some(extended) => {
+                let metrics = &self.client.metrics;
+                extended.poll_waiting(cx, &self.subscriptions, metrics, replies)
+            }
+            None => Poll::Ready(()),
+        }
     }
 
     fn replies_written(&mut self) {
@@ -1564,6 +1710,76 @@ mod tests {
             assert_eq!(answer.len(), 1, "{request}");
             assert_eq!(answer[0]["type"], "reject_history", "{request}");
         }
+    }
+
+    #[test]
+    fn a_history_request_older_than_the_history_is_answered_from_the_archive_then_the_history() {
+        let mut socket = ExtendedSocket::open(None, None);
+        let small = crate::cli::limits_from(&["--history-bytes", "1200"]);
+        *socket.history.borrow_mut() = History::with_epoch("e1".into(), &small);
+        let mut recorded = Vec::new();
+        for n in 1..=30u64 {
+            let mut event = event(&format!("presence.x{n}"), r#"{"n":1}"#);
+            socket.history.borrow_mut().record(&mut event);
+            recorded.push((n, event));
+        }
+        let oldest = socket
+            .history
+            .borrow()
+            .entries_from(0)
+            .next()
+            .unwrap()
+            .offset;
+        assert!(oldest > 10, "the history lost the first events: {oldest}");
+        (socket.history.borrow_mut()).set_archive(Rc::new(crate::history::Recorded(recorded)));
+        let identifier = r#"{"channel":"ApiChannel","events":"events"}"#;
+        let stream = format!("events/{:08x}", stream_tag(identifier));
+        let from = oldest - 4;
+        let answer = socket.send(json!({"command": "subscribe", "identifier": identifier,
+            "history": {"streams": {&stream: {"epoch": "e1", "offset": from}}}}));
+        assert_eq!(answer.len(), 1, "the history answer waits for the archive");
+        assert_eq!(answer[0]["type"], "confirm_subscription");
+        let mut replies = Vec::new();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(
+            socket
+                .session
+                .poll_waiting(&mut cx, &mut replies)
+                .is_ready()
+        );
+        let answer: Vec<Value> = (replies.iter())
+            .map(|f| serde_json::from_str(f).unwrap())
+            .collect();
+        let expected: Vec<(String, u64)> = (from + 1..=30).map(|n| ("events".into(), n)).collect();
+        assert_eq!(
+            positions(&answer),
+            expected,
+            "the archive's, then the history's"
+        );
+        assert_eq!(answer.last().unwrap()["type"], "confirm_history");
+        socket.publish("presence.y");
+        assert_eq!(positions(&socket.queued()), [("events".into(), 31)]);
+
+        // More than the replay room (a small one here): rejected, counted.
+        let extended = socket.session.extended.as_mut().unwrap();
+        extended.replaying = crate::limits::BytePool::new(1000).share();
+        let metrics = &socket.client.metrics;
+        let hits = metrics.limit_hits(Limit::Replay).get();
+        let answer = socket.send(json!({"command": "history", "identifier": identifier,
+            "history": {"streams": {&stream: {"epoch": "e1", "offset": 0}}}}));
+        assert!(answer.is_empty());
+        let mut replies = Vec::new();
+        assert!(
+            socket
+                .session
+                .poll_waiting(&mut cx, &mut replies)
+                .is_ready()
+        );
+        assert_eq!(replies.len(), 1);
+        let answer: Value = serde_json::from_str(&replies[0]).unwrap();
+        assert_eq!(answer["type"], "reject_history");
+        let metrics = &socket.client.metrics;
+        assert_eq!(metrics.limit_hits(Limit::Replay).get(), hits + 1);
     }
 
     #[test]

@@ -6,6 +6,8 @@ pub mod cable;
 pub mod isymphony;
 pub mod kazoo_json;
 
+use std::task::{Context, Poll};
+
 use crate::frame::{CloseReason, Frame};
 
 /// One websocket connection's request handling, in its dialect.
@@ -14,6 +16,14 @@ pub trait Session {
     fn on_text(&mut self, text: &str, replies: &mut Vec<Frame>);
     /// Handles one binary message.
     fn on_binary(&mut self, data: &[u8], replies: &mut Vec<Frame>);
+
+    /// Ready once the last request has its replies in `replies`; pending while it waits for
+    /// something outside the socket (a Blackhole resume reading the source's archive, which
+    /// gives up on its own after `history::ARCHIVE_TIMEOUT`). The connection reads no other
+    /// request meanwhile, so a socket waits for one thing at a time.
+    fn poll_waiting(&mut self, _cx: &mut Context<'_>, _replies: &mut Vec<Frame>) -> Poll<()> {
+        Poll::Ready(())
+    }
 
     /// A request over `--request-rate`, not handled (`text` when it was a text message).
     /// Dialects that can say so reply; the others drop it silently (it is counted).

@@ -333,6 +333,29 @@ impl Callwire {
             status == 200 && body["source"]["connected"] == true
         });
     }
+
+    /// Opens `/cable` offering AnyCable's extended protocol, with `headers`; returns the
+    /// socket and its welcome.
+    pub fn extended_cable(&self, headers: &[(&'static str, &str)]) -> (Socket, Value) {
+        use tungstenite::client::IntoClientRequest;
+        let url = format!("ws://127.0.0.1:{}/cable", self.port);
+        let mut request = url.into_client_request().unwrap();
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            "actioncable-v1-ext-json".parse().unwrap(),
+        );
+        for (name, value) in headers {
+            request.headers_mut().insert(*name, value.parse().unwrap());
+        }
+        let (mut socket, response) = tungstenite::connect(request).expect("websocket upgrade");
+        assert_eq!(
+            response.headers()["sec-websocket-protocol"],
+            "actioncable-v1-ext-json"
+        );
+        set_read_timeout(&socket, Duration::from_secs(5));
+        let welcome = recv(&mut socket);
+        (socket, welcome)
+    }
 }
 
 /// A callwire fed from `<prefix>/#` on the shared broker, `<prefix>/` stripped, whose MQTT

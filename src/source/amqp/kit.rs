@@ -45,6 +45,11 @@ impl Kit {
     pub(super) fn filter(&self) -> Filter {
         Filter::new(self.max_body, self.skipped.clone())
     }
+
+    /// Runs `work` on the driver's executor to its end, whoever waits for it.
+    pub(super) fn detach(&self, work: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(work).detach();
+    }
 }
 
 impl RuntimeKit for Kit {}

@@ -27,6 +27,7 @@
 //! With no bindings, the source is publish-only: it declares the exchange and consumes
 //! nothing (what `callwire simulate --amqp` needs).
 
+use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -61,6 +62,7 @@ use crate::source::supervisor::{self, Broker, Failure, Logs, within};
 use crate::source::url::{self, BrokerUrl, Credential, Path};
 use crate::source::{EventSink, SourceStatus, room};
 
+mod archive;
 mod kit;
 pub mod oversize;
 
@@ -362,7 +364,9 @@ fn queued(routing_key: &str, payload: Bytes) -> Result<Queued, PublishError> {
     })
 }
 
-/// Builds the source: a publisher, and the driver future (connect, declare, bind, consume,
+pub use archive::{ARCHIVE_PREFETCH, StreamArchive};
+
+/// Builds the source: a publisher, with `--amqp-stream` the stream's archive, and the driver future (connect, declare, bind, consume,
 /// reconnect, forever) for the caller to spawn on its `LocalExecutor`. Every delivery is
 /// handed to `sink` from that future. With `options.bindings` empty the connection is
 /// publish-only: it declares the exchange and consumes nothing.
@@ -371,7 +375,11 @@ pub fn start(
     status: Rc<SourceStatus>,
     metrics: Rc<Metrics>,
     sink: EventSink,
-) -> (AmqpPublisher, impl Future<Output = ()>) {
+) -> (
+    AmqpPublisher,
+    Option<Rc<StreamArchive>>,
+    impl Future<Output = ()>,
+) {
     let (queue, requests) = smol::channel::bounded(PUBLISH_QUEUE);
     let publisher = AmqpPublisher(PublishQueue::new(queue, status.clone()));
     let mut uri = options.uri.clone();
@@ -384,6 +392,18 @@ pub fn start(
         epoch: stream.epoch().into(),
         after: stream.after,
     });
+    let kit = kit::Kit::new(tasks.clone(), max_body, skipped.clone());
+    let connection: Rc<RefCell<Option<Arc<Connection>>>> = Rc::default();
+    let archive = options.stream.as_ref().map(|stream| {
+        Rc::new(StreamArchive::new(
+            // `check` has kept the name within a short string's length.
+            ShortString::try_new(stream.name.as_str()).unwrap_or_default(),
+            connection.clone(),
+            kit.clone(),
+            skipped.clone(),
+            options.max_message_size,
+        ))
+    });
     let driver = Driver {
         address: options.address(),
         uri,
@@ -394,9 +414,10 @@ pub fn start(
         requests,
         logs: Logs::new("amqp"),
         notice: RateLimit::new(Duration::from_secs(60)),
-        kit: kit::Kit::new(tasks.clone(), max_body, skipped.clone()),
+        kit,
         skipped,
         stream,
+        connection,
     };
     // lapin's own futures run on `tasks`, driven here, on the caller's thread.
     let run = async move {
@@ -407,7 +428,7 @@ pub fn start(
             .run(supervisor::supervise(&mut driver, &status, &address))
             .await
     };
-    (publisher, run)
+    (publisher, archive, run)
 }
 
 /// What the connected loop woke for.
@@ -446,7 +467,8 @@ impl SocketSlot {
 
 /// The live connection: closed politely when possible, and its socket shut in any case.
 struct Link {
-    conn: Connection,
+    /// Shared with the stream's archive reads while it serves.
+    conn: Arc<Connection>,
     socket: SocketSlot,
 }
 
@@ -485,6 +507,8 @@ struct Driver {
     skipped: oversize::Skipped,
     /// With `--amqp-stream`: where the reading stands.
     stream: Option<StreamRead>,
+    /// The connection while it serves, for the stream's archive reads.
+    connection: Rc<RefCell<Option<Arc<Connection>>>>,
 }
 
 /// Where the reading of a stream stands, across reconnects.
@@ -550,7 +574,9 @@ impl Driver {
             "{} as '{}', exchange '{}'{consuming}",
             self.address, self.options.uri.authority.userinfo.username, self.options.exchange,
         ));
+        self.connection.replace(Some(link.conn.clone()));
         let reason = self.serve(&link, &channel, consumer, &mut events).await;
+        self.connection.replace(None);
         drop(channel);
         drop(link);
         Failure::Lost(reason)
@@ -625,7 +651,10 @@ impl Driver {
             Err(Failure::Connect("the AMQP handshake timed out".to_owned()))
         };
         match future::or(opening, timeout).await {
-            Ok(conn) => Ok(Link { conn, socket }),
+            Ok(conn) => Ok(Link {
+                conn: Arc::new(conn),
+                socket,
+            }),
             Err(failure) => {
                 socket.shut();
                 Err(failure)
@@ -954,21 +983,9 @@ impl Driver {
     /// and the history numbers it after the last.
     fn stream_position(&self, delivery: &Delivery) -> Option<Position> {
         let stream = self.stream.as_ref()?;
-        let header = delivery
-            .properties
-            .headers()
-            .as_ref()?
-            .inner()
-            .get("x-stream-offset")?;
-        let offset = match header {
-            AMQPValue::LongLongInt(n) => u64::try_from(*n).ok()?,
-            AMQPValue::LongInt(n) => u64::try_from(*n).ok()?,
-            AMQPValue::LongUInt(n) => u64::from(*n),
-            _ => return None,
-        };
         Some(Position {
             epoch: stream.epoch.clone(),
-            offset: offset + 1,
+            offset: archive::position(delivery)?,
         })
     }
 
@@ -1125,7 +1142,7 @@ mod tests {
         let status = Rc::new(crate::source::SourceStatus::new(
             crate::source::SourceKind::Amqp,
         ));
-        let (publisher, _driver) = start(
+        let (publisher, _, _driver) = start(
             AmqpOptions::from_url("amqp://127.0.0.1:1").unwrap(),
             status.clone(),
             Rc::new(Metrics::default()),
@@ -1165,7 +1182,7 @@ mod tests {
         let seen: Rc<RefCell<Vec<(String, Bytes)>>> = Rc::default();
         let sink = seen.clone();
         let consumer_status = Rc::new(SourceStatus::new(crate::source::SourceKind::Amqp));
-        let (consumer, consume) = start(
+        let (consumer, _, consume) = start(
             options.clone(),
             consumer_status.clone(),
             Rc::new(Metrics::default()),
@@ -1173,7 +1190,7 @@ mod tests {
         );
         options.bindings.clear();
         let publish_only_status = Rc::new(SourceStatus::new(crate::source::SourceKind::Amqp));
-        let (publisher, publish_only) = start(
+        let (publisher, _, publish_only) = start(
             options,
             publish_only_status.clone(),
             Rc::new(Metrics::default()),
