@@ -255,10 +255,11 @@ fn a_stalled_client_is_dropped_by_policy_while_others_get_everything() {
         received < EVENTS as u64,
         "the stalled client got every event"
     );
-    // Frames of 64 KiB fill the default 1 MiB `--queue-bytes` before half of `--queue-depth`:
-    // the queue holds as many whole frames as fit in it when the client is closed.
+    // Frames of 64 KiB reach half of the default 1 MiB `--queue-bytes` before half of
+    // `--queue-depth`: the queue holds at least the frames that make it hold the source.
     let frame = 64 * 1024 + 64;
-    assert_slow_client_counted(&callwire, received, EVENTS as u64, (1 << 20) / frame);
+    let held = (1u64 << 19).div_ceil(frame);
+    assert_slow_client_counted(&callwire, received, EVENTS as u64, held);
 }
 
 /// Publishes `count` events of `size` bytes carrying `"n"`, as fast as `mosquitto_pub -l`
