@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -102,6 +103,46 @@ pub trait Archive {
 
 /// An archive read under way.
 pub type ArchiveRead = Pin<Box<dyn Future<Output = Result<Vec<Entry>, ArchiveError>>>>;
+
+/// An archive read a socket waits for, with the replay room held for it meanwhile.
+pub struct PendingRead {
+    /// The offset the read stops before: the first the history held.
+    pub until: u64,
+    /// The replay room held for what the read returns (the read stops past it).
+    reserved: usize,
+    read: ArchiveRead,
+}
+
+impl PendingRead {
+    /// Holds `reserved` more of `replaying` for what `read` returns.
+    pub fn new(read: ArchiveRead, until: u64, reserved: usize, replaying: &mut Held) -> Self {
+        replaying.resize(replaying.bytes() + reserved);
+        PendingRead {
+            until,
+            reserved,
+            read,
+        }
+    }
+
+    /// Once the read is done: what it returned, and what its entries cost, which now hold the
+    /// place of the room reserved for them (they are no larger) until the caller renders them
+    /// and gives that back.
+    pub fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        replaying: &mut Held,
+    ) -> Poll<(Result<Vec<Entry>, ArchiveError>, usize)> {
+        let read = ready!(self.read.as_mut().poll(cx));
+        let held = replaying
+            .bytes()
+            .saturating_sub(std::mem::take(&mut self.reserved));
+        let charged: usize = read
+            .as_ref()
+            .map_or(0, |entries| entries.iter().map(Entry::cost).sum());
+        replaying.resize(held + charged);
+        Poll::Ready((read, charged))
+    }
+}
 
 /// How long an archive read may take before the resume is answered as not recovered.
 pub const ARCHIVE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -12,7 +12,7 @@ use crate::auth::{Auth, Credential};
 use crate::dialect::{Session, kazoo_json, push_json_str};
 use crate::event::Event;
 use crate::frame::Frame;
-use crate::history::{ArchiveError, ArchiveRead, Entry, History, Resume};
+use crate::history::{ArchiveError, Entry, History, PendingRead, Resume};
 use crate::hub::{self, Client, Interest, RenderCache};
 use crate::limits::Held;
 use crate::matcher::{Binding, RoutingKey};
@@ -252,11 +252,7 @@ pub struct BlackholeSession {
 /// A subscribe waiting for the archive.
 struct Waiting {
     request: Map<String, Value>,
-    /// The offset the read stops before: the first the history held.
-    until: u64,
-    /// The replay room held for what the read returns (the read stops past it).
-    reserved: usize,
-    read: ArchiveRead,
+    read: PendingRead,
 }
 
 impl BlackholeSession {
@@ -406,13 +402,10 @@ impl BlackholeSession {
                     let reserved = self.replaying.room() / 2;
                     let read = history.archive(offset + 1, until, reserved);
                     if let Some(read) = read {
-                        let held = self.replaying.bytes();
-                        self.replaying.resize(held + reserved);
+                        let read = PendingRead::new(read, until, reserved, &mut self.replaying);
                         // Handled again once read (`poll_waiting`): nothing changes until then.
                         self.waiting = Some(Box::new(Waiting {
                             request: Map::new(),
-                            until,
-                            reserved,
                             read,
                         }));
                         return Ok(Value::Null);
@@ -634,19 +627,13 @@ impl Session for BlackholeSession {
         let Some(waiting) = &mut self.waiting else {
             return Poll::Ready(());
         };
-        let Poll::Ready(read) = waiting.read.as_mut().poll(cx) else {
+        let Poll::Ready((read, charged)) = waiting.read.poll(cx, &mut self.replaying) else {
             return Poll::Pending;
         };
         let Some(waiting) = self.waiting.take() else {
             return Poll::Ready(());
         };
-        // What the read returned takes the place of the room held for it (it is no larger).
-        let held = self.replaying.bytes().saturating_sub(waiting.reserved);
-        let charged: usize = read
-            .as_ref()
-            .map_or(0, |entries| entries.iter().map(Entry::cost).sum());
-        self.replaying.resize(held + charged);
-        self.archived = Some((waiting.until, read));
+        self.archived = Some((waiting.read.until, read));
         self.answer(waiting.request, replies);
         // The entries are rendered (or given up) by now.
         self.archived = None;

@@ -31,7 +31,7 @@ use crate::dialect_label::Dialect;
 use crate::event::Event;
 use crate::event::Position;
 use crate::frame::{CloseReason, Frame};
-use crate::history::{ArchiveError, ArchiveRead, Entry, History, Resume};
+use crate::history::{ArchiveError, Entry, History, PendingRead, Resume};
 use crate::hub::{self, Client, Hub, Interest, RenderCache};
 use crate::limits::Held;
 use crate::live::{CallChange, ChangeKind};
@@ -665,11 +665,7 @@ struct Extended {
 struct Waiting {
     identifier: Box<str>,
     request: Option<Value>,
-    /// The offset the read stops before: the first the history held.
-    until: u64,
-    /// The replay room held for what the read returns (the read stops past it).
-    reserved: usize,
-    read: ArchiveRead,
+    read: PendingRead,
 }
 
 /// What an archive read gave a history request: the entries before offset `until`.
@@ -733,13 +729,10 @@ impl Extended {
                 "no archive".to_owned(),
             ))))
         });
-        let held = self.replaying.bytes();
-        self.replaying.resize(held + reserved);
+        let read = PendingRead::new(read, until, reserved, &mut self.replaying);
         self.waiting = Some(Box::new(Waiting {
             identifier: identifier.into(),
             request: request.cloned(),
-            until,
-            reserved,
             read,
         }));
     }
@@ -756,20 +749,14 @@ impl Extended {
         let Some(waiting) = &mut self.waiting else {
             return Poll::Ready(());
         };
-        let Poll::Ready(read) = waiting.read.as_mut().poll(cx) else {
+        let Poll::Ready((read, charged)) = waiting.read.poll(cx, &mut self.replaying) else {
             return Poll::Pending;
         };
         let Some(waiting) = self.waiting.take() else {
             return Poll::Ready(());
         };
-        // What the read returned takes the place of the room held for it (it is no larger).
-        let held = self.replaying.bytes().saturating_sub(waiting.reserved);
-        let charged: usize = read
-            .as_ref()
-            .map_or(0, |entries| entries.iter().map(Entry::cost).sum());
-        self.replaying.resize(held + charged);
         self.archived = Some(Archived {
-            until: waiting.until,
+            until: waiting.read.until,
             read,
         });
         let subscriptions = &mut *subscriptions.borrow_mut();
