@@ -273,43 +273,52 @@ fn mqtts_to_a_private_mosquitto_trusting_the_given_ca_and_not_the_systems() {
     );
 }
 
-/// `socat` terminating TLS with `cert` on a free port, forwarding to the shared RabbitMQ.
-struct TlsProxy {
+/// A server the test started, listening on `port`; killed when dropped.
+struct Listening {
     child: Child,
     port: u16,
 }
 
-impl TlsProxy {
-    fn start(cert: &common::pki::Issued) -> TlsProxy {
-        let port = free_port();
-        let child = Command::new("socat")
-            .arg(format!(
-                "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,verify=0,cert={},key={}",
-                cert.cert, cert.key
-            ))
-            .arg("TCP:127.0.0.1:5672")
+impl Listening {
+    /// Spawns `command` and waits until `port` takes connections.
+    fn spawn(mut command: Command, port: u16, what: &str) -> Listening {
+        let child = command
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("socat runs (tests/run installs it)");
-        wait_for("socat listening", TIMEOUT, || {
+            .unwrap_or_else(|e| panic!("{what} runs (tests/run installs it): {e}"));
+        wait_for(what, TIMEOUT, || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
-        TlsProxy { child, port }
+        Listening { child, port }
     }
 }
 
-impl Drop for TlsProxy {
+impl Drop for Listening {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
+/// `socat` terminating TLS with `cert` on a free port, forwarding to the shared RabbitMQ.
+fn tls_proxy(cert: &common::pki::Issued) -> Listening {
+    let port = free_port();
+    let mut command = Command::new("socat");
+    command
+        .arg(format!(
+            "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,verify=0,cert={},key={}",
+            cert.cert, cert.key
+        ))
+        .arg("TCP:127.0.0.1:5672");
+    Listening::spawn(command, port, "socat")
+}
+
 #[test]
 fn amqps_through_a_tls_terminating_proxy_to_the_shared_rabbitmq() {
     let ca = TestCa::new("amqps");
-    let proxy = TlsProxy::start(&ca.issue("rabbit"));
+    let proxy = tls_proxy(&ca.issue("rabbit"));
     let exchange = unique("callwire-amqps");
     let url = format!("amqps://guest:guest@localhost:{}/%2f", proxy.port);
     let ca_file = ca.cert();
@@ -384,45 +393,24 @@ setTimeout(() => {{ results.done = true; }}, 15000);
     )
 }
 
-/// `openssl s_server` serving the files of `dir` over https:// with `cert` and the CA's
-/// certificate as its chain.
-struct PageServer {
-    child: Child,
-    port: u16,
-}
-
-impl PageServer {
-    fn start(ca: &TestCa, cert: &common::pki::Issued) -> PageServer {
-        let port = free_port();
-        let child = Command::new("openssl")
-            .args(["s_server", "-quiet", "-WWW", "-accept"])
-            .arg(format!("127.0.0.1:{port}"))
-            .args([
-                "-cert",
-                &cert.cert,
-                "-key",
-                &cert.key,
-                "-cert_chain",
-                &ca.cert(),
-            ])
-            .current_dir(&ca.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("openssl s_server runs");
-        wait_for("the https page server", TIMEOUT, || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        PageServer { child, port }
-    }
-}
-
-impl Drop for PageServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `openssl s_server` serving the files of the CA's folder over https:// with `cert` and the
+/// CA's certificate as its chain.
+fn page_server(ca: &TestCa, cert: &common::pki::Issued) -> Listening {
+    let port = free_port();
+    let mut command = Command::new("openssl");
+    command
+        .args(["s_server", "-quiet", "-WWW", "-accept"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args([
+            "-cert",
+            &cert.cert,
+            "-key",
+            &cert.key,
+            "-cert_chain",
+            &ca.cert(),
+        ])
+        .current_dir(&ca.dir);
+    Listening::spawn(command, port, "the https page server (openssl s_server)")
 }
 
 /// The base64 SHA-256 of a certificate's public key (SubjectPublicKeyInfo), as Chromium's
@@ -459,7 +447,7 @@ fn chromium_on_an_https_page_of_an_allowed_origin_gets_events_over_wss() {
         }
     };
     let page_cert = ca.issue("page");
-    let page = PageServer::start(&ca, &page_cert);
+    let page = page_server(&ca, &page_cert);
     let origin = format!("https://localhost:{}", page.port);
     let callwire = tls_callwire(
         &chained(ca.issue("callwire")),

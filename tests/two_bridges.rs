@@ -47,6 +47,22 @@ struct Names {
     stream: String,
 }
 
+impl Names {
+    /// A fresh exchange and stream named after `what`, with the manager's credentials file,
+    /// and the epoch the stream's positions carry.
+    fn site(what: &str) -> (Names, String, TempFile) {
+        let names = Names {
+            exchange: unique(&format!("{what}-x-")),
+            stream: unique(&format!("{what}-s-")),
+        };
+        let epoch = format!("stream:{}", names.stream);
+        let creds =
+            json!({"credentials": [{"name": "manager", "secret": MANAGER, "account": "*"}]});
+        let creds = TempFile::new(&format!("callwire-{what}-creds-"), &creds.to_string());
+        (names, epoch, creds)
+    }
+}
+
 impl Drop for Names {
     fn drop(&mut self) {
         smol::block_on(async {
@@ -176,13 +192,7 @@ fn offsets(events: &[Value], offset: impl Fn(&Value) -> &Value) -> Vec<u64> {
 
 #[test]
 fn a_client_of_a_killed_bridge_resumes_on_the_other_through_haproxy() {
-    let names = Names {
-        exchange: unique("two-bridges-x-"),
-        stream: unique("two-bridges-s-"),
-    };
-    let epoch = format!("stream:{}", names.stream);
-    let creds = json!({"credentials": [{"name": "manager", "secret": MANAGER, "account": "*"}]});
-    let creds = TempFile::new("callwire-two-bridges-creds-", &creds.to_string());
+    let (names, epoch, creds) = Names::site("two-bridges");
     let mut first = bridge(&names, &creds);
     let second = bridge(&names, &creds);
     let mut haproxy = Haproxy::start([first.port, second.port]);
@@ -349,13 +359,7 @@ fn read_from(log: &str) -> Vec<Option<u64>> {
 
 #[test]
 fn a_bridge_reads_the_stream_on_after_a_broker_cut_and_a_restart_with_its_state() {
-    let names = Names {
-        exchange: unique("stream-restart-x-"),
-        stream: unique("stream-restart-s-"),
-    };
-    let epoch = format!("stream:{}", names.stream);
-    let creds = json!({"credentials": [{"name": "manager", "secret": MANAGER, "account": "*"}]});
-    let creds = TempFile::new("callwire-stream-restart-creds-", &creds.to_string());
+    let (names, epoch, creds) = Names::site("stream-restart");
     let state = std::env::temp_dir().join(unique("callwire-stream-state-"));
     let proxy = Proxy::start(5672, true);
     let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
@@ -528,13 +532,7 @@ fn resume(callwire: &Callwire, epoch: &str, binding: &str, offset: u64) -> (Valu
 
 #[test]
 fn a_resume_older_than_the_history_is_read_from_the_stream_within_the_budget() {
-    let names = Names {
-        exchange: unique("stream-archive-x-"),
-        stream: unique("stream-archive-s-"),
-    };
-    let epoch = format!("stream:{}", names.stream);
-    let creds = json!({"credentials": [{"name": "manager", "secret": MANAGER, "account": "*"}]});
-    let creds = TempFile::new("callwire-stream-archive-creds-", &creds.to_string());
+    let (names, epoch, creds) = Names::site("stream-archive");
     let mut args = stream_args(&names, &creds, AMQP_URL);
     // A history of a few dozen of these events; replays may hold twice that until written.
     let at = args.iter().position(|a| *a == "--history-bytes").unwrap();
