@@ -1,6 +1,7 @@
 //! A small, fast pseudo-random generator (SplitMix64) for jitter, generated ids and the
 //! simulator. Not for secrets.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Clone, Debug)]
@@ -12,12 +13,19 @@ impl Rng {
         Rng(seed)
     }
 
-    /// Seeded from the clock and the process id, for things that need only to differ.
+    /// Seeded from the clock, the process id and a count of the seeds this process took, for
+    /// things that need only to differ. The count matters: two threads can read the same
+    /// nanosecond (two MQTT sources started together in one test process once got the same
+    /// client id, and the broker dropped one for the other).
     pub fn from_clock() -> Rng {
+        static SEEDS: AtomicU64 = AtomicU64::new(0);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        Rng(nanos ^ (u64::from(std::process::id()) << 32))
+        let seed = SEEDS.fetch_add(1, Ordering::Relaxed);
+        Rng(nanos
+            ^ (u64::from(std::process::id()) << 32)
+            ^ seed.wrapping_mul(0xD1B5_4A32_D192_ED03))
     }
 
     pub fn next_u64(&mut self) -> u64 {
