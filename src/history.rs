@@ -78,15 +78,16 @@ impl Entry {
 }
 
 impl Entry {
-    /// An event read back from the archive (`Archive`), at its offset there.
-    pub fn archived(offset: u64, event: &Event) -> Entry {
-        let now = Instant::now();
+    /// An event's entry at `offset`, kept from `at`: recorded, or read back from the archive
+    /// (`Archive`) at its offset there. Exact copies of its parts, never the larger buffers
+    /// they were read into.
+    pub fn new(offset: u64, event: &Event, at: Instant) -> Entry {
         Entry {
             offset,
             routing_key: event.routing_key.as_str().into(),
             account: event.account.as_deref().map(Box::from),
             payload: Box::from(&event.payload[..]),
-            at: now,
+            at,
             received_at: event.received_at,
         }
     }
@@ -387,14 +388,7 @@ impl History {
             epoch: self.epoch.clone(),
             offset,
         });
-        let entry = Entry {
-            offset,
-            routing_key: event.routing_key.as_str().into(),
-            account: event.account.as_deref().map(Box::from),
-            payload: Box::from(&event.payload[..]),
-            at: now,
-            received_at: event.received_at,
-        };
+        let entry = Entry::new(offset, event, now);
         let cost = entry.cost();
         self.expire(now);
         if cost > self.max_bytes {
@@ -491,7 +485,7 @@ impl Archive for Recorded {
     fn read(&self, from: u64, until: u64, max_bytes: usize) -> ArchiveRead {
         let entries: Vec<Entry> = (self.0.iter())
             .filter(|(offset, _)| (from..until).contains(offset))
-            .map(|(offset, event)| Entry::archived(*offset, event))
+            .map(|(offset, event)| Entry::new(*offset, event, Instant::now()))
             .collect();
         let bytes: usize = entries.iter().map(Entry::cost).sum();
         let read = if bytes > max_bytes {

@@ -107,7 +107,7 @@ impl Archive for StreamArchive {
             let mut bytes = 0;
             for (offset, routing_key, payload) in read {
                 let event = Event::new(routing_key.to_string(), Bytes::from(payload));
-                let entry = Entry::archived(offset, &event);
+                let entry = Entry::new(offset, &event, Instant::now());
                 bytes += entry.cost();
                 if bytes > max_bytes {
                     return Err(ArchiveError::TooLarge);
