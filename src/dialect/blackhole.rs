@@ -630,9 +630,7 @@ impl Session for BlackholeSession {
         let Poll::Ready((read, charged)) = waiting.read.poll(cx, &mut self.replaying) else {
             return Poll::Pending;
         };
-        let Some(waiting) = self.waiting.take() else {
-            return Poll::Ready(());
-        };
+        let waiting = self.waiting.take().expect("polled just above");
         self.archived = Some((waiting.read.until, read));
         self.answer(waiting.request, replies);
         // The entries are rendered (or given up) by now.

@@ -752,9 +752,7 @@ impl Extended {
         let Poll::Ready((read, charged)) = waiting.read.poll(cx, &mut self.replaying) else {
             return Poll::Pending;
         };
-        let Some(waiting) = self.waiting.take() else {
-            return Poll::Ready(());
-        };
+        let waiting = self.waiting.take().expect("polled just above");
         self.archived = Some(Archived {
             until: waiting.read.until,
             read,
