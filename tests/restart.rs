@@ -162,25 +162,8 @@ impl Installation {
     /// Starts callwire on the installation's port (the clients reconnect to it), its source
     /// connected.
     fn start(&self) -> Callwire {
-        let log = std::env::temp_dir().join(format!("{}.log", unique("callwire-restart-")));
-        let child = Command::new(env!("CARGO_BIN_EXE_callwire"))
-            .args(&self.args)
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("callwire starts");
-        let mut callwire = Callwire {
-            child,
-            port: self.port,
-            log,
-        };
-        wait_for("callwire to listen", Duration::from_secs(10), || {
-            if let Some(status) = callwire.child.try_wait().unwrap() {
-                panic!("callwire exited with {status}: {}", callwire.log_text());
-            }
-            callwire.log_text().contains("listening on")
-        });
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let callwire = Callwire::start_on(self.port, &args);
         wait_for("the source to connect", Duration::from_secs(15), || {
             callwire.healthz().1["source"]["connected"] == true
         });

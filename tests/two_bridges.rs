@@ -31,7 +31,7 @@ use lapin::{Connection, ConnectionProperties};
 use serde_json::{Value, json};
 
 use common::proxy::Proxy;
-use common::resuming::{Client, published};
+use common::resuming::{Client, Seen, published};
 use common::script::Script;
 use common::{
     Callwire, TempFile, drain, free_port, recv, request, send, status_bytes, unique, wait_for,
@@ -186,6 +186,29 @@ fn simulate(names: &Names, seed: &str) -> Child {
         .expect("callwire simulate starts")
 }
 
+/// Asserts that a Blackhole client got each of the `published` events once, in order, in the
+/// stream's `epoch`, and that each of its resumes (every subscribe after the first) was
+/// recovered (`when` says where, for the message); returns the offsets it got.
+fn assert_each_once_and_resumed(seen: &Seen, published: u64, epoch: &str, when: &str) -> Vec<u64> {
+    assert_eq!(seen.events.len() as u64, published, "every event");
+    assert!(seen.events.iter().all(|e| e["epoch"] == epoch));
+    let got = offsets(&seen.events, |e| &e["offset"]);
+    assert_eq!(
+        got,
+        (1..=published).collect::<Vec<u64>>(),
+        "each stream offset once, in order"
+    );
+    let resumed: Vec<&Value> = seen.replies[1..]
+        .iter()
+        .map(|r| &r["data"]["recovered"])
+        .collect();
+    assert!(
+        !resumed.is_empty() && resumed.iter().all(|r| **r == json!(true)),
+        "resumed {when}: {resumed:?}"
+    );
+    got
+}
+
 fn offsets(events: &[Value], offset: impl Fn(&Value) -> &Value) -> Vec<u64> {
     events.iter().map(|e| offset(e).as_u64().unwrap()).collect()
 }
@@ -251,31 +274,12 @@ fn a_client_of_a_killed_bridge_resumes_on_the_other_through_haproxy() {
     let seen = blackhole.finish();
 
     // Blackhole: every event once, in order, in the stream's epoch, resumed on the second.
-    assert_eq!(
-        seen.events.len() as u64,
-        published,
-        "Blackhole got every event"
-    );
-    assert!(seen.events.iter().all(|e| e["epoch"] == epoch.as_str()));
-    let got = offsets(&seen.events, |e| &e["offset"]);
-    assert_eq!(
-        got,
-        (1..=published).collect::<Vec<u64>>(),
-        "each stream offset once, in order"
-    );
+    let got = assert_each_once_and_resumed(&seen, published, &epoch, "on the second bridge");
     let distinct: HashSet<(String, String)> = (seen.events.iter())
         .map(|e| (e["routing_key"].to_string(), e["data"].to_string()))
         .collect();
     assert_eq!(distinct.len() as u64, published, "no event twice");
     assert!(seen.connections >= 2, "the client came back");
-    let resumed: Vec<&Value> = seen.replies[1..]
-        .iter()
-        .map(|r| &r["data"]["recovered"])
-        .collect();
-    assert!(
-        !resumed.is_empty() && resumed.iter().all(|r| **r == json!(true)),
-        "resumed on the second bridge: {resumed:?}"
-    );
     assert_eq!(on_second, 2, "both clients are on the second bridge");
 
     // @anycable/core: the same events, once, in order, its history confirmed.
@@ -441,22 +445,7 @@ fn a_bridge_reads_the_stream_on_after_a_broker_cut_and_a_restart_with_its_state(
         "simulate published while the bridge was stopped"
     );
 
-    assert_eq!(seen.events.len() as u64, published, "every event");
-    assert!(seen.events.iter().all(|e| e["epoch"] == epoch.as_str()));
-    let got = offsets(&seen.events, |e| &e["offset"]);
-    assert_eq!(
-        got,
-        (1..=published).collect::<Vec<u64>>(),
-        "each stream offset once, in order"
-    );
-    let resumed: Vec<&Value> = seen.replies[1..]
-        .iter()
-        .map(|r| &r["data"]["recovered"])
-        .collect();
-    assert!(
-        !resumed.is_empty() && resumed.iter().all(|r| **r == json!(true)),
-        "resumed after the restart: {resumed:?}"
-    );
+    assert_each_once_and_resumed(&seen, published, &epoch, "after the restart");
     eprintln!(
         "one bridge on stream {}: simulate published {published}; the broker cut after \
          {before_cut}, the SIGTERM restart after {before_restart} (saved through offset \

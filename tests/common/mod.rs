@@ -167,7 +167,12 @@ impl Callwire {
     /// system chose from its "listening on" log line: no window in which another test could
     /// take the port. (A test that sets `--log-level` above info cannot use this.)
     pub fn start(args: &[&str]) -> Callwire {
-        Callwire::start_command(Command::new(binary()), args)
+        Callwire::start_command(Command::new(binary()), args, 0)
+    }
+
+    /// As `start`, on a port the test chose (one its clients reconnect to across restarts).
+    pub fn start_on(port: u16, args: &[&str]) -> Callwire {
+        Callwire::start_command(Command::new(binary()), args, port)
     }
 
     /// A callwire whose source never delivers: its broker address has no broker behind it.
@@ -181,14 +186,15 @@ impl Callwire {
     /// As `start`, under a limit of `open_files` open files, soft and hard (what
     /// `prlimit --nofile=N:N` sets).
     pub fn start_with_open_files(open_files: u64, args: &[&str]) -> Callwire {
-        Callwire::start_command(limit_open_files(open_files), args)
+        Callwire::start_command(limit_open_files(open_files), args, 0)
     }
 
-    fn start_command(mut command: Command, args: &[&str]) -> Callwire {
+    /// Starts `command` with `args`, listening on `port` (0: the system's choice).
+    fn start_command(mut command: Command, args: &[&str], port: u16) -> Callwire {
         let log = std::env::temp_dir().join(format!("{}.log", unique("callwire-test-")));
         let child = command
             .args(args)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
